@@ -1,0 +1,30 @@
+# Two commands: `make run` (the conformance suite, smoke tier, embedded data) and
+# `make test` (the harness's own tests plus the fast suites; CI runs exactly this).
+# Both create .venv on first use; `make setup` is that step alone and is idempotent.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.zooconform-installed
+ARGS   ?=
+
+.PHONY: setup run test full clean-reports
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' torch==2.14.1 torchvision==0.29.1
+	@touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/zooconform run --tier smoke $(ARGS)
+
+test: setup
+	$(PY) -m pytest tests suites -m "not slow and not latency" -p no:cacheprovider $(ARGS)
+
+full: setup
+	$(VENV)/bin/zooconform run --tier full $(ARGS)
+
+clean-reports:
+	@echo "reports/ holds your history (reports/history.jsonl); remove it by hand if you mean to."

@@ -1,0 +1,2 @@
+# Loads the zooconform plugin; nothing else lives here (see harness/plugin.py).
+pytest_plugins = ["harness.plugin"]

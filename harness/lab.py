@@ -1,0 +1,189 @@
+"""The session's workbench: settings, selected cards, images, reference models, caches.
+
+Suites never build models or sessions themselves: they ask fixtures, which ask the lab,
+which caches (in memory for the session, on disk across sessions and xdist workers).
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from . import manifest as manifest_mod
+from . import models as models_mod
+from .cache import ArtifactCache
+from .errors import ConfigError, InputError, ZooconformError
+from .preprocess import reference_batch, reference_transform
+from .zoo import ModelCard, load_zoo, select
+
+DEFAULT_EVAL_IMAGES = 200
+DEFAULT_CALIB_IMAGES = 200
+IMAGENET_CALIB_IMAGES = 1000  # the seeds: ~1000 images, every class represented
+MIN_DISTINCT_CLASSES = 10
+
+
+@dataclass
+class Settings:
+    tier: str = "smoke"
+    models: list[str] | None = None
+    artifacts: Path | None = None
+    weights_dir: Path | None = None
+    imagenet: Path | None = None
+    report_dir: Path = Path("reports")
+    cache_dir: Path | None = None
+    eval_images: int | None = None
+    calib_images: int | None = None
+    threads: int | None = None
+    profile: str | None = None
+    zoo_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Lab:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.zoo = load_zoo(settings.zoo_dir) if settings.zoo_dir else load_zoo()
+        self.cards: list[ModelCard] = select(self.zoo, settings.models, settings.tier)
+        self.cache = ArtifactCache(settings.cache_dir)
+        self.manifest_error: ZooconformError | None = None
+        self.manifest = manifest_mod.empty()
+        if settings.artifacts:
+            try:
+                self.manifest = manifest_mod.load(settings.artifacts, list(self.zoo))
+            except ConfigError as e:
+                # reported by every check that consumes the manifest; the rest of the run goes on
+                self.manifest_error = e
+        self.data_problems: list[str] = []
+        self._images: dict[str, data_mod.ImageSet] = {}
+        self._inputs: dict[tuple, tuple[torch.Tensor, list[data_mod.Sample]]] = {}
+        self._refs: dict[str, torch.nn.Module] = {}
+        self._logits: dict[tuple, np.ndarray] = {}
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+
+    # --- artifacts ----------------------------------------------------------------------
+    def artifacts(self, card: ModelCard) -> manifest_mod.ModelArtifacts:
+        if self.manifest_error is not None:
+            raise self.manifest_error
+        return self.manifest.for_model(card.id)
+
+    def checkpoint_for(self, card: ModelCard) -> Path | None:
+        """Manifest ``checkpoint`` first, then ``--weights-dir/<id>.{pth,safetensors}``."""
+        ckpt = self.artifacts(card).get("checkpoint")
+        if ckpt is not None:
+            return ckpt
+        wd = self.settings.weights_dir
+        if wd:
+            for suffix in (".safetensors", ".pth", ".pt"):
+                p = Path(wd) / f"{card.id}{suffix}"
+                if p.is_file():
+                    return p
+        return None
+
+    @property
+    def uses_real_data(self) -> bool:
+        return self.settings.imagenet is not None
+
+    # --- images -------------------------------------------------------------------------
+    def images(self, split: str) -> data_mod.ImageSet:
+        """``calib`` or ``eval``: embedded by default, else split from the ImageNet folder."""
+        if split not in self._images:
+            if self.settings.imagenet:
+                full = data_mod.imagenet(self.settings.imagenet)
+                calib, rest = data_mod.calibration_subset(full, self.settings.calib_images or IMAGENET_CALIB_IMAGES)
+                if self.settings.eval_images:
+                    rest.samples = _spread(rest.samples, self.settings.eval_images)
+                self._images = {"calib": calib, "eval": rest}
+                self.data_problems.extend(full.problems)
+            else:
+                n = self.settings.eval_images if split == "eval" else self.settings.calib_images
+                default = DEFAULT_EVAL_IMAGES if split == "eval" else DEFAULT_CALIB_IMAGES
+                self._images[split] = data_mod.embedded(split, n or default)
+        return self._images[split]
+
+    def inputs(self, card: ModelCard, split: str = "eval", limit: int | None = None) -> tuple[torch.Tensor, list[data_mod.Sample]]:
+        """The card's reference preprocessing of the split, NCHW float32, plus the samples kept.
+
+        Undecodable images are dropped and reported in ``data_problems``.
+        """
+        key = (card.preprocess, split, limit)
+        if key not in self._inputs:
+            samples = self.images(split).samples[:limit] if limit else self.images(split).samples
+            imgs, kept, problems = data_mod.load_images(samples)
+            self.data_problems.extend(p for p in problems if p not in self.data_problems)
+            self._inputs[key] = (reference_batch(imgs, card.preprocess), kept)
+        return self._inputs[key]
+
+    def iter_batches(self, card: ModelCard, split: str, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, list[data_mod.Sample]]]:
+        """Streaming version of :meth:`inputs` for large (real ImageNet) sets."""
+        tf = reference_transform(card.preprocess)
+        samples = self.images(split).samples
+        for i in range(0, len(samples), batch_size):
+            imgs, kept, problems = data_mod.load_images(samples[i:i + batch_size])
+            self.data_problems.extend(problems)
+            if kept:
+                yield torch.stack([tf(im) for im in imgs]), kept
+
+    # --- reference models ---------------------------------------------------------------
+    def reference(self, card: ModelCard) -> torch.nn.Module:
+        """Checkpoint weights when given, else the seeded, recalibrated default (cached on disk)."""
+        if card.id not in self._refs:
+            ckpt = self.checkpoint_for(card)
+            if ckpt is not None:
+                self._refs[card.id] = models_mod.build_reference(card, checkpoint=ckpt)
+            else:
+                self._refs[card.id] = self._recalibrated(card)
+        return self._refs[card.id]
+
+    def _recalibrated(self, card: ModelCard) -> torch.nn.Module:
+        import timm
+
+        calib_set = data_mod.embedded("calib", DEFAULT_CALIB_IMAGES)
+        key = {"model": card.id, "arch": card.timm_arch, "byob": card.byob, "seed": models_mod.seed_for(card.id),
+               "calib": calib_set.digest(), "preprocess": repr(card.preprocess),
+               "timm": timm.__version__, "torch": torch.__version__.split("+")[0], "recipe": 1}
+
+        def build(folder: Path) -> None:
+            imgs, _, _ = data_mod.load_images(calib_set.samples)
+            calib = reference_batch(imgs, card.preprocess)
+            model = models_mod.build_reference(card, calib=calib)
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "state.safetensors"))
+
+        folder = self.cache.entry("reference", key, build)
+        model = models_mod.create_architecture(card)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(folder / "state.safetensors")))
+        return model.eval()
+
+    def reference_logits(self, card: ModelCard, split: str = "eval") -> np.ndarray:
+        """fp32 torch logits of the reference model on the split (cached)."""
+        key = (card.id, split)
+        if key not in self._logits:
+            x, _ = self.inputs(card, split)
+            self._logits[key] = torch_logits(self.reference(card), x)
+        return self._logits[key]
+
+
+def torch_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    outs = []
+    with torch.no_grad():
+        for chunk in x.split(batch_size):
+            outs.append(model(chunk).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 1000), np.float32)
+
+
+def _spread(samples: list, n: int) -> list:
+    """n samples spread evenly over the list (deterministic)."""
+    if n >= len(samples):
+        return samples
+    idx = np.linspace(0, len(samples) - 1, n).round().astype(int)
+    return [samples[i] for i in idx]

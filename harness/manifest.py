@@ -1,0 +1,96 @@
+"""The user's deployment artifacts: a TOML manifest (``--artifacts PATH``).
+
+::
+
+    [models.hrnet_w18]
+    checkpoint = "weights/hrnet_w18.pth"      # reference weights (.pth or .safetensors)
+    onnx = "deploy/hrnet_w18.onnx"            # fp32 ONNX under test
+    int8_onnx = "deploy/hrnet_w18.int8.onnx"  # quantized ONNX under test
+    preprocess = "deploy/hrnet_w18.pre.json"  # deploy-side preprocessing config
+    deploy_checkpoint = "..."                 # RepVGG deploy-form state dict under test
+
+Relative paths resolve against the manifest's folder. Structural problems (bad TOML,
+unknown model id, unknown key) are errors for the whole manifest; a missing file is an
+error of that model's entry only, raised when a check asks for it, so the rest of the run
+goes on.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, InputError
+
+KEYS = ("checkpoint", "onnx", "int8_onnx", "preprocess", "deploy_checkpoint")
+
+
+@dataclass
+class ModelArtifacts:
+    model_id: str
+    paths: dict[str, Path] = field(default_factory=dict)
+    manifest: Path | None = None
+
+    def get(self, key: str) -> Path | None:
+        """The file for ``key``, or None when the manifest does not name one.
+
+        A named file that does not exist is an error naming the manifest, the key and the path.
+        """
+        if key not in KEYS:
+            raise KeyError(key)
+        p = self.paths.get(key)
+        if p is None:
+            return None
+        if not p.is_file():
+            raise InputError(p, f"named by {self.manifest} [models.{self.model_id}] {key} but not found",
+                             fix="fix the path (relative paths resolve against the manifest's folder)")
+        return p
+
+
+@dataclass
+class Manifest:
+    path: Path | None
+    models: dict[str, ModelArtifacts]
+
+    def for_model(self, model_id: str) -> ModelArtifacts:
+        return self.models.get(model_id) or ModelArtifacts(model_id, manifest=self.path)
+
+
+def empty() -> Manifest:
+    return Manifest(None, {})
+
+
+def load(path: Path | str, valid_ids: list[str]) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "-", "manifest file not found", fix="pass --artifacts PATH to an existing TOML file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
+    unknown_top = sorted(set(data) - {"models"})
+    if unknown_top:
+        raise ConfigError(path, unknown_top[0], f"unknown top-level key(s) {unknown_top}",
+                          fix="entries go under [models.<id>]")
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(path, "models", "expected tables [models.<id>]", fix="write [models.<id>] tables")
+    out: dict[str, ModelArtifacts] = {}
+    for mid, entry in models.items():
+        if mid not in valid_ids:
+            raise ConfigError(path, f"models.{mid}", f"unknown model id {mid!r}",
+                              fix=f"valid ids: {', '.join(valid_ids)}")
+        if not isinstance(entry, dict):
+            raise ConfigError(path, f"models.{mid}", "expected a table", fix=f"write [models.{mid}]")
+        bad = sorted(set(entry) - set(KEYS))
+        if bad:
+            raise ConfigError(path, f"models.{mid}.{bad[0]}", f"unknown key(s) {bad}", fix=f"known keys: {list(KEYS)}")
+        paths = {}
+        for k, v in entry.items():
+            if not isinstance(v, str):
+                raise ConfigError(path, f"models.{mid}.{k}", f"expected a path string, got {type(v).__name__}",
+                                  fix=f'write {k} = "relative/or/absolute/path"')
+            p = Path(v).expanduser()
+            paths[k] = p if p.is_absolute() else (path.parent / p).resolve()
+        out[mid] = ModelArtifacts(mid, paths, path)
+    return Manifest(path, out)

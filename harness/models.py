@@ -1,0 +1,189 @@
+"""Reference models: timm by architecture name, seeded from the model id; user checkpoints.
+
+Without a checkpoint (the embedded default) timm's random init is degenerate: repvgg_a0
+and hrnet_w18 predict one class for every image, and ResNeSt's zero-initialised last BN
+(``zero_init_last``) kills every residual branch. So the default model is *recalibrated*:
+BN affine parameters are mildly randomised, then BN statistics are re-estimated on the
+embedded calibration images (train mode, ``momentum=None`` = cumulative average), then
+eval. Checkpoint weights are used exactly as given.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from .errors import InputError
+from .zoo import ModelCard
+
+
+def seed_for(model_id: str) -> int:
+    """A test's model depends on its id only, never on test order or selection."""
+    return zlib.crc32(model_id.encode()) & 0x7FFFFFFF
+
+
+def create_architecture(card: ModelCard) -> nn.Module:
+    """The card's architecture with random (seeded) init, in eval mode."""
+    import timm
+
+    torch.manual_seed(seed_for(card.id))
+    if card.byob:
+        from timm.models import byobnet
+
+        # timm has no repvgg_b1g2: the same RepVGG block config timm uses, with the
+        # card's widths and groups (official RepVGG groups every other layer: timm does too)
+        cfg = byobnet.ByoModelCfg(
+            blocks=byobnet._rep_vgg_bcfg(wf=tuple(card.byob["wf"]), groups=int(card.byob["groups"])),
+            stem_type="rep", stem_chs=64)
+        model = byobnet.ByobNet(cfg, num_classes=1000)
+    else:
+        model = timm.create_model(card.timm_arch, pretrained=False, num_classes=1000)
+    return model.eval()
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """A checkpoint as a flat state dict, never unpickling arbitrary objects.
+
+    ``.safetensors`` via safetensors; anything else via ``torch.load(weights_only=True)``.
+    Common wrappers (``state_dict``, ``model``, ``module.`` prefixes) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint file not found", fix="check the path in the manifest or --weights-dir")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise InputError(path, f"not a valid safetensors file ({e})", fix="re-save with safetensors.torch.save_file") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InputError(
+                path,
+                f"refused to load: not a plain tensor checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                fix="save only tensors: torch.save(model.state_dict(), path) or use .safetensors; "
+                    "pickled objects are never unpickled") from None
+        sd = obj
+        for key in ("state_dict", "model", "model_ema", "module"):
+            if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+                sd = sd[key]
+                break
+        if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise InputError(path, "checkpoint is not a mapping of parameter names to tensors",
+                             fix="save model.state_dict()")
+    return {re.sub(r"^module\.", "", k): v for k, v in sd.items()}
+
+
+def official_repvgg_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the official RepVGG repo's names (``stageN.i.rbr_*``, ``linear``) onto timm's ByobNet.
+
+    stage0 is timm's stem; stage1..4 are ``stages.0..3``. Branches: ``rbr_dense`` ->
+    ``conv_kxk``, ``rbr_1x1`` -> ``conv_1x1``, ``rbr_identity`` -> ``identity``,
+    ``rbr_reparam`` -> ``reparam_conv`` (deploy form); ``linear`` -> ``head.fc``.
+    """
+    if not any(".rbr_" in k or k.startswith("linear.") for k in sd):
+        return dict(sd)
+    out = {}
+    for k, v in sd.items():
+        nk = re.sub(r"^stage0\.", "stem.", k)
+        nk = re.sub(r"^stage([1-4])\.", lambda m: f"stages.{int(m.group(1)) - 1}.", nk)
+        nk = (nk.replace("rbr_dense.", "conv_kxk.").replace("rbr_1x1.", "conv_1x1.")
+                .replace("rbr_identity.", "identity.").replace("rbr_reparam.", "reparam_conv."))
+        nk = re.sub(r"^linear\.", "head.fc.", nk)
+        out[nk] = v
+    return out
+
+
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], source: Path | str) -> None:
+    """Strict load with a report a user can act on: missing, unexpected, mis-shaped keys."""
+    sd = official_repvgg_to_timm(sd)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    misshaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (first: {', '.join(keys[:4])})")
+        raise InputError(source, "checkpoint does not fit the architecture: " + "; ".join(parts),
+                         fix="check the model id / architecture the checkpoint was trained for")
+    filled = {k: sd.get(k, own[k]) for k in own}
+    model.load_state_dict(filled, strict=True)
+
+
+def state_digest(model: nn.Module) -> str:
+    """Content digest of the weights (for cache keys)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- the embedded default: recalibration ------------------------------------------------
+
+def randomise_bn(model: nn.Module, seed: int, scale: float = 0.25) -> None:
+    """Mildly randomise BN affine parameters (weight ~ 1 +- scale, bias ~ N(0, scale/2)).
+
+    Mild on purpose: strong randomisation makes deep nets chaotic (fp32 vs fp64 differ by
+    100%), and every tolerance here is set against a float64 noise floor.
+    """
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                m.weight.copy_(1.0 + scale * (2 * torch.rand(m.weight.shape, generator=g) - 1))
+                m.bias.copy_(0.5 * scale * torch.randn(m.bias.shape, generator=g))
+
+
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Re-estimate BN running statistics on images: train mode, cumulative average."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m in bns:
+        m.momentum = 0.1
+    model.eval()
+
+
+def build_reference(card: ModelCard, checkpoint: Path | str | None = None,
+                    calib: torch.Tensor | None = None, batch_size: int = 32) -> nn.Module:
+    """The reference model in eval mode: checkpoint weights as given, else recalibrated init."""
+    model = create_architecture(card)
+    if checkpoint is not None:
+        load_into(model, load_state_dict_file(checkpoint), checkpoint)
+        return model.eval()
+    randomise_bn(model, seed_for(card.id))
+    if calib is not None and len(calib):
+        recalibrate_bn(model, calib.split(batch_size))
+    return model.eval()
+
+
+def deploy_form(model: nn.Module) -> nn.Module:
+    """timm's re-parameterized copy (RepVGG: one 3x3 conv per block); other models unchanged."""
+    import copy
+
+    from timm.utils import reparameterize_model
+
+    return reparameterize_model(copy.deepcopy(model).eval())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,155 @@
+"""``results.json``: every figure every check measured, with machine and library versions.
+
+Figures travel with the test report (``user_properties``), so under xdist the controller
+sees them all and writes one file. Writes are atomic (temp file + rename).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FIGURE_PREFIX = "fig:"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "numpy",
+                 "pillow", "scikit-image", "pytest", "pytest-benchmark", "pytest-html", "pytest-xdist"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
+            "cores": os.cpu_count(), "gpu": _gpu()}
+
+
+def _gpu() -> str | None:
+    try:
+        import onnxruntime as ort
+
+        eps = ort.get_available_providers()
+        return ",".join(e for e in eps if e != "CPUExecutionProvider") or None
+    except Exception:  # onnxruntime missing or broken: no GPU claim
+        return None
+
+
+def jsonable(value: Any) -> Any:
+    """Figures as JSON: numpy scalars to Python, non-finite floats to strings."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ResultsCollector:
+    """Gathers one record per test from the reports the controller sees."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.started = time.time()
+        self.settings = settings
+        self.tests: dict[str, dict[str, Any]] = {}
+
+    def add(self, report) -> None:
+        rec = self.tests.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": None,
+                                                     "duration_s": 0.0, "figures": {}})
+        rec["duration_s"] = round(rec["duration_s"] + float(getattr(report, "duration", 0.0)), 4)
+        for name, value in getattr(report, "user_properties", []):
+            if name.startswith(FIGURE_PREFIX):
+                rec["figures"][name[len(FIGURE_PREFIX):]] = jsonable(value)
+            elif name in ("model", "suite", "check"):
+                rec[name] = value
+        outcome = _outcome(report)
+        # the worst phase wins: a teardown error after a pass is an error
+        order = ["passed", "skipped", "xfailed", "xpassed", "inconclusive", "failed", "error"]
+        if outcome and (rec["outcome"] is None or order.index(outcome) > order.index(rec["outcome"])):
+            rec["outcome"] = outcome
+            if outcome in ("failed", "error", "skipped", "xfailed", "inconclusive"):
+                rec["message"] = _short_message(report)
+
+    def document(self, complete: bool, exitstatus: int | None) -> dict[str, Any]:
+        tests = list(self.tests.values())
+        counts: dict[str, int] = {}
+        for t in tests:
+            counts[t["outcome"] or "unknown"] = counts.get(t["outcome"] or "unknown", 0) + 1
+        return {
+            "schema": "zooconform.results/1",
+            "complete": complete,
+            "exitstatus": exitstatus,
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "wall_s": round(time.time() - self.started, 2),
+            "machine": machine_info(),
+            "versions": library_versions(),
+            "settings": jsonable(self.settings),
+            "counts": counts,
+            "tests": tests,
+        }
+
+    def write(self, path: Path, complete: bool, exitstatus: int | None) -> dict[str, Any]:
+        doc = self.document(complete, exitstatus)
+        atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False))
+        return doc
+
+
+def _outcome(report) -> str | None:
+    if report.when == "call":
+        if hasattr(report, "wasxfail"):
+            return "xfailed" if report.skipped else "xpassed"
+        if report.failed and any(n == "inconclusive" for n, _ in getattr(report, "user_properties", [])):
+            return "inconclusive"
+        return report.outcome
+    if report.failed:
+        return "error"
+    if report.skipped:
+        return "xfailed" if hasattr(report, "wasxfail") else "skipped"
+    return None
+
+
+def _short_message(report) -> str:
+    if hasattr(report, "wasxfail") and report.wasxfail:
+        return str(report.wasxfail)
+    lr = report.longrepr
+    if lr is None:
+        return ""
+    if isinstance(lr, tuple) and len(lr) == 3:  # skip: (file, line, reason)
+        return str(lr[2])
+    crash = getattr(getattr(lr, "reprcrash", None), "message", None)
+    return crash if crash else str(lr)[-2000:]
