@@ -12,18 +12,33 @@ from . import flops as flops_mod
 from .compare import CheckFailure, check, distinct_top1, message
 from .models import count_params, create_architecture, deploy_form
 from .tolerances import tolerance
-from .zoo import ModelCard, PublishedRow
+from .zoo import ModelCard, Printed, PublishedRow
 
 
-@lru_cache(maxsize=4)
-def _built(card_id: str, card: ModelCard) -> tuple[nn.Module, nn.Module | None]:
+@lru_cache(maxsize=None)
+def measured_figures(card_id: str, card: ModelCard) -> dict:
+    """Everything the card checks count, from one build of the architecture (weights irrelevant).
+
+    Only numbers are kept, so a full-tier run does not hold 24 models in memory, and each
+    count is one forward pass however many published rows share it.
+    """
     model = create_architecture(card)
-    return model, (deploy_form(model) if card.count_form == "deploy" else None)
+    deploy = deploy_form(model) if card.count_form == "deploy" else None
+    counted = deploy if deploy is not None else model
+    figures = {"params": count_params(counted), "form": "deploy" if deploy is not None else "train",
+               "upsample_modes": sorted({m.mode for m in model.modules() if isinstance(m, nn.Upsample)}),
+               "flops": {}, "gmacs": {}}
+    for row in card.published:
+        size = row.input_size or card.input_size
+        if row.flops_convention and (row.flops_convention, size) not in figures["flops"]:
+            figures["flops"][(row.flops_convention, size)] = flops_mod.flops_under(row.flops_convention, model, deploy, size)
+        if size not in figures["gmacs"]:
+            figures["gmacs"][size] = flops_mod.reference_count(counted, size)
+    return figures
 
 
-def built_models(card: ModelCard) -> tuple[nn.Module, nn.Module | None]:
-    """(training form, deploy form or None) of the card's architecture (weights irrelevant)."""
-    return _built(card.id, card)
+def figures_of(card: ModelCard) -> dict:
+    return measured_figures(card.id, card)
 
 
 def _where(card: ModelCard, row: PublishedRow) -> str:
@@ -32,11 +47,9 @@ def _where(card: ModelCard, row: PublishedRow) -> str:
 
 def _last_digit_unit(value: float) -> float:
     """One unit of the last printed digit of a published figure (8.30 -> 0.01, 1.4 -> 0.1)."""
-    text = repr(value)
-    decimals = len(text.split(".")[1]) if "." in text else 0
-    if text.endswith(".0"):
-        decimals = 1
-    return 10.0 ** -decimals
+    if isinstance(value, Printed):
+        return value.last_digit_unit
+    return Printed(repr(value)).last_digit_unit
 
 
 def within_published(measured: float, published: float, rel: float, digit_units: float) -> tuple[bool, float]:
@@ -45,15 +58,15 @@ def within_published(measured: float, published: float, rel: float, digit_units:
 
 
 def check_params(card: ModelCard, row: PublishedRow, record) -> None:
-    model, deploy = built_models(card)
-    counted = deploy if deploy is not None else model
-    measured = count_params(counted) / 1e6
+    fig = figures_of(card)
+    measured = fig["params"] / 1e6
+    deploy = fig["form"] == "deploy"
     ok, allowed = within_published(measured, row.params_m, tolerance("card", "params_rel"),
                                    tolerance("card", "params_last_digit_units"))
     record(params_m_measured=round(measured, 4), params_m_published=row.params_m,
            params_rel_diff=round((measured - row.params_m) / row.params_m, 6),
-           params_form="deploy" if deploy is not None else "train", params_allowed_m=allowed)
-    form = " (deploy form)" if deploy is not None else ""
+           params_form=fig["form"], params_allowed_m=allowed)
+    form = " (deploy form)" if deploy else ""
     check(ok, f"params{form} of {card.timm_arch}", f"{measured:.4f}M",
           f"{row.params_m}M +-{allowed:.4g}M", _where(card, row),
           cause=None if ok else f"the built architecture differs from '{row.name}' by "
@@ -61,10 +74,9 @@ def check_params(card: ModelCard, row: PublishedRow, record) -> None:
 
 
 def check_flops(card: ModelCard, row: PublishedRow, record) -> None:
-    model, deploy = built_models(card)
     size = row.input_size or card.input_size
-    measured = flops_mod.flops_under(row.flops_convention, model, deploy, size)
-    plain = flops_mod.reference_count(deploy if deploy is not None else model, size)
+    measured = figures_of(card)["flops"][(row.flops_convention, size)]
+    plain = figures_of(card)["gmacs"][size]
     record(flops_convention=row.flops_convention, flops_g_published=row.flops_g,
            gmacs_measured=round(plain, 4), published_over_gmacs=round(row.flops_g / plain, 4), input_size=size)
     if measured is None:
@@ -125,8 +137,7 @@ def check_timm_data_config(card: ModelCard, record) -> None:
 
 def check_fusion_upsampling(card: ModelCard, record) -> None:
     claimed = card.claims.get("fusion_upsample")
-    model, _ = built_models(card)
-    modes = sorted({m.mode for m in model.modules() if isinstance(m, nn.Upsample)})
+    modes = figures_of(card)["upsample_modes"]
     record(fusion_upsample_card=claimed, fusion_upsample_built=modes)
     check(modes == [claimed], f"fusion upsampling mode of {card.timm_arch}", modes, [claimed],
           f"{card.file.name} [family.claims] fusion_upsample",

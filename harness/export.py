@@ -30,6 +30,7 @@ class ExportResult:
     opset_written: int | None
     seconds: float
     log: str = ""
+    cached: bool = False  # True: taken from the on-disk cache, ``seconds`` is the original export's
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -49,8 +50,11 @@ def export_onnx(model: torch.nn.Module, path: Path | str, *, input_size: int, op
     large = _param_bytes(model) > TWO_GB
     log = io.StringIO()
     t0 = time.perf_counter()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        warnings.simplefilter("ignore")
+    # the exporters' warnings go into the log (e.g. opset 10's Resize "might cause results to
+    # not match"), not onto the console
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        warnings.simplefilter("always")
         if exporter == "legacy":
             torch.onnx.export(
                 model, (x,), str(path), dynamo=False, opset_version=opset,
@@ -64,11 +68,13 @@ def export_onnx(model: torch.nn.Module, path: Path | str, *, input_size: int, op
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes=dyn, external_data=large)
     seconds = time.perf_counter() - t0
+    warned = list(dict.fromkeys(f"{w.category.__name__}: {str(w.message)[:400]}" for w in caught))
+    text_log = "\n".join(warned)[:2000] + ("\n" if warned else "") + log.getvalue()[-2000:]
     written = None
     with contextlib.suppress(Exception):
         m = onnx.load(str(path), load_external_data=False)
         written = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    return ExportResult(path, exporter, opset, written, seconds, log.getvalue()[-4000:])
+    return ExportResult(path, exporter, opset, written, seconds, text_log)
 
 
 def library_key() -> dict[str, str]:
@@ -79,10 +85,12 @@ def library_key() -> dict[str, str]:
 
 
 def exported(lab, card, *, exporter: str = "legacy", opset: int = 17, model: torch.nn.Module | None = None,
-             tag: str = "reference") -> ExportResult:
+             tag: str = "reference", dynamic_batch: bool = True) -> ExportResult:
     """Cached export of the card's reference model (or ``model``, e.g. a deploy form).
 
-    Safe under xdist (file lock + atomic rename); a corrupt entry is rebuilt.
+    Safe under xdist (file lock + atomic rename); an entry whose files no longer match the
+    sizes and sha256 recorded when it was built (a truncated ``model.onnx``) is rebuilt.
+    An export that raises is not cached: the exception propagates to the caller.
     """
     import json
 
@@ -91,10 +99,17 @@ def exported(lab, card, *, exporter: str = "legacy", opset: int = 17, model: tor
     model = model if model is not None else lab.reference(card)
     key = {"model": card.id, "tag": tag, "weights": state_digest(model), "exporter": exporter,
            "opset": opset, "input_size": card.input_size, **library_key()}
+    if exporter == "dynamo":
+        import onnxscript
+
+        key["onnxscript"] = onnxscript.__version__
+    if not dynamic_batch:
+        key["dynamic_batch"] = False
     info: dict = {}
 
     def build(folder: Path) -> None:
-        res = export_onnx(model, folder / "model.onnx", input_size=card.input_size, opset=opset, exporter=exporter)
+        res = export_onnx(model, folder / "model.onnx", input_size=card.input_size, opset=opset, exporter=exporter,
+                          dynamic_batch=dynamic_batch)
         (folder / "export.json").write_text(json.dumps(
             {"seconds": res.seconds, "opset_written": res.opset_written, "log": res.log}))
         info["fresh"] = True
@@ -102,4 +117,4 @@ def exported(lab, card, *, exporter: str = "legacy", opset: int = 17, model: tor
     folder = lab.cache.entry("onnx", key, build)
     meta = json.loads((folder / "export.json").read_text())
     return ExportResult(folder / "model.onnx", exporter, opset, meta["opset_written"],
-                        meta["seconds"], meta.get("log", ""))
+                        meta["seconds"], meta.get("log", ""), cached=not info.get("fresh", False))

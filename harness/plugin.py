@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import fnmatch
 import html
+import json
 import os
+import time
 import tomllib
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import pytest
 from .compare import CheckFailure, Inconclusive
 from .errors import ConfigError, ZooconformError
 from .lab import Lab, Settings
-from .report.results import FIGURE_PREFIX, ResultsCollector, jsonable, library_versions, machine_info
+from .report.results import (FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions,
+                             machine_info)
 from .zoo import TIERS, UnknownModelError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +42,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--threads", type=int, default=None, metavar="N", help="intra-op threads for torch and ONNX Runtime")
     g.addoption("--profile", default=None, metavar="NAME", help="latency budget profile (fixtures/budgets/NAME.toml)")
     g.addoption("--no-results", action="store_true", help="do not write results.json")
+    g.addoption("--shard", default=None, metavar="I/N",
+                help="run only shard I of N: the selected models sorted by id, dealt round-robin "
+                     "(tests of no model run in shard 1); merge with `zooconform merge`")
 
 
 def settings_from(config: pytest.Config) -> Settings:
@@ -68,19 +74,66 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[_lab_key] = lab
+    shard = shard_option(config)
+    if shard is not None:
+        lab.cards = shard_cards(lab.cards, *shard)
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) writes reports
         config.stash[_collector_key] = ResultsCollector({
             "tier": settings.tier, "models": [c.id for c in lab.cards], "artifacts": settings.artifacts,
             "imagenet": settings.imagenet, "weights_dir": settings.weights_dir, "profile": settings.profile,
-            "eval_images": settings.eval_images, "calib_images": settings.calib_images})
-        config.pluginmanager.register(_ResultsListener(config.stash[_collector_key]), "zooconform-results")
-    xml = getattr(config, "_xml", None)
+            "eval_images": settings.eval_images, "calib_images": settings.calib_images,
+            "threads": settings.threads, "shard": f"{shard[0]}/{shard[1]}" if shard else None})
+        config.pluginmanager.register(_ResultsListener(config, config.stash[_collector_key]), "zooconform-results")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # here, not in pytest_configure: junitxml creates config._xml in its own pytest_configure,
+    # which may run after ours (measured: no global property landed in the XML from there)
+    config = session.config
+    xml = _junit_xml(config)
     if xml is not None:  # JUnit: the test suite carries machine, versions and profile
+        settings = lab_of(config).settings
+        shard = config.getoption("--shard")
         for k, v in {**{f"machine.{k}": v for k, v in machine_info().items()},
                      **{f"version.{k}": v for k, v in library_versions().items()},
                      "tier": settings.tier, "profile": settings.profile or "",
-                     "data": str(settings.imagenet or "embedded")}.items():
+                     "data": str(settings.imagenet or "embedded"), "shard": shard or ""}.items():
             xml.add_global_property(k, str(v))
+
+
+def _junit_xml(config: pytest.Config):
+    """pytest's JUnit writer on the controller (None without --junitxml and on xdist workers).
+
+    pytest keeps it in ``config.stash[xml_key]`` (older pytest: ``config._xml``); the public
+    ``record_testsuite_property`` fixture does not work under xdist (pytest#7767)."""
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:
+        return getattr(config, "_xml", None)
+    return config.stash.get(xml_key, None)
+
+
+def shard_option(config: pytest.Config) -> tuple[int, int] | None:
+    value = config.getoption("--shard")
+    if not value:
+        return None
+    try:
+        i, n = (int(x) for x in str(value).split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard {value!r}: expected I/N, e.g. --shard 2/4") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise pytest.UsageError(f"--shard {value!r}: I must be between 1 and N (N >= 1)")
+    return i, n
+
+
+def shard_cards(cards: list, index: int, count: int) -> list:
+    """Shard ``index`` (1-based) of ``count``: the cards sorted by id, dealt round-robin.
+
+    Sorting makes the split independent of the order the ids were given in; dealing keeps
+    the shards within one model of each other in size.
+    """
+    mine = {c.id for c in sorted(cards, key=lambda c: c.id)[index - 1::count]}
+    return [c for c in cards if c.id in mine]
 
 
 def lab_of(config: pytest.Config) -> Lab:
@@ -96,7 +149,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """
     lab = lab_of(metafunc.config)
     fam = getattr(metafunc.function, "zoo_family", None)
-    cards = [c for c in lab.cards if fam is None or c.family == fam]
+    tier = getattr(metafunc.function, "zoo_tier", None)
+    cards = [c for c in lab.cards if (fam is None or c.family == fam) and (tier is None or tier in c.tiers)]
     if "published_row" in metafunc.fixturenames:
         want = getattr(metafunc.function, "row_filter", None) or (lambda row: True)
         metafunc.parametrize(
@@ -131,6 +185,14 @@ def family(name: str):
     return mark
 
 
+def only_tier(name: str):
+    """Decorator: run a check only for models of a tier (e.g. costly checks on "smoke" models)."""
+    def mark(fn):
+        fn.zoo_tier = name
+        return fn
+    return mark
+
+
 def _load_expectations() -> list[dict]:
     """``[[xfail]]`` entries: ``test`` (function name glob), ``params`` (case id glob), ``reason``."""
     if not EXPECTATIONS.is_file():
@@ -150,6 +212,12 @@ def _load_expectations() -> list[dict]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Known failures are data (fixtures/expectations.toml): strict, with a reason, and they
     only cover a *check* failing (CheckFailure), never a crash of the harness."""
+    shard = shard_option(config)
+    if shard is not None and shard[0] != 1:  # tests of no model run once, in shard 1
+        other = [it for it in items if "model_card" not in getattr(getattr(it, "callspec", None), "params", {})]
+        if other:
+            config.hook.pytest_deselected(items=other)
+            items[:] = [it for it in items if it not in other]
     try:
         entries = _load_expectations()
     except ConfigError as e:
@@ -242,13 +310,65 @@ def pytest_report_teststatus(report, config):
 
 
 class _ResultsListener:
-    """Registered on the controller only: under xdist the workers' reports arrive here."""
+    """Registered on the controller only: under xdist the workers' reports arrive here.
 
-    def __init__(self, collector: ResultsCollector):
+    It also keeps results.json current while the run goes (a snapshot marked incomplete at
+    most every SNAPSHOT_S seconds), so a run killed outright (SIGKILL, OOM, a lost CI
+    runner) still leaves what it had measured; and it knows which tests were collected and
+    which ran on a crashed xdist worker, so an unfinished run is never mistaken for a
+    complete one.
+    """
+
+    SNAPSHOT_S = 10.0
+
+    def __init__(self, config: pytest.Config, collector: ResultsCollector):
+        self.config = config
         self.collector = collector
+        self.collected: set[str] = set()
+        self.crashed: list[str] = []
+        self._last_snapshot = 0.0
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected.update(item.nodeid for item in session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        self.collected.update(ids)
 
     def pytest_runtest_logreport(self, report) -> None:
         self.collector.add(report)
+        if report.when == "???":  # pytest-xdist's report for the test a worker died in
+            self.crashed.append(report.nodeid)
+        if report.when in ("teardown", "???") and time.monotonic() - self._last_snapshot > self.SNAPSHOT_S:
+            self._last_snapshot = time.monotonic()
+            self.write(complete=False, exitstatus=None,
+                       reasons=["snapshot taken while the run was going: it did not finish (killed?)"])
+
+    def incomplete_reasons(self, interrupted: bool) -> list[str]:
+        reasons = []
+        if interrupted:
+            reasons.append("interrupted (Ctrl-C, -x/--maxfail or a stop request)")
+        if self.crashed:
+            reasons.append(f"{len(self.crashed)} test(s) ran on a crashed worker: {', '.join(self.crashed[:5])}")
+        missing = self.collected - set(self.collector.tests)
+        if missing:
+            reasons.append(f"{len(missing)} of {len(self.collected)} collected test(s) never reported")
+        return reasons
+
+    def write(self, complete: bool, exitstatus: int | None, reasons: list[str]) -> dict | None:
+        if self.config.getoption("--no-results"):
+            return None
+        if not any("model" in t for t in self.collector.tests.values()):
+            return None  # no conformance check ran (e.g. only the harness's own tests)
+        lab = lab_of(self.config)
+        self.collector.settings["data_problems"] = lab.data_problems[:50]
+        if lab.manifest_error:
+            self.collector.settings["manifest_error"] = str(lab.manifest_error)
+        doc = self.collector.document(complete and not reasons, exitstatus)
+        doc["incomplete_reasons"] = reasons
+        doc["collected"] = len(self.collected)
+        atomic_write_text(results_path(self.config), json.dumps(doc, indent=1))
+        return doc
 
 
 def results_path(config: pytest.Config) -> Path:
@@ -259,16 +379,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if _collector_key not in config.stash or config.getoption("--no-results"):
         return
-    collector = config.stash[_collector_key]
-    if not collector.tests:
-        return
-    lab = lab_of(config)
-    collector.settings["data_problems"] = lab.data_problems[:50]
-    if lab.manifest_error:
-        collector.settings["manifest_error"] = str(lab.manifest_error)
-    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop
-    doc = collector.write(results_path(config), complete=not interrupted, exitstatus=int(exitstatus))
-    config.stash[_doc_key] = doc
+    listener = config.pluginmanager.get_plugin("zooconform-results")
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop)
+    doc = listener.write(True, int(exitstatus), listener.incomplete_reasons(interrupted))
+    if doc is not None:
+        config.stash[_doc_key] = doc
 
 
 _doc_key = pytest.StashKey[dict]()

@@ -108,6 +108,28 @@ class ModelCard:
         return [r for r in self.published if source is None or source in r.sources]
 
 
+class Printed(float):
+    """A published figure that remembers how the seed printed it ("8.30" keeps its 2 decimals).
+
+    The seeds truncate or round to the printed digits, so a comparison needs the printed
+    precision, which a plain float loses (8.30 == 8.3).
+    """
+
+    text: str
+
+    def __new__(cls, text: str):
+        obj = super().__new__(cls, text)
+        obj.text = text
+        return obj
+
+    @property
+    def last_digit_unit(self) -> float:
+        """One unit of the last printed digit: 8.30 -> 0.01, 1.4 -> 0.1, 13 -> 1."""
+        mantissa = self.text.lower().split("e")[0]
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        return 10.0 ** -decimals
+
+
 # --- validation -------------------------------------------------------------------------
 
 def _expect(d: dict, key: str, types: type | tuple[type, ...], where: str, file: Path,
@@ -133,7 +155,9 @@ def _expect(d: dict, key: str, types: type | tuple[type, ...], where: str, file:
 
 def _number(d, key, where, file, required=True):
     v = _expect(d, key, (int, float), where, file, required)
-    return None if v is None else float(v)
+    if v is None or isinstance(v, Printed):
+        return v
+    return Printed(str(v))
 
 
 def _triple(d, key, where, file) -> tuple[float, float, float]:
@@ -218,7 +242,7 @@ def _parse_row(d: dict, where: str, file: Path) -> PublishedRow:
 def load_family_file(file: Path) -> dict[str, ModelCard]:
     file = Path(file)
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.read_text(encoding="utf-8"), parse_float=Printed)
     except FileNotFoundError:
         raise ConfigError(file, "-", "file not found", fix="check the path") from None
     except tomllib.TOMLDecodeError as e:

@@ -10,7 +10,7 @@ import pytest
 import torch.nn as nn
 
 from harness import cardchecks
-from harness.plugin import family, rows_with
+from harness.plugin import family, only_tier, rows_with
 
 pytestmark = pytest.mark.card
 
@@ -34,5 +34,6 @@ def test_hrnet_fusion_upsampling_matches_card(model_card, record):
     cardchecks.check_fusion_upsampling(model_card, record)
 
 
+@only_tier("smoke")  # the issue: asserted for the smoke models; the full tier would recalibrate all 24 here
 def test_reference_predictions_are_diverse(model_card, lab, record):
     cardchecks.check_diverse_predictions(model_card, lab, record)

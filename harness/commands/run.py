@@ -1,13 +1,36 @@
-"""``zooconform run``: the suites on the chosen tier, with JUnit, HTML and results.json.
+"""``zooconform run``: the suites on the chosen tier, then the nightly report.
 
-Unknown options are passed to pytest unchanged (e.g. ``-k export``, ``-x``).
+Each run writes a new folder ``<report-dir>/<nightly|smoke>/<UTC timestamp>/`` holding
+``index.html`` (self-contained), ``summary.md``, ``results.json``, ``junit.xml`` and
+pytest-html's ``report.html``, and appends one line per model to
+``<report-dir>/history.jsonl``. Nothing that exists is overwritten.
+
+``-j N``: phase 1 runs everything but latency on N pytest-xdist workers (``--dist
+loadgroup``: each model's tests share a worker, so its artifacts are built once); phase 2
+runs the latency tests serially (pytest-benchmark disables itself under xdist, and timing
+beside busy workers would measure them). Both phases are merged into one report.
+
+``--shard I/N``: only shard I of the models (sorted by id, dealt round-robin); the shard's
+folder is merged with the others by ``zooconform merge``, which appends the history.
+
+Ctrl-C (or SIGTERM) stops the run: the suite writes what it has, marked incomplete, and
+the report is rendered from it. Unknown options are passed to pytest (``-k export``, ``-x``).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+INTERRUPTED = 2  # pytest's exit code for an interrupted session
+NO_TESTS = 5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,26 +39,216 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", default=None, help="TOML manifest of your artifacts")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--imagenet", default=None)
-    p.add_argument("--report-dir", default="reports")
+    p.add_argument("--report-dir", default="reports", help="run folders and history.jsonl go here (default reports)")
     p.add_argument("-m", "--marker", dest="marker", default=None, help="pytest marker expression, e.g. 'card or export'")
+    p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                   help="N xdist workers for everything but latency (N or 'auto'), then latency serially")
+    p.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N (split by model); merge with `zooconform merge`")
+    p.add_argument("--history", default=None, metavar="FILE", help="history file (default <report-dir>/history.jsonl)")
+    p.add_argument("--no-history", action="store_true", help="do not append this run to the history")
+    p.add_argument("--suites", default=str(ROOT / "suites"), metavar="PATH", help="suite folder or file (default: suites/)")
 
 
-def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    report = Path(args.report_dir)
-    out = [str(ROOT / "suites"), f"--rootdir={ROOT}", "-p", "no:cacheprovider", f"--tier={args.tier}",
-           f"--report-dir={report}", f"--junitxml={report / 'junit.xml'}",
-           f"--html={report / 'report.html'}", "--self-contained-html", "-o", "junit_family=xunit1"]
-    for opt in ("models", "artifacts", "weights_dir", "imagenet"):
+def _jobs(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError(f"expected a number of workers >= 1 or 'auto', got {value!r}")
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise SystemExit(f"zooconform run: --shard {value!r}: expected I/N, e.g. --shard 2/4") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise SystemExit(f"zooconform run: --shard {value!r}: I must be between 1 and N")
+    return i, n
+
+
+@dataclass
+class Phase:
+    label: str
+    folder: Path
+    marker: str | None
+    options: list[str]
+
+
+def _and(user: str | None, own: str | None) -> str | None:
+    if user and own:
+        return f"({user}) and ({own})"
+    return user or own
+
+
+def phases(args: argparse.Namespace, folder: Path) -> list[Phase]:
+    if not args.jobs:
+        return [Phase("all", folder, args.marker, [])]
+    return [Phase("parallel", folder / "phase1-parallel", _and(args.marker, "not latency"),
+                  ["-n", str(args.jobs), "--dist", "loadgroup"]),
+            Phase("latency", folder / "phase2-latency", _and(args.marker, "latency"), ["-p", "no:xdist"])]
+
+
+def pytest_args(args: argparse.Namespace, extra: list[str], phase: Phase) -> list[str]:
+    suites = Path(args.suites).resolve()
+    inside = ROOT in suites.parents or suites == ROOT
+    out = [str(suites), "-c", str(ROOT / "pyproject.toml"), f"--rootdir={ROOT if inside else (suites if suites.is_dir() else suites.parent)}",
+           "-p", "harness.plugin", "-p", "no:cacheprovider", f"--tier={args.tier}",
+           f"--report-dir={phase.folder}", f"--junitxml={phase.folder / 'junit.xml'}",
+           f"--html={phase.folder / 'report.html'}", "--self-contained-html", "-o", "junit_family=xunit1"]
+    for opt in ("models", "artifacts", "weights_dir", "imagenet", "shard"):
         value = getattr(args, opt)
         if value:
             out.append(f"--{opt.replace('_', '-')}={value}")
-    if args.marker:
-        out += ["-m", args.marker]
-    return out + list(extra)
+    if phase.marker:
+        out += ["-m", phase.marker]
+    return out + phase.options + list(extra)
+
+
+class _Forwarder:
+    """While a phase runs, Ctrl-C / SIGTERM to us becomes one SIGINT to the phase's process
+    group (pytest then finishes cleanly and writes what it has); a second one escalates to
+    SIGTERM, a third to SIGKILL. The child runs in its own session, so a terminal Ctrl-C
+    reaches it only through here, exactly once."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.count = 0
+
+    def __call__(self, signum, frame) -> None:
+        self.count += 1
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        sig = {1: signal.SIGINT, 2: signal.SIGTERM}.get(self.count, signal.SIGKILL)
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run_phase(cmd: list[str], forwarder: _Forwarder) -> int:
+    forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True)
+    try:
+        return forwarder.proc.wait()  # PEP 475: resumes after our handler runs
+    finally:
+        forwarder.proc = None
+
+
+def phase_doc(phase: Phase, code: int) -> dict | None:
+    from ..report.merge import load_results
+    from ..errors import InputError
+
+    file = phase.folder / "results.json"
+    if not file.exists():
+        return None
+    try:
+        doc = load_results(file)
+    except InputError as e:
+        print(f"zooconform run: {e}", file=sys.stderr)
+        return None
+    if code < 0:  # killed by a signal: what it wrote is a snapshot at best
+        doc["complete"] = False
+        reasons = doc.setdefault("incomplete_reasons", [])
+        reasons.append(f"pytest ({phase.label}) was killed by signal {-code}")
+    return doc
+
+
+def empty_doc(args: argparse.Namespace, reasons: list[str]) -> dict:
+    from ..report.results import library_versions, machine_info
+
+    return {"schema": "zooconform.results/1", "complete": False, "incomplete_reasons": reasons,
+            "exitstatus": None, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": 0.0,
+            "machine": machine_info(), "versions": library_versions(),
+            "settings": {"tier": args.tier, "models": (args.models or "").split(",") if args.models else []},
+            "counts": {}, "tests": []}
+
+
+def merge_junit(files: list[tuple[str, Path]], out: Path) -> None:
+    """One JUnit file with one <testsuite> per phase (CI systems read several suites)."""
+    import xml.etree.ElementTree as ET
+
+    from ..report.results import atomic_write_text
+
+    root = ET.Element("testsuites", name="zooconform")
+    for label, f in files:
+        try:
+            tree = ET.parse(f)
+        except (OSError, ET.ParseError):
+            continue
+        suites = [tree.getroot()] if tree.getroot().tag == "testsuite" else list(tree.getroot())
+        for s in suites:
+            s.set("name", f"{s.get('name', 'pytest')}-{label}")
+            root.append(s)
+    atomic_write_text(out, ET.tostring(root, encoding="unicode"))
 
 
 def main(args: argparse.Namespace, extra: list[str]) -> int:
-    import pytest
+    from ..report.merge import merge_documents
+    from ..report.nightly import default_history, new_run_folder, utc_stamp, write_report
+    from ..report.summary import one_screen
 
-    Path(args.report_dir).mkdir(parents=True, exist_ok=True)
-    return int(pytest.main(pytest_args(args, extra)))
+    shard = _shard(args.shard)
+    report_dir = Path(args.report_dir)
+    name = utc_stamp() + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
+    folder = new_run_folder(report_dir / ("nightly" if args.tier == "full" else args.tier), name)
+    forwarder = _Forwarder()
+    old = {s: signal.signal(s, forwarder) for s in (signal.SIGINT, signal.SIGTERM)}
+    codes: list[tuple[Phase, int]] = []
+    try:
+        for phase in phases(args, folder):
+            phase.folder.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "pytest", *pytest_args(args, extra, phase)]
+            print(f"zooconform run: phase {phase.label}: {' '.join(cmd[1:])}", flush=True)
+            codes.append((phase, run_phase(cmd, forwarder)))
+            if forwarder.count:  # interrupted: no further phase
+                break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    docs, reasons = [], []
+    for phase, code in codes:
+        doc = phase_doc(phase, code)
+        if doc is not None:
+            docs.append((phase.label, doc))
+        elif code not in (0, NO_TESTS):
+            reasons.append(f"pytest ({phase.label}) exited with {code} and wrote no results")
+    if forwarder.count and len(codes) < len(phases(args, folder)):
+        reasons.append("interrupted before the latency phase")
+    if not docs:
+        doc = empty_doc(args, reasons or ["no test ran (check -m / -k / --models)"])
+    elif len(docs) == 1 and len(codes) == 1:
+        doc = docs[0][1]
+    else:
+        doc = merge_documents(docs, sequential=True)
+    if reasons:
+        doc["complete"] = False
+        doc["incomplete_reasons"] = list(doc.get("incomplete_reasons") or []) + reasons
+    doc["run_id"] = folder.name
+
+    links = {}
+    if args.jobs:
+        junits = [(p.label, p.folder / "junit.xml") for p, _ in codes if (p.folder / "junit.xml").exists()]
+        if junits:
+            merge_junit(junits, folder / "junit.xml")
+        for p, _ in codes:
+            if (p.folder / "report.html").exists():
+                links[f"pytest-html ({p.label})"] = f"{p.folder.name}/report.html"
+    history = Path(args.history) if args.history else default_history(report_dir)
+    append = not args.no_history and shard is None
+    written = write_report(doc, folder, history if (append or history.exists()) else None, append_history=append,
+                           links=links)
+    if len(codes) > 1:  # each phase printed its own summary; this is the whole run's
+        for line in one_screen(doc):
+            print(line)
+    n_reg = sum(len(v) for v in written.regressions.values())
+    print(f"report: {written.index}" + (f" ({n_reg} regression(s) flagged)" if n_reg else ""))
+    if written.history and append:
+        print(f"history: {written.history} (+{written.appended} lines)")
+    elif shard:
+        print(f"shard {shard[0]}/{shard[1]}: merge the shards' folders with `zooconform merge` to append the history")
+    real = [c for _, c in codes if c != NO_TESTS]
+    if forwarder.count or any(c < 0 for c in real):
+        return INTERRUPTED
+    code = max(real) if real else NO_TESTS
+    return INTERRUPTED if code == 0 and not doc.get("complete") else code

@@ -1,0 +1,372 @@
+"""The bridge to runtimes the suite cannot import: files in, files out (the seeds' workflow).
+
+The seeds test a vendor runtime with three tools: ``image2npz.py`` (images -> ``.npz`` +
+datalist), ``vamp --datalist`` (the runtime runs every listed file and writes its outputs)
+and ``vamp_eval.py`` (outputs + labels -> top-1/top-5). ``zooconform prepare`` and
+``zooconform eval`` are the first and the last step, with the card's preprocessing and a
+torch reference to compare against.
+
+Prepared folder (``zooconform prepare --model ID --out DIR``)::
+
+    DIR/prepare.json       what was prepared: model, preprocessing, images, weights, noise floor
+    DIR/datalist.txt       one input file per line (absolute path); its order is the order of all below
+    DIR/inputs/<stem>.npz  key "input_0" (the seeds' key): float32 (1, 3, S, S), NCHW, RGB, the
+                           card's preprocessing (resize/crop, ToTensor, Normalize) already applied
+    DIR/reference.npz      "logits" float32 (N, 1000): the torch reference on those inputs;
+                           "names" (N,) stems; "labels" int64 (N,), -1 where unknown
+    DIR/val_label.txt      "<image file name> <class index>": only when the images have labels
+
+``<stem>`` is the image's file stem (``ILSVRC2012_val_00000001``), or the embedded image's
+name with every character outside ``[A-Za-z0-9._-]`` replaced by ``_`` (``chelsea_0``).
+
+Runtime outputs (``zooconform eval --results DIR``): one file per datalist line, either
+
+- ``<stem>.npz`` with the logits under ``output_0`` (vamp's key) or ``logits``, or as its only array;
+- ``<stem>.bin`` or ``<stem>.raw``: raw little-endian float32, exactly 1000 values (4000 bytes);
+
+any shape that holds 1000 values ((1000,), (1, 1000), (1, 1000, 1, 1)). A runtime that
+numbers its outputs instead of naming them (vamp writes them in datalist order) is matched
+by the number in the file name, in order, when no file is named by stem and there are
+exactly as many numbered files as datalist lines; the results say so.
+
+Checks (fp32 runtimes): the outputs agree with the reference, max|out - ref| / max|ref|
+within ``[bridge] rel_error_over_floor`` times the reference's own fp32 noise floor (fp32 vs
+float64 on the first images, measured by ``prepare``) and every image's cosine within
+``[bridge] min_cosine``; with labels, top-1/top-5 are computed, and with real weights on
+ImageNet held to the card like the accuracy suite does (:mod:`harness.accuracy`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import accuracy as acc
+from .compare import CheckFailure, cosine_rows, message, rel_max_error
+from .errors import InputError
+from .report.results import ResultsCollector, atomic_write_text, jsonable, library_versions
+from .tolerances import tolerance
+from .zoo import ModelCard
+
+SCHEMA = "zooconform.prepared/1"
+META = "prepare.json"
+DATALIST = "datalist.txt"
+REFERENCE = "reference.npz"
+LABELS = "val_label.txt"
+INPUTS = "inputs"
+INPUT_KEY = "input_0"
+OUTPUT_KEYS = ("output_0", "logits")
+OUTPUT_SUFFIXES = (".npz", ".bin", ".raw")
+NUM_CLASSES = 1000
+FLOOR_IMAGES = 8  # float64 convolutions are slow on CPU (12 s for 8 repvgg_a0 images under load)
+_OWN = (META, DATALIST, REFERENCE, LABELS)
+
+
+def safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem if "." in name else name) or "image"
+
+
+def unique_stem(name: str, taken: set[str]) -> str:
+    """The file stem of an image, made unique among ``taken`` (which it joins)."""
+    base = stem = safe_stem(name)
+    i = 1
+    while stem in taken:
+        stem, i = f"{base}_{i}", i + 1
+    taken.add(stem)
+    return stem
+
+
+# --- prepare ----------------------------------------------------------------------------
+
+def _claim_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder", fix="choose a new folder for --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
+        raise InputError(out, "folder is not empty and was not written by zooconform prepare",
+                         fix="choose an empty or new folder for --out")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / INPUTS, ignore_errors=True)  # a previous prepare's inputs: replaced whole
+    for name in _OWN:
+        (out / name).unlink(missing_ok=True)
+    (out / INPUTS).mkdir()
+
+
+def noise_floor(model: torch.nn.Module, x: torch.Tensor, logits32: np.ndarray) -> float:
+    """max|fp32 - fp64| / max|fp64| of the reference itself: the error fp32 arithmetic costs."""
+    m64 = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        l64 = m64(x.double()).numpy()
+    return rel_max_error(logits32, l64)
+
+
+def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16) -> dict:
+    """Write the prepared folder for ``card`` over the lab's images (see the module doc)."""
+    out = Path(out).resolve()
+    ckpt = lab.checkpoint_for(card)
+    model = lab.reference(card)
+    from .models import state_digest
+
+    _claim_folder(out)
+    batches, expected, problems, listed_missing = acc.image_batches(lab, card, batch_size)
+    names, image_names, labels, logits = [], [], [], []
+    taken: set[str] = set()
+    floor_x: list[torch.Tensor] = []
+    with torch.no_grad():
+        for x, samples in batches:
+            stems = [unique_stem(s.name, taken) for s in samples]
+            for i, stem in enumerate(stems):
+                np.savez(out / INPUTS / f"{stem}.npz", **{INPUT_KEY: x[i:i + 1].numpy().astype(np.float32)})
+            logits.append(model(x).float().numpy())
+            names.extend(stems)
+            image_names.extend(s.name for s in samples)
+            labels.extend(-1 if s.label is None else int(s.label) for s in samples)
+            if sum(len(t) for t in floor_x) < FLOOR_IMAGES:
+                floor_x.append(x[:FLOOR_IMAGES - sum(len(t) for t in floor_x)])
+    if not names:
+        raise InputError(lab.settings.imagenet or "embedded", "no image could be read",
+                         fix="check the --imagenet folder")
+    all_logits = np.concatenate(logits).astype(np.float32)
+    fx = torch.cat(floor_x)
+    floor = noise_floor(model, fx, all_logits[:len(fx)])
+    seen = set(image_names)
+    skipped = listed_missing + [next((p for p in problems() if s.name in p), f"{s.name}: not decoded")
+                                for s in expected if s.name not in seen]
+    np.savez(out / REFERENCE, logits=all_logits, names=np.array(names), labels=np.array(labels, dtype=np.int64))
+    atomic_write_text(out / DATALIST, "".join(f"{out / INPUTS / n}.npz\n" for n in names))
+    labelled = all(v >= 0 for v in labels)
+    if labelled:
+        atomic_write_text(out / LABELS, "".join(f"{im} {v}\n" for im, v in zip(image_names, labels)))
+    meta = {
+        "schema": SCHEMA, "model": card.id, "card": card.file.name, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "images": len(names), "data": str(lab.settings.imagenet or "embedded"), "splits": list(acc.splits_for(lab)),
+        "imagenet": lab.settings.imagenet is not None, "labelled": labelled, "skipped": skipped,
+        "input": {"key": INPUT_KEY, "shape": [1, 3, card.input_size, card.input_size], "dtype": "float32",
+                  "layout": "NCHW", "channels": "RGB", "preprocess": asdict(card.preprocess)},
+        "outputs": {"naming": "<stem>.npz (key output_0 | logits | only array) or <stem>.bin/.raw "
+                              "(raw little-endian float32)", "values": NUM_CLASSES},
+        "weights": {"kind": "checkpoint", "path": str(ckpt)} if ckpt else
+                   {"kind": "seeded default (recalibrated random init)"},
+        "weights_digest": state_digest(model),
+        "noise_floor": {"rel_max_error_fp32_vs_fp64": floor, "images": len(fx)},
+        "versions": library_versions(),
+    }
+    atomic_write_text(out / META, json.dumps(jsonable(meta), indent=1))
+    return meta
+
+
+# --- eval -------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    folder: Path
+    meta: dict
+    names: list[str]
+    reference: np.ndarray
+    labels: np.ndarray  # -1 where unknown
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.labels)) and bool(np.all(self.labels >= 0))
+
+
+def load_prepared(folder: Path | str, model_id: str | None = None) -> Prepared:
+    folder = Path(folder)
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise InputError(meta_path, "not found: not a folder written by zooconform prepare",
+                         fix="pass --prepared DIR, the folder given to zooconform prepare --out")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise InputError(meta_path, f"unreadable ({e})", fix="re-run zooconform prepare") from None
+    if meta.get("schema") != SCHEMA:
+        raise InputError(meta_path, f"schema {meta.get('schema')!r}, expected {SCHEMA!r}", fix="re-run zooconform prepare")
+    if model_id is not None and meta.get("model") != model_id:
+        raise InputError(meta_path, f"prepared for model {meta.get('model')!r}, not {model_id!r}",
+                         fix=f"pass --model {meta.get('model')} or the folder prepared for {model_id}")
+    ref_path = folder / REFERENCE
+    try:
+        with np.load(ref_path, allow_pickle=False) as z:
+            reference, names, labels = z["logits"], [str(n) for n in z["names"]], z["labels"]
+    except FileNotFoundError:
+        raise InputError(ref_path, "not found", fix="re-run zooconform prepare") from None
+    except (ValueError, KeyError, OSError) as e:
+        raise InputError(ref_path, f"unreadable ({e})", fix="re-run zooconform prepare") from None
+    listed = read_datalist(folder / DATALIST)
+    stems = [Path(p).stem for p in listed]
+    if stems != names:
+        first = next((i for i, (a, b) in enumerate(zip(stems, names)) if a != b), min(len(stems), len(names)))
+        got = stems[first] if first < len(stems) else "<end of file>"
+        want = names[first] if first < len(names) else "<end of file>"
+        raise InputError(folder / DATALIST,
+                         f"does not match {REFERENCE}: {len(stems)} lines for {len(names)} prepared images; "
+                         f"line {first + 1} names {got!r}, expected {want!r}",
+                         fix="use the datalist.txt prepare wrote (re-run zooconform prepare to regenerate it)")
+    return Prepared(folder, meta, names, np.asarray(reference, dtype=np.float32), np.asarray(labels, dtype=np.int64))
+
+
+def read_datalist(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(path, "datalist not found", fix="re-run zooconform prepare")
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def _values(path: Path) -> np.ndarray:
+    """The logits of one output file, flattened, as float32; bad files raise InputError naming them."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = next((k for k in OUTPUT_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise InputError(path, f"holds arrays {keys} and none is named {' or '.join(OUTPUT_KEYS)}",
+                                     fix="store the logits under 'output_0' (or write one array only)")
+                arr = z[key]
+        except InputError:
+            raise
+        except Exception as e:  # zipfile / numpy raise several types for a damaged file
+            raise InputError(path, f"not a readable .npz ({type(e).__name__}: {e})",
+                             fix="rewrite the output with numpy.savez") from None
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InputError(path, f"holds {arr.dtype} values, expected floating-point logits",
+                             fix="write the runtime's float output (dequantize int8 outputs first)")
+        values = arr.astype(np.float32).reshape(-1)
+        shape = arr.shape
+    else:
+        raw = path.read_bytes()
+        if len(raw) != 4 * NUM_CLASSES:
+            hint = " (2000 bytes: float16? write float32)" if len(raw) == 2 * NUM_CLASSES else ""
+            raise InputError(path, f"{len(raw)} bytes, expected {4 * NUM_CLASSES} ({NUM_CLASSES} float32 logits){hint}",
+                             fix="write the raw output as little-endian float32, one image per file")
+        values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        shape = values.shape
+    if values.size != NUM_CLASSES:
+        raise InputError(path, f"holds {values.size} values of shape {tuple(shape)}, expected {NUM_CLASSES} logits "
+                               f"(1, {NUM_CLASSES})", fix="one image per file: the model's (1, 1000) output")
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise InputError(path, f"holds {bad} non-finite value(s) (NaN/Inf) among its {NUM_CLASSES} logits",
+                         fix="the runtime produced NaN/Inf for this input: check its precision/overflow")
+    return values
+
+
+def _number(stem: str) -> int | None:
+    m = re.search(r"(\d+)$", stem)
+    return int(m.group(1)) if m else None
+
+
+def match_outputs(results: Path, prepared: Prepared) -> tuple[list[Path], str]:
+    """The output file of every prepared image, in datalist order, and how they were matched."""
+    if not results.is_dir():
+        raise InputError(results, "results folder not found", fix="pass --results DIR where the runtime wrote its outputs")
+    files = sorted(p for p in results.iterdir() if p.is_file() and p.suffix in OUTPUT_SUFFIXES)
+    by_stem: dict[str, list[Path]] = {}
+    for p in files:
+        by_stem.setdefault(p.stem, []).append(p)
+    wanted = set(prepared.names)
+    dupes = [v for s, v in by_stem.items() if s in wanted and len(v) > 1]
+    if dupes:
+        raise InputError(dupes[0][0], f"two outputs for one image: {[p.name for p in dupes[0]]}",
+                         fix="keep one output file per image")
+    matched = [by_stem.get(s, [None])[0] for s in prepared.names]
+    strangers = [p for p in files if p.stem not in wanted]
+    if all(m is None for m in matched) and strangers:
+        numbered = [p for p in strangers if _number(p.stem) is not None]
+        if len(numbered) == len(prepared.names) == len(strangers):
+            return sorted(numbered, key=lambda p: _number(p.stem)), "by the number in the file name (datalist order)"
+    missing = [results / f"{s}.npz" for s, m in zip(prepared.names, matched) if m is None]
+    if missing:
+        other = (f"; the folder holds {len(strangers)} output file(s) named for no datalist line "
+                 f"(first: {strangers[0].name}): a different datalist?") if strangers else ""
+        raise InputError(missing[0], f"output missing: {len(missing)} of {len(prepared.names)} datalist lines have no "
+                                     f"output in {results} (first: {', '.join(p.stem for p in missing[:3])}){other}",
+                         fix=f"run the runtime over {prepared.folder / DATALIST} and write <stem>.npz|.bin|.raw per line")
+    if strangers:
+        raise InputError(strangers[0], f"output for an image that is not in {prepared.folder / DATALIST} "
+                                       f"({len(strangers)} such file(s)): the runtime ran another datalist",
+                         fix="run the runtime over this prepared folder's datalist.txt, into an empty results folder")
+    return matched, "by stem"
+
+
+def read_outputs(results: Path | str, prepared: Prepared) -> tuple[np.ndarray, list[Path], str]:
+    files, how = match_outputs(Path(results), prepared)
+    return np.stack([_values(p) for p in files]), files, how
+
+
+def check_agreement(card: ModelCard, prepared: Prepared, outputs: np.ndarray, files: list[Path], record) -> None:
+    """fp32 runtime outputs equal the reference within the reference's own noise floor."""
+    ref = prepared.reference
+    floor_info = prepared.meta.get("noise_floor", {})
+    floor = float(floor_info.get("rel_max_error_fp32_vs_fp64", 0.0))
+    factor, floor_min = tolerance("bridge", "rel_error_over_floor"), tolerance("bridge", "floor_min")
+    allowed = factor * max(floor, floor_min)
+    rel = rel_max_error(outputs, ref)
+    scale = float(np.max(np.abs(ref))) or 1.0
+    per_image = np.max(np.abs(outputs.astype(np.float64) - ref), axis=1) / scale
+    worst = int(np.argmax(per_image))
+    cos = cosine_rows(outputs, ref)
+    cos_worst = int(np.argmin(cos))
+    need_cos = tolerance("bridge", "min_cosine")
+    agree = float(np.mean(np.argmax(outputs, 1) == np.argmax(ref, 1)))
+    record(images=len(ref), rel_max_error=rel, allowed_rel_max_error=allowed, noise_floor=floor,
+           noise_floor_images=floor_info.get("images"), worst_file=files[worst].name,
+           min_cosine=float(cos[cos_worst]), min_cosine_file=files[cos_worst].name,
+           top1_agreement=agree, images_off=int(np.count_nonzero(per_image > allowed)))
+    if rel > allowed:
+        off = int(np.count_nonzero(per_image > allowed))
+        raise CheckFailure(message(
+            f"max|out - ref| / max|ref| of {card.id} runtime outputs ({len(ref)} images)", f"{rel:.3g}",
+            f"<= {allowed:.3g} ({factor:g} x the reference's fp32 noise floor {max(floor, floor_min):.3g})",
+            f"{files[worst]} vs {prepared.folder / REFERENCE} row {worst}",
+            cause=f"{off} of {len(ref)} output file(s) depart from the reference (top-1 agreement {agree:.3f}); "
+                  f"worst: {files[worst].name}"))
+    if cos[cos_worst] < need_cos:
+        raise CheckFailure(message(
+            f"cosine of {card.id} runtime output with the reference", f"{cos[cos_worst]:.7f}", f">= {need_cos}",
+            f"{files[cos_worst]} vs {prepared.folder / REFERENCE} row {cos_worst}",
+            cause="this image's logits point elsewhere: a mixed-up or stale output file"))
+
+
+def evaluation(prepared: Prepared, outputs: np.ndarray) -> acc.Evaluation:
+    return acc.Evaluation.from_logits(prepared.meta.get("data", "?"), prepared.names, list(prepared.labels),
+                                      {"runtime": outputs, "reference": prepared.reference},
+                                      skipped=prepared.meta.get("skipped", []))
+
+
+def check_accuracy(card: ModelCard, prepared: Prepared, outputs: np.ndarray, record, source: str | None = None) -> str:
+    """Top-1/top-5 vs labels; held to the card only with real weights on ImageNet.
+
+    Returns what was judged ('card' or 'recorded only: <why>').
+    """
+    ev = evaluation(prepared, outputs)
+    record(top1_pct=round(100 * ev.accuracy("runtime", 1), 3), top5_pct=round(100 * ev.accuracy("runtime", 5), 3),
+           reference_top1_pct=round(100 * ev.accuracy("reference", 1), 3),
+           reference_top5_pct=round(100 * ev.accuracy("reference", 5), 3), images=ev.n)
+    if prepared.meta.get("weights", {}).get("kind") != "checkpoint":
+        why = "recorded only: the reference has no real weights (seeded default), so the card's figures do not apply"
+    elif not prepared.meta.get("imagenet"):
+        why = "recorded only: not ImageNet validation images"
+    else:
+        row, how = acc.claimed_row(card, 100 * ev.accuracy("reference", 1), source)
+        acc.check_against_card(card, ev, "runtime", record, source=source, row=row,
+                               how=f"the prepared reference's row ({how})")
+        return "card"
+    record(judged=why)
+    return why
+
+
+def write_results(path: Path, model_id: str, records: list[dict], settings: dict, exitstatus: int) -> dict:
+    """results.json in the project's format (harness/report/results.py), one test per check."""
+    collector = ResultsCollector(settings)
+    for r in records:
+        collector.tests[r["nodeid"]] = {"nodeid": r["nodeid"], "outcome": r["outcome"], "duration_s": r["duration_s"],
+                                        "figures": jsonable(r["figures"]), "model": model_id, "suite": "bridge",
+                                        **({"message": r["message"]} if r.get("message") else {})}
+    return collector.write(path, complete=True, exitstatus=exitstatus)

@@ -1,0 +1,347 @@
+"""Export checks: plain functions of (card, lab, case/file, record) that know nothing of pytest.
+
+What is checked for an ONNX file (ours, exported per exporter/opset case, or the user's
+from the manifest):
+
+* the exporter wrote the opset it was asked for;
+* ``onnx.checker.check_model(full_check=True)``; one input ``[batch, 3, S, S]`` float32
+  and one output ``[batch, 1000]`` with a symbolic batch dimension (and the suite's names);
+* ONNX Runtime CPU vs torch eager on embedded images: ``max|d| / max|ref|`` within
+  ``max(k * floor, minimum)`` where ``floor`` is the same model's float32 vs float64
+  departure measured now, on the same images; cosine per image above a minimum; top-1
+  agreement recorded, never gated on alone (a 1% change of one conv channel keeps it 100%);
+* the same file at batch 1, 4 and 8 gives the same rows.
+
+A failure names the first diverging layer (:mod:`harness.divergence`) and, where a cheap
+probe can tell, the cause (weights, Resize mode, reversed input channels, batch statistics).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import divergence
+from . import runtime
+from .compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
+from .export import ExportResult, exported
+from .lab import torch_logits
+from .runtime import INPUT_NAME, OUTPUT_NAME
+from .tolerances import tolerance
+from .zoo import ModelCard
+
+SECTION = "export"
+EXPORT_IMAGES = 16  # eval images per numerics check: enough for a max over images, seconds on 2 cores
+BATCH_IMAGES = 8
+BATCH_SIZES = (1, 4, 8)
+NUM_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class ExportCase:
+    exporter: str
+    opset: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.exporter}-opset{self.opset}"
+
+
+# legacy at the opsets deployments use; dynamo as asked (it writes 18 whatever is asked);
+# opset 10: the seeds' mmcls note ("opset must be 11; 10 fails"), tried for every family
+CASES = (ExportCase("legacy", 11), ExportCase("legacy", 13), ExportCase("legacy", 17),
+         ExportCase("dynamo", 17), ExportCase("legacy", 10))
+
+
+# --- exports ------------------------------------------------------------------------------
+
+_failed_exports: dict[tuple, CheckFailure] = {}
+_variants: dict[tuple, nn.Module] = {}
+
+
+def export_case(lab, card: ModelCard, case: ExportCase, *, model: nn.Module | None = None,
+                tag: str = "reference") -> ExportResult:
+    """The cached export for ``case``; an exporter that raises becomes a CheckFailure (once
+    per process: the other checks of the case report the same failure without re-trying)."""
+    key = (card.id, case, tag)
+    if key in _failed_exports:
+        raise _failed_exports[key]
+    try:
+        return exported(lab, card, exporter=case.exporter, opset=case.opset, model=model, tag=tag)
+    except Exception as e:  # the exporter's own error types vary by version and path
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        fail = CheckFailure(message(
+            f"{case.exporter} export of {card.id} ({tag}) at opset {case.opset}", f"{type(e).__name__}: {first}",
+            "an ONNX file", "harness/export.py export_onnx -> torch.onnx.export",
+            cause=f"the {case.exporter} exporter cannot express this model at opset {case.opset}"),
+            {"export_error": f"{type(e).__name__}: {first}"})
+        _failed_exports[key] = fail
+        raise fail from None
+
+
+def card_fusion_model(lab, card: ModelCard) -> tuple[nn.Module, str]:
+    """The reference with its fusion upsampling switched to the card's claimed mode.
+
+    timm's HRNet upsamples with ``nearest``; the HRNet card (and mmcls/official HRNet)
+    says bilinear. The exporter's behaviour at opset 10 depends on exactly this.
+    """
+    mode = card.claims.get("fusion_upsample", "nearest")
+    key = (card.id, mode)
+    if key not in _variants:
+        variant = copy.deepcopy(lab.reference(card))
+        for m in variant.modules():
+            if isinstance(m, nn.Upsample):
+                m.mode = mode
+                m.align_corners = False if mode in ("bilinear", "bicubic") else None
+        _variants[key] = variant.eval()
+    return _variants[key], mode
+
+
+def _mb(path: Path) -> float:
+    return round(path.stat().st_size / 2 ** 20, 2)
+
+
+def check_opset_written(card: ModelCard, lab, case: ExportCase, record) -> ExportResult:
+    res = export_case(lab, card, case)
+    record(exporter=case.exporter, opset_requested=case.opset, opset_written=res.opset_written,
+           export_seconds=round(res.seconds, 2), export_cached=res.cached, onnx_mb=_mb(res.path))
+    import torch as _t
+
+    cause = (f"the dynamo exporter (torch {_t.__version__}) ignores opset_version and writes its own default"
+             if case.exporter == "dynamo" else "the exporter did not honour opset_version")
+    check(res.opset_written == case.opset, f"opset written by the {case.exporter} exporter for {card.id}",
+          res.opset_written, case.opset, f"{res.path} opset_import (ai.onnx)", cause=cause)
+    return res
+
+
+# --- structure ----------------------------------------------------------------------------
+
+def check_onnx_valid(path: Path, record, *, label: str) -> None:
+    """``onnx.checker.check_model(full_check=True)`` (by path: external data and >2 GB work)."""
+    import onnx
+
+    from onnx.external_data_helper import uses_external_data
+
+    proto = runtime.load_checked(path)
+    external = sorted({next((e.value for e in t.external_data if e.key == "location"), "")
+                       for t in proto.graph.initializer if uses_external_data(t)})
+    record(onnx_ir_version=proto.ir_version, onnx_external_data=external, onnx_nodes=len(proto.graph.node))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # ValidationError, InferenceError, and friends
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckFailure(message(f"onnx.checker.check_model(full_check=True) on {label}", f"{type(e).__name__}: {text}",
+                                   "no error", str(path), cause="the file is not valid ONNX for its declared opset"),
+                           {"checker_error": text}) from None
+
+
+def _dims(value_info) -> list:
+    t = value_info.type.tensor_type
+    return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+
+
+def declared_io(path: Path) -> dict:
+    proto = runtime.load_checked(path)
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    return {"inputs": [(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in inputs],
+            "outputs": [(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in proto.graph.output]}
+
+
+def check_declared_io(path: Path, record, *, input_size: int, label: str, names: tuple[str, str] | None = (
+        INPUT_NAME, OUTPUT_NAME), require_dynamic_batch: bool = True) -> None:
+    """One float input [batch, 3, S, S], one output [batch, 1000]; batch symbolic."""
+    io = declared_io(path)
+    record(declared_inputs=[f"{n}{d}" for n, _, d in io["inputs"]],
+           declared_outputs=[f"{n}{d}" for n, _, d in io["outputs"]])
+    problems: list[tuple[str, object, object, str]] = []  # (what, measured, expected, cause)
+    if len(io["inputs"]) != 1 or len(io["outputs"]) != 1:
+        problems.append(("number of graph inputs/outputs", (len(io["inputs"]), len(io["outputs"])), (1, 1),
+                         "a classifier file takes one image batch and returns one logits tensor"))
+    else:
+        (iname, itype, idims), (oname, otype, odims) = io["inputs"][0], io["outputs"][0]
+        if names is not None and (iname, oname) != names:
+            problems.append(("graph input/output names", (iname, oname), names,
+                             "exported without input_names/output_names"))
+        if itype != 1:
+            problems.append((f"element type of input '{iname}'", itype, "1 (float32)", "not an fp32 file"))
+        want_in = ["batch", 3, input_size, input_size]
+        if len(idims) != 4 or idims[1:] != want_in[1:]:
+            problems.append((f"shape of input '{iname}'", idims, want_in,
+                             f"the file is not for {input_size}x{input_size} RGB input"))
+        if len(odims) != 2 or odims[1] != NUM_CLASSES:
+            problems.append((f"shape of output '{oname}'", odims, ["batch", NUM_CLASSES], "not 1000-class logits"))
+        for name, dims in ((iname, idims), (oname, odims)):
+            if dims and require_dynamic_batch and not isinstance(dims[0], str):
+                problems.append((f"dim 0 of '{name}'", dims[0], "a symbolic batch dimension",
+                                 "exported without a dynamic batch axis (dynamic_axes / dynamic_shapes): "
+                                 "the file only runs at one batch size"))
+        record(batch_dim=idims[0] if idims else None, batch_dynamic=bool(idims) and isinstance(idims[0], str))
+    if problems:
+        what, measured, expected, cause = problems[0]
+        more = f" (+{len(problems) - 1} more: {'; '.join(p[0] for p in problems[1:])})" if len(problems) > 1 else ""
+        raise CheckFailure(message(f"{what} of {label}", measured, expected, f"{path} graph.input/output",
+                                   cause=cause + more), {"io_problems": [p[0] for p in problems]})
+
+
+# --- numerics -----------------------------------------------------------------------------
+
+_floors: dict[tuple, tuple] = {}
+
+
+def reference_and_floor(model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """torch float32 and float64 logits of ``model`` on ``x`` (memoised per model and batch).
+
+    float64 is the model's own rounding noise: how far float32 arithmetic may drift from the
+    exact function on these images. Deep random-init nets are conditioned very differently
+    (measured 6.5e-7 repvgg_a0 .. 3.2e-6 resnest50), so the floor is measured, not assumed.
+    """
+    key = (id(model), id(x))
+    if key not in _floors:
+        ref32 = torch_logits(model, x)
+        with torch.no_grad():
+            ref64 = copy.deepcopy(model).double()(x.double()).numpy()
+        _floors[key] = (model, x, ref32, ref64)
+    return _floors[key][2], _floors[key][3]
+
+
+def numerics_tolerance(floor: float) -> float:
+    return max(tolerance(SECTION, "rel_floor_multiple") * floor, tolerance(SECTION, "rel_min"))
+
+
+def _session(path: Path, lab=None):
+    threads = lab.settings.threads if lab is not None else None
+    return runtime.session(path, threads=threads)
+
+
+def _fixed_batch(path: Path) -> int | None:
+    dims = declared_io(path)["inputs"][0][2]
+    return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
+
+
+def run_file(path: Path, x: np.ndarray, lab=None, batch_size: int | None = 8) -> np.ndarray:
+    """The file's first output on ``x``; a fixed-batch file is fed exactly its batch size."""
+    sess = _session(path, lab)
+    fixed = _fixed_batch(path)
+    if fixed is None:
+        return runtime.run(sess, x, batch_size=batch_size)
+    outs = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i:i + fixed]
+        pad = fixed - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        outs.append(runtime.run(sess, chunk)[:fixed - pad])
+    return np.concatenate(outs)
+
+
+def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, record, *, label: str,
+                            lab=None) -> None:
+    """ORT on the file vs torch eager: scale-relative max error within k x the fp64 floor."""
+    ref32, ref64 = reference_and_floor(model, x)
+    xn = x.numpy()
+    try:
+        out = run_file(path, xn, lab)
+    except Exception as e:
+        raise CheckFailure(message(f"ONNX Runtime on {label}", f"{type(e).__name__}: {str(e)[:200]}",
+                                   f"logits for {tuple(xn.shape)}", str(path),
+                                   cause="the file does not run on the card's input")) from None
+    if out.shape != ref32.shape:
+        raise CheckFailure(message(f"output shape of {label}", out.shape, ref32.shape, str(path),
+                                   cause="the file does not compute the model's logits"))
+    floor = rel_max_error(ref32, ref64)
+    tol = numerics_tolerance(floor)
+    err = rel_max_error(out, ref32)
+    cos = cosine_rows(out, ref32)
+    cos_min = tolerance(SECTION, "min_cosine")
+    agree = top1_agreement(out, ref32)
+    figures = dict(n_images=len(xn), output_scale=float(np.max(np.abs(ref32))), rel_max_error=err,
+                   noise_floor_fp64=floor, tolerance=tol, error_over_floor=err / floor if floor > 0 else None,
+                   min_cosine=float(np.min(cos)), cosine_min_allowed=cos_min, top1_agreement=agree)
+    record(**figures)
+    ok_err, ok_cos = err <= tol, float(np.min(cos)) >= cos_min
+    if ok_err and ok_cos:
+        return
+    worst = int(np.argmax(np.max(np.abs(out.astype(np.float64) - ref32), axis=1)))
+    cause = _input_channel_probe(path, xn, ref32, tol, lab)
+    div = None
+    try:
+        k, minimum = tolerance(SECTION, "rel_floor_multiple"), tolerance(SECTION, "layer_rel_min")
+        div = divergence.first_divergence(model, path, x[worst:worst + 1], k=k, minimum=minimum,
+                                          threads=lab.settings.threads if lab is not None else None)
+    except Exception as e:  # the locator must never hide the finding itself
+        where = f"{path} (layer search failed: {type(e).__name__}: {str(e)[:150]})"
+    else:
+        figures.update(div.figures())
+        record(**div.figures())
+        where = f"{div.where()}; file {path}"
+        cause = cause or div.hint
+    figures["worst_image"] = worst
+    if not ok_err:
+        what = f"max|onnx - torch| / max|torch| of {label} on {len(xn)} images"
+        raise CheckFailure(message(what, f"{err:.3g}", f"<= {tol:.3g} ({tolerance(SECTION, 'rel_floor_multiple'):g} x "
+                                   f"fp64 noise floor {floor:.3g}; top-1 agreement {agree:.3f})", where,
+                                   cause=cause or "the file computes a different function"), figures)
+    raise CheckFailure(message(f"min cosine(onnx, torch) of {label} over {len(xn)} images", f"{np.min(cos):.9f}",
+                               f">= {cos_min}", where, cause=cause or "the file computes a different function"),
+                       figures)
+
+
+def _input_channel_probe(path: Path, x: np.ndarray, ref: np.ndarray, tol: float, lab) -> str | None:
+    """Does the file match once its input channels are reversed? Then it expects BGR."""
+    try:
+        swapped = run_file(path, np.ascontiguousarray(x[:, ::-1]), lab)
+    except Exception:
+        return None
+    err = rel_max_error(swapped, ref)
+    if err <= tol:
+        return (f"the file reverses the input channels: fed BGR it matches torch (error {err:.3g}); "
+                "a channel swap (RGB<->BGR) is baked into the graph or expected of the caller")
+    return None
+
+
+# --- batch consistency --------------------------------------------------------------------
+
+def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, lab=None,
+                            model: nn.Module | None = None) -> None:
+    """Rows at batch 1 equal the same rows computed at batch 4 and 8."""
+    xn = np.ascontiguousarray(x[:BATCH_IMAGES].numpy())
+    tol = tolerance(SECTION, "batch_rel_max")
+    fixed = _fixed_batch(path)
+    sizes = [b for b in BATCH_SIZES if fixed is None or b == fixed]
+    record(batch_sizes=sizes, batch_fixed=fixed)
+    if len(sizes) < 2:
+        raise Inconclusive(f"{label} has a fixed batch dimension ({fixed}): rows cannot be compared across batch sizes",
+                           {"batch_fixed": fixed}, failing=False)
+    sess = _session(path, lab)
+    outs: dict[int, np.ndarray] = {}
+    for b in sizes:
+        try:
+            outs[b] = np.concatenate([runtime.run(sess, xn[i:i + b]) for i in range(0, len(xn), b)])
+        except Exception as e:
+            raise CheckFailure(message(f"ONNX Runtime on {label} at batch {b}", f"{type(e).__name__}: {str(e)[:200]}",
+                                       "logits", str(path),
+                                       cause="a shape is fixed inside the graph (a Reshape to batch 1?)")) from None
+    base = outs[sizes[0]]
+    errs = {b: rel_max_error(outs[b], base) for b in sizes[1:]}
+    record(**{f"batch{b}_vs_batch{sizes[0]}_rel": e for b, e in errs.items()}, batch_tolerance=tol)
+    bad = {b: e for b, e in errs.items() if e > tol}
+    if not bad:
+        return
+    b, e = max(bad.items(), key=lambda kv: kv[1])
+    where, cause = str(path), "rows depend on the other images of the batch"
+    try:
+        found = divergence.first_batch_dependent_node(path, xn[:b], tol, model=model,
+                                                      threads=lab.settings.threads if lab is not None else None)
+    except Exception:
+        found = None
+    if found:
+        mod = f" (module '{found['module']}')" if found.get("module") else ""
+        where = f"first batch-dependent node: '{found['node']}' ({found['op_type']}){mod}; file {path}"
+        cause += f": node '{found['node']}' mixes images across the batch (batch statistics? a BatchNorm in training mode?)"
+    raise CheckFailure(message(f"max|rows at batch {b} - rows at batch {sizes[0]}| / scale of {label}", f"{e:.3g}",
+                               f"<= {tol:g}", where, cause=cause), {"batch_errors": errs})

@@ -1,0 +1,363 @@
+"""int8 static quantization with ONNX Runtime: QDQ, per-channel int8 weights, cached.
+
+``quantize_file`` does the work (``quant_pre_process`` then ``quantize_static``);
+``quantized(lab, card, method)`` is the cached entry point the suites (and the latency
+helper) use. Choices, each measured on this machine (../shared/DESIGN.md):
+
+- QDQ format, per-channel QInt8 weights, **QUInt8 activations** by default: with Int8
+  activations ORT leaves many convs unfused and HRNet/ResNeSt run slower than fp32.
+- ``quant_pre_process(auto_merge=True)``: symbolic shape inference otherwise stops on
+  HRNet's dynamic batch dimension.
+- Calibration methods MinMax, Percentile (99.999, what the seeds' "int8-percentile"
+  models use) and Entropy. Histogram methods keep every activation of every image in
+  memory unless ``CalibStridedMinMax`` is set; with it ORT calls ``set_range`` on the
+  reader and folds ``stride`` images at a time into its histograms, so memory is bounded
+  by one stride whatever the calibration set size.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .runtime import INPUT_NAME
+
+METHODS = ("minmax", "percentile", "entropy")
+# Smoke tier on the embedded set: every other image of the 200-image calibration split.
+# Histogram calibration costs ~0.4 s of CPU per image on hrnet_w18_small_v1 (numpy
+# histograms over every activation; 77 s for 200 images, measured); --calib-images N,
+# --tier full and --imagenet (1000 images, every class) use the whole split.
+SMOKE_CALIB_IMAGES = 100
+DEFAULT_METHOD = "percentile"
+QUANT_FILE = "model.int8.onnx"
+RECORD_FILE = "quant.json"
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """Everything that changes the quantized file (and so the cache key)."""
+
+    method: str = DEFAULT_METHOD
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    percentile: float = 99.999
+    # histogram sizes: ORT's defaults (percentile 2048 bins; entropy 128/128)
+    percentile_bins: int = 2048
+    entropy_bins: int = 128
+    entropy_quantized_bins: int = 128
+    # activations held per calibration pass (the stride is derived from it and the model's
+    # activation size per image) and images per session run
+    stride_budget_mb: int = 768
+    batch: int = 10
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method must be one of {METHODS}, got {self.method!r}")
+
+    def key(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class QuantResult:
+    path: Path
+    options: QuantOptions
+    calib_images: int
+    seconds_preprocess: float
+    seconds_quantize: float
+    calib_source: str = ""
+    log: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_preprocess + self.seconds_quantize
+
+
+class ArrayCalibrationReader:
+    """Calibration batches from an NCHW float32 array, with ``set_range`` for strided passes.
+
+    ``len()`` counts images; ``set_range(start, end)`` restricts the next pass to
+    images ``start:end`` and rewinds. Every batch of a pass has the same shape (ORT's
+    histogram collector stacks the batches of one pass), so ``end - start`` should be a
+    multiple of ``batch``.
+    """
+
+    def __init__(self, x: np.ndarray, batch: int = 10, input_name: str = INPUT_NAME):
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.batch = batch
+        self.input_name = input_name
+        self.set_range(0, len(self.x))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, min(end_index, len(self.x))
+        self.pos = self.start
+
+    def rewind(self) -> None:
+        self.pos = self.start
+
+    def get_next(self) -> dict | None:
+        if self.pos >= self.end:
+            return None
+        chunk = self.x[self.pos:min(self.pos + self.batch, self.end)]
+        self.pos += len(chunk)
+        return {self.input_name: chunk}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def activation_bytes_per_image(model_path: Path) -> int:
+    """Bytes of float activations one image produces (from the shape-inferred model).
+
+    Symbolic dimensions (the batch) count as 1. This is what a calibration pass holds per
+    image: ORT's calibrators keep every calibrated tensor of every image of the pass.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    total = 0
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+            total += int(np.prod(dims)) * (2 if tt.elem_type == onnx.TensorProto.FLOAT16 else 4)
+    return total
+
+
+def calibration_plan(n_images: int, bytes_per_image: int, options: "QuantOptions") -> tuple[int, int, int]:
+    """(images used, stride, batch): stride images per pass within the memory budget.
+
+    ORT requires the image count to be divisible by the stride and its histogram collector
+    stacks the batches of a pass, so batch divides stride and a remainder (< stride images)
+    is left out.
+    """
+    budget = options.stride_budget_mb * 1024 * 1024
+    stride = max(1, min(n_images, budget // max(bytes_per_image, 1)))
+    batch = min(options.batch, stride)
+    stride = (stride // batch) * batch
+    used = n_images - n_images % stride
+    return used, stride, batch
+
+
+def preprocess_for_quantization(fp32: Path, out: Path) -> float:
+    """``quant_pre_process`` (shape inference + ORT basic optimizations); returns seconds."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    t0 = time.perf_counter()
+    try:
+        with _quiet():
+            quant_pre_process(str(fp32), str(out), auto_merge=True, skip_symbolic_shape=False)
+    except Exception as e:
+        raise InputError(fp32, f"quant_pre_process failed ({type(e).__name__}: {str(e)[:300]})",
+                         fix="check the fp32 model with onnx.checker.check_model; re-export with opset >= 13") from None
+    return time.perf_counter() - t0
+
+
+def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
+                  options: QuantOptions = QuantOptions(), preprocessed: Path | None = None) -> QuantResult:
+    """Quantize ``fp32`` to ``out`` (QDQ), calibrating on ``calib`` (NCHW float32, preprocessed).
+
+    ``preprocessed``: an already ``quant_pre_process``-ed copy of ``fp32`` (skips that step).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    fp32, out = Path(fp32), Path(out)
+    seconds_pre = 0.0
+    if preprocessed is None:
+        preprocessed = out.with_name(out.stem + ".pre.onnx")
+        seconds_pre = preprocess_for_quantization(fp32, preprocessed)
+    if len(calib) == 0:
+        raise ValueError("no calibration images")
+    per_image = activation_bytes_per_image(preprocessed)
+    n, stride, batch = calibration_plan(len(calib), per_image, options)
+    reader = ArrayCalibrationReader(calib[:n], batch=batch)
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[options.method]
+    extra = {"CalibStridedMinMax": stride}
+    if options.method == "percentile":
+        extra.update(CalibPercentile=options.percentile, num_bins=options.percentile_bins)
+    elif options.method == "entropy":
+        extra.update(num_bins=options.entropy_bins, num_quantized_bins=options.entropy_quantized_bins)
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    with _quiet(log):
+        quantize_static(
+            str(preprocessed), str(out), reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            activation_type=getattr(QuantType, options.activation_type),
+            weight_type=getattr(QuantType, options.weight_type),
+            calibrate_method=method,
+            extra_options=extra)
+    seconds = time.perf_counter() - t0
+    return QuantResult(out, options, n, seconds_pre, seconds, log=log.getvalue()[-2000:],
+                       extra={"stride": stride, "batch": batch, "activation_mb_per_image": round(per_image / 2**20, 1)})
+
+
+@contextlib.contextmanager
+def _quiet(sink: io.StringIO | None = None):
+    """ORT's calibrators print progress and log warnings: keep them out of the test output."""
+    sink = sink or io.StringIO()
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield sink
+    finally:
+        logger.setLevel(level)
+
+
+# --- cached entry points ----------------------------------------------------------------
+
+def file_digest(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:24]
+
+
+def array_digest(x: np.ndarray) -> str:
+    x = np.ascontiguousarray(x)
+    return hashlib.sha256(str((x.shape, x.dtype)).encode() + x.tobytes()).hexdigest()[:24]
+
+
+def library_key() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+def _digest_cache_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def cached_file_digest(path: Path) -> str:
+    key = _digest_cache_key(path)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
+
+
+def fp32_source(lab, card) -> Path:
+    """The fp32 ONNX the int8 model is made from / compared with: the manifest's ``onnx``,
+    else the cached legacy opset-17 export of the reference model."""
+    user = lab.artifacts(card).get("onnx")
+    if user is not None:
+        return user
+    from .export import exported
+
+    return exported(lab, card, exporter="legacy", opset=17).path
+
+
+def preprocessed(lab, fp32: Path) -> Path:
+    """Cached ``quant_pre_process`` output of ``fp32`` (shared by every calibration method)."""
+    key = {"fp32": cached_file_digest(fp32), "auto_merge": True, **library_key()}
+
+    def build(folder: Path) -> None:
+        seconds = preprocess_for_quantization(fp32, folder / "model.pre.onnx")
+        (folder / "pre.json").write_text(json.dumps({"seconds": seconds}))
+
+    return lab.cache.entry("int8-pre", key, build) / "model.pre.onnx"
+
+
+def quantized_result(lab, card, method: str = DEFAULT_METHOD, *, options: QuantOptions | None = None,
+                     calib: np.ndarray | None = None, calib_source: str | None = None,
+                     fp32: Path | None = None) -> QuantResult:
+    """Cached int8 model of the card's fp32 ONNX, with its record (timings, calibration).
+
+    Calibration set: ``lab.inputs(card, "calib")`` (the embedded calibration split, or with
+    ``--imagenet`` the 1000 images with every class represented), never evaluation images.
+    ``calib`` overrides it (self-tests: flat grey images); ``calib_source`` names it.
+    The key holds the fp32 file's digest, the options, the calibration set and the versions.
+    """
+    options = options or QuantOptions(method=method)
+    if options.method != method:
+        options = replace(options, method=method)
+    fp32 = Path(fp32) if fp32 is not None else fp32_source(lab, card)
+    samples = None
+    if calib is not None:
+        calib_id = {"array": array_digest(calib), "source": calib_source or "array"}
+    else:
+        images = lab.images("calib")
+        samples = calibration_samples(lab)
+        calib_id = {"images": images.digest(), "count": len(samples), "preprocess": repr(card.preprocess),
+                    "source": images.origin}
+    key = {"model": card.id, "fp32": cached_file_digest(fp32), "options": options.key(),
+           "calib": calib_id, **library_key()}
+
+    def build(folder: Path) -> None:
+        x = calib if calib is not None else calibration_inputs(samples, card)
+        pre = preprocessed(lab, fp32)
+        res = quantize_file(fp32, folder / QUANT_FILE, x, options, preprocessed=pre)
+        pre_seconds = json.loads((pre.parent / "pre.json").read_text())["seconds"]
+        (folder / RECORD_FILE).write_text(json.dumps({
+            "calib_images": res.calib_images, "seconds_preprocess": pre_seconds,
+            "seconds_quantize": res.seconds_quantize, "calib_source": calib_id.get("source", ""),
+            "options": options.key(), "log": res.log, **res.extra}))
+
+    folder = lab.cache.entry("int8", key, build)
+    rec = json.loads((folder / RECORD_FILE).read_text())
+    return QuantResult(folder / QUANT_FILE, options, rec["calib_images"], rec["seconds_preprocess"],
+                       rec["seconds_quantize"], rec.get("calib_source", ""), rec.get("log", ""),
+                       {k: rec[k] for k in ("stride", "batch", "activation_mb_per_image") if k in rec})
+
+
+def calibration_samples(lab) -> list:
+    """The calibration images: the lab's calibration split (never evaluation images); in the
+    smoke tier on the embedded set, ``SMOKE_CALIB_IMAGES`` of them spread over the split."""
+    samples = lab.images("calib").samples
+    s = lab.settings
+    if s.tier == "smoke" and not s.calib_images and not lab.uses_real_data and len(samples) > SMOKE_CALIB_IMAGES:
+        idx = np.linspace(0, len(samples) - 1, SMOKE_CALIB_IMAGES).round().astype(int)
+        samples = [samples[i] for i in idx]
+    return samples
+
+
+def calibration_inputs(samples: list, card) -> np.ndarray:
+    """The card's reference preprocessing of the calibration samples (undecodable ones dropped)."""
+    from .data import load_images
+    from .preprocess import reference_batch
+
+    imgs, _, _ = load_images(samples)
+    return reference_batch(imgs, card.preprocess).numpy()
+
+
+def quantized(lab, card, method: str = DEFAULT_METHOD, **kw) -> Path:
+    """Path of the cached int8 (QDQ) model of the card's fp32 ONNX (see ``quantized_result``)."""
+    return quantized_result(lab, card, method, **kw).path
+
+
+def int8_under_test(lab, card, method: str = DEFAULT_METHOD) -> tuple[Path, str]:
+    """(int8 file, what it is): the manifest's ``int8_onnx`` when given, else ours."""
+    user = lab.artifacts(card).get("int8_onnx")
+    if user is not None:
+        return user, f"manifest int8_onnx {user}"
+    return quantized(lab, card, method), f"zooconform int8 ({method}) of {card.id}"

@@ -1,0 +1,200 @@
+"""The nightly report of one run: ``index.html`` (self-contained), ``summary.md`` and
+``results.json`` in the run folder, and one history line per model.
+
+``write_report`` works from a results document alone, so it serves ``zooconform run``
+(after the run), ``zooconform report`` (re-render) and ``zooconform merge`` (shards) alike.
+It renders whatever figures exist; an incomplete run is rendered and marked as such.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from . import html as html_mod
+from .history import append_records, previous_record, read_history
+from .merge import run_id_of
+from .plots import trend_png
+from .regress import find_regressions, thresholds
+from .results import atomic_write_text, jsonable
+from .views import BAD, DASH, Cell, ModelView, Part, build_views, model_record, outcome_of, short_name
+
+# A file carrying one of these markers was written by us and may be re-rendered in place;
+# any other file of the same name is the user's and is never overwritten.
+HTML_MARKER = html_mod.GENERATOR
+MD_MARKER = "<!-- generator: zooconform-report -->"
+
+
+@dataclass
+class Written:
+    folder: Path
+    index: Path
+    summary: Path
+    results: Path
+    history: Path | None
+    appended: int
+    regressions: dict[str, list[Part]]
+
+
+def utc_stamp(t: float | None = None) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if t is None else t))
+
+
+def new_run_folder(parent: Path, name: str) -> Path:
+    """A folder that did not exist before (two runs in the same second get -2, -3, ...)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        folder = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {parent}")
+
+
+def _write_ours(path: Path, text: str, marker: str) -> None:
+    if path.exists():
+        try:
+            head = path.read_text(encoding="utf-8", errors="replace")[:4000]
+        except OSError:
+            head = ""
+        if marker not in head:
+            raise InputError(path, "exists and was not written by zooconform: not overwriting it",
+                             fix="pass --out to write the report elsewhere, or move the file")
+    atomic_write_text(path, text)
+
+
+def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | None = None,
+                 append_history: bool = True, links: dict[str, str] | None = None,
+                 write_results: bool = True) -> Written:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_id = run_id_of(doc)
+    doc = dict(doc, run_id=run_id)
+    views, orphans = build_views(doc)
+    hist = read_history(history) if history else None
+    records = {v.model: model_record(v, doc, run_id) for v in views}
+
+    limits = thresholds()
+    regressions: dict[str, list[Part]] = {}
+    cells: dict[str, Cell] = {}
+    trends: dict[str, bytes | None] = {}
+    for v in views:
+        prev = previous_record(hist, v.model, run_id, doc.get("started_utc")) if hist else None
+        found = find_regressions(v, records[v.model], prev, limits)
+        regressions[v.model] = found
+        v.regressions = found
+        if found:
+            cells[v.model] = Cell(found)
+        elif hist is None:
+            cells[v.model] = Cell()
+        elif prev is None:
+            cells[v.model] = Cell([Part("first run", None, "", "no earlier record of this model in the history")])
+        else:
+            cells[v.model] = Cell([Part("none", None, "ok", f"compared with run {prev.get('run_id')} "
+                                                            f"({prev.get('started_utc')})")])
+        if hist is not None:
+            past = [r for r in hist.for_model(v.model) if r.get("run_id") != run_id
+                    and (r.get("started_utc") or "") <= (doc.get("started_utc") or "~")]
+            past.sort(key=lambda r: r.get("started_utc") or "")
+            trends[v.model] = trend_png(v.model, past + [records[v.model]])
+
+    links = dict(links or {})
+    for label, name in (("results.json", "results.json"), ("summary.md", "summary.md"),
+                        ("pytest-html report", "report.html"), ("JUnit XML", "junit.xml")):
+        if label not in links and (name in ("results.json", "summary.md") or (folder / name).exists()):
+            links[label] = name
+    note = ""
+    if hist is not None:
+        earlier = [r for r in hist.runs() if r != run_id]
+        note = (f"Regressions compare with the previous run of each model in {Path(history).name}"
+                f" ({len(earlier)} other runs"
+                + (f"; {len(hist.bad_lines)} unreadable lines skipped" if hist.bad_lines else "") + ").")
+    page = html_mod.render(doc, run_id, views, orphans, cells, trends, links, note)
+    index = folder / "index.html"
+    _write_ours(index, page, HTML_MARKER)
+    summary = folder / "summary.md"
+    _write_ours(summary, markdown(doc, run_id, views, orphans, cells), MD_MARKER)
+    results = folder / "results.json"
+    if write_results:
+        atomic_write_text(results, json.dumps(jsonable(doc), indent=1))
+    appended = 0
+    if history and append_history and records:
+        appended = append_records(history, records.values())
+    return Written(folder, index, summary, results, Path(history) if history else None, appended, regressions)
+
+
+# --- summary.md -------------------------------------------------------------------------------
+
+def _md(text: Any) -> str:
+    """A table cell: no pipes or newlines, no raw HTML (markdown renderers pass HTML through)."""
+    s = "" if text is None else str(text)
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _cell_md(cell: Cell | None) -> str:
+    if cell is None or cell.empty:
+        return DASH
+    return _md("; ".join(cell.lines()))
+
+
+def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: list[dict[str, Any]],
+             regressions: dict[str, Cell]) -> str:
+    from .views import COLUMNS
+
+    lines = [MD_MARKER, f"# zooconform report {_md(run_id)}", ""]
+    if doc.get("complete"):
+        lines.append("Complete run.")
+    else:
+        why = "; ".join(doc.get("incomplete_reasons") or []) or "interrupted before every test reported"
+        lines.append(f"**INCOMPLETE**: {_md(why)}.")
+    settings = doc.get("settings") or {}
+    machine = doc.get("machine") or {}
+    counts = ", ".join(f"{n} {k}" for k, n in sorted((doc.get("counts") or {}).items()))
+    lines += ["", f"- started {_md(doc.get('started_utc'))} UTC, wall {_md(doc.get('wall_s'))} s, tier "
+                  f"{_md(settings.get('tier'))}, data {_md(settings.get('imagenet') or 'embedded')}",
+              f"- machine: {_md(machine.get('cpu'))}, {_md(machine.get('cores'))} cores; profile "
+              f"{_md(settings.get('profile') or DASH)}",
+              f"- outcomes: {_md(counts)}", f"- full report: [index.html](index.html)", ""]
+    families: dict[str, list[ModelView]] = {}
+    for v in views:
+        families.setdefault(v.family, []).append(v)
+    header = ["model"] + [title for _, title, _ in COLUMNS]
+    for fam, vs in families.items():
+        lines += [f"## {_md(fam)}", "", "| " + " | ".join(_md(h) for h in header) + " |",
+                  "|" + "---|" * len(header)]
+        for v in vs:
+            for i in range(max(1, len(v.rows))):
+                row = v.rows[i] if i < len(v.rows) else None
+                cols = [f"[{_md(v.model)}](index.html#{html_mod.model_anchor(v.model)})" if i == 0 else ""]
+                for key, _, level in COLUMNS:
+                    if key == "regression":
+                        cols.append(_cell_md(regressions.get(v.model)) if i == 0 else "")
+                    elif level == "row" and not (key == "fp32" and key in v.cells):
+                        cols.append(_cell_md(row.cells.get(key) if row else None))
+                    else:
+                        cols.append(_cell_md(v.cells.get(key)) if i == 0 else "")
+                lines.append("| " + " | ".join(cols) + " |")
+        lines.append("")
+    failing = [t for v in views for t in v.tests if outcome_of(t) in BAD | {"inconclusive"}]
+    failing += [t for t in orphans if outcome_of(t) in BAD]
+    if failing:
+        lines += ["## Failing and inconclusive", ""]
+        for t in failing[:60]:
+            lines.append(f"- **{_md(t.get('outcome') or 'error')}** {_md(short_name(t['nodeid']))}: "
+                         f"{_md(str(t.get('message', ''))[:300])}")
+        if len(failing) > 60:
+            lines.append(f"- ... and {len(failing) - 60} more (index.html)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def default_history(report_dir: Path | str) -> Path:
+    return Path(report_dir) / "history.jsonl"
+
