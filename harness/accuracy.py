@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -147,10 +147,24 @@ def torch_runner(model: torch.nn.Module) -> Runner:
 
 
 def onnx_runner(sess) -> Runner:
+    """ORT session as a runner; a file with a fixed batch size gets padded chunks of that size."""
     from . import runtime
 
+    dim0 = sess.get_inputs()[0].shape[0]
+    fixed = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+
     def run(x: torch.Tensor) -> np.ndarray:
-        return runtime.run(sess, x.detach().cpu().numpy())
+        arr = x.detach().cpu().numpy()
+        if not fixed or len(arr) == fixed:
+            return runtime.run(sess, arr)
+        outs = []
+        for i in range(0, len(arr), fixed):
+            chunk = arr[i:i + fixed]
+            pad = fixed - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(runtime.run(sess, chunk)[:fixed - pad])
+        return np.concatenate(outs)
     return run
 
 
@@ -200,24 +214,26 @@ _EVALUATIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def requirements(lab, card: ModelCard, runner: str) -> str | None:
-    """Why ``runner`` ('torch' or 'onnx') cannot be judged against the card here, or None."""
-    need_data = ("no real data: pass --imagenet DIR with DIR/val/*.JPEG (the ILSVRC2012 validation "
-                 "images) and DIR/val_label.txt ('<file name> <0-based class index>' per line)")
-    weights_fix = (f"pass --weights-dir DIR holding {card.id}.pth or {card.id}.safetensors, or "
+    """Why ``runner`` ('torch' or 'onnx') cannot be judged against the card here (all that is
+    missing, with what to provide), or None."""
+    weights_fix = (f"--weights-dir DIR holding {card.id}.pth or {card.id}.safetensors, or "
                    f"checkpoint = \"...\" under [models.{card.id}] in --artifacts")
+    missing = []
     if lab.settings.imagenet is None:
-        return need_data
+        missing.append("no real data: pass --imagenet DIR with DIR/val/*.JPEG (the ILSVRC2012 validation images) "
+                       "and DIR/val_label.txt ('<file name> <0-based class index>' per line)")
     try:
         ckpt = lab.checkpoint_for(card)
         onnx = lab.artifacts(card).get("onnx")
     except ZooconformError:
-        return None  # the check itself reports the broken manifest entry
+        return None if not missing else missing[0]  # the check itself reports the broken manifest entry
     if runner == "torch" and ckpt is None:
-        return f"no real weights for {card.id} (the seeded default cannot reach published accuracy): {weights_fix}"
+        missing.append(f"no real weights for {card.id} (the seeded default cannot reach published accuracy): "
+                       f"pass {weights_fix}")
     if runner == "onnx" and ckpt is None and onnx is None:
-        return (f"no ONNX with real weights for {card.id}: give onnx = \"...\" under [models.{card.id}] in "
-                f"--artifacts, or real weights to export from ({weights_fix})")
-    return None
+        missing.append(f"no ONNX with real weights for {card.id}: give onnx = \"...\" under [models.{card.id}] "
+                       f"in --artifacts, or real weights to export from ({weights_fix})")
+    return "; ".join(missing) or None
 
 
 def evaluation(lab, card: ModelCard) -> Evaluation:
@@ -249,7 +265,10 @@ def evaluation(lab, card: ModelCard) -> Evaluation:
             runners["onnx"] = onnx_runner(runtime.session(onnx, threads=lab.settings.threads))
     except ZooconformError as e:
         errors["onnx"] = e
-    per_lab[card.id] = evaluate_on(lab, card, runners, errors)
+    if runners:
+        per_lab[card.id] = evaluate_on(lab, card, runners, errors)
+    else:  # nothing can run: no reason to decode the images
+        per_lab[card.id] = Evaluation(str(lab.settings.imagenet), errors=errors)
     return per_lab[card.id]
 
 

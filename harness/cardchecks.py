@@ -101,7 +101,8 @@ def timm_data_config(card: ModelCard) -> dict:
     name = card.timm_arch
     if card.byob:  # no timm config for an architecture timm does not register: use its sibling's
         name = "repvgg_b1g4"
-    cfg = timm.models.get_pretrained_cfg(name)
+    tagged = f"{name}.{card.timm_tag}" if card.timm_tag else name
+    cfg = timm.models.get_pretrained_cfg(tagged) or timm.models.get_pretrained_cfg(name)
     return resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {}, use_test_size=True)
 
 
@@ -126,7 +127,9 @@ def check_timm_data_config(card: ModelCard, record) -> None:
               "interpolation": cfg["interpolation"], "mean": tuple(round(x, 3) for x in cfg["mean"]),
               "std": tuple(round(x, 3) for x in cfg["std"])}
     record(**{f"card_{k}": v for k, v in ours.items()}, **{f"timm_{k}": v for k, v in theirs.items()})
-    differ = [k for k in ours if ours[k] != theirs[k]]
+    # timm stores crop_pct to 3 decimals (0.909 for 320/352): compare it at that precision;
+    # the resize side it implies (exact) is compared separately
+    differ = [k for k in ours if (abs(ours[k] - theirs[k]) > 6e-4 if k == "crop_pct" else ours[k] != theirs[k])]
     if differ:
         found = "; ".join(f"{k}: card {ours[k]} vs timm {theirs[k]}" for k in differ)
         raise CheckFailure(message(f"preprocessing of {card.id}", f"timm config {card.timm_arch}",

@@ -251,8 +251,6 @@ def first_divergence(model: nn.Module, onnx_path: Path | str, x: torch.Tensor, *
     Layer tolerance: ``max(k * floor, minimum)`` with ``floor`` the layer's own float32 vs
     float64 departure in torch.
     """
-    import onnx
-
     from .runtime import load_checked
 
     proto = model_proto if model_proto is not None else load_checked(onnx_path)
@@ -339,7 +337,8 @@ def _value_search(model, proto, nodes, t32, t64, xb, k, minimum, float_names, th
     for name in t32.order:
         if not name:
             continue
-        ref32, ref64 = t32.outputs[name], t64.outputs[name]
+        effective = t32.alias.get(name, name)  # a Conv is folded with the BN that follows it
+        ref32, ref64 = t32.outputs[effective], t64.outputs[effective]
         cands = by_shape.get(ref32.shape, [])
         if not cands:
             continue
@@ -419,11 +418,13 @@ def explain(model: nn.Module, proto, nodes, mods, module: str, trace: TorchTrace
                                  f"module '{owner}' (align_corners={ups.align_corners}) needs '{want_ctm}'")
         elif n.op_type in ("Conv", "Gemm") and len(n.input) >= 2:
             conv = tmod if isinstance(tmod, (nn.modules.conv._ConvNd, nn.Linear)) else None
-            bn = None
+            bn, conv_name, bn_name = None, owner, None
             if conv is None and isinstance(tmod, nn.modules.batchnorm._BatchNorm) and owner in inv_alias:
-                conv, bn = model.get_submodule(inv_alias[owner]), tmod  # dynamo: folded node in BN scope
+                conv_name, bn_name = inv_alias[owner], owner  # dynamo: the folded node sits in the BN's scope
+                conv, bn = model.get_submodule(conv_name), tmod
             elif conv is not None and owner in trace.alias:
-                bn = model.get_submodule(trace.alias[owner])  # legacy: folded node in Conv scope
+                bn_name = trace.alias[owner]  # legacy: the folded node sits in the Conv's scope
+                bn = model.get_submodule(bn_name)
             if conv is None:
                 continue
             w_onnx = _initializer(proto, n.input[1])
@@ -432,7 +433,7 @@ def explain(model: nn.Module, proto, nodes, mods, module: str, trace: TorchTrace
                                    ("group", conv.groups)):
                     got = _attr(n, attr)
                     if got is not None and list(np.atleast_1d(got)) != list(np.atleast_1d(want)):
-                        hints.append(f"Conv node '{n.name}' has {attr}={got}, but module '{owner}' has {want}")
+                        hints.append(f"Conv node '{n.name}' has {attr}={got}, but module '{conv_name}' has {want}")
             if w_onnx is None:
                 continue
             w_ref, b_ref = _folded_conv(conv, bn) if isinstance(conv, nn.modules.conv._ConvNd) else (
@@ -440,7 +441,7 @@ def explain(model: nn.Module, proto, nodes, mods, module: str, trace: TorchTrace
             if n.op_type == "Gemm" and _attr(n, "transB", 0) == 0 and w_onnx.shape == w_ref.T.shape:
                 w_onnx = w_onnx.T
             if w_onnx.shape != w_ref.shape:
-                hints.append(f"{n.op_type} node '{n.name}' weight shape {w_onnx.shape} != module '{owner}' "
+                hints.append(f"{n.op_type} node '{n.name}' weight shape {w_onnx.shape} != module '{conv_name}' "
                              f"{tuple(w_ref.shape)}")
                 continue
             per_ch = np.abs(w_onnx.astype(np.float64) - w_ref).reshape(len(w_ref), -1).max(axis=1)
@@ -448,9 +449,9 @@ def explain(model: nn.Module, proto, nodes, mods, module: str, trace: TorchTrace
             rel = per_ch / np.where(scale > 0, scale, 1.0)
             bad = np.nonzero(rel > 1e-5)[0]
             if len(bad):
-                folded = " with its BatchNorm folded in" if bn is not None else ""
+                folded = f" with BatchNorm '{bn_name}' folded in" if bn is not None else ""
                 chans = ", ".join(str(c) for c in bad[:5]) + (" ..." if len(bad) > 5 else "")
-                hints.append(f"{n.op_type} node '{n.name}' weight differs from module '{owner}'{folded} in "
+                hints.append(f"{n.op_type} node '{n.name}' weight differs from module '{conv_name}'{folded} in "
                              f"{len(bad)} of {len(w_ref)} output channel(s) [{chans}], max rel diff {rel.max():.3g}")
     foreign = _foreign_upstream(nodes, mods, inside)
     if foreign:
@@ -501,6 +502,7 @@ def first_batch_dependent_node(onnx_path: Path | str, x: np.ndarray, tolerance: 
     from .runtime import load_checked
 
     proto = load_checked(onnx_path)
+    inits = {i.name for i in proto.graph.initializer}
     float_names = _float_outputs(proto)
     nodes = [n for n in proto.graph.node if n.output and n.op_type not in _SHAPE_OPS and n.output[0] in float_names]
     names = [n.output[0] for n in nodes]
@@ -518,5 +520,5 @@ def first_batch_dependent_node(onnx_path: Path | str, x: np.ndarray, tolerance: 
         err = rel_max_error(v, rows)
         if err > tolerance:
             return {"node": n.name or n.output[0], "op_type": n.op_type, "module": mod_of.get(n.output[0]),
-                    "rel_error": err}
+                    "inputs": [i for i in n.input if i not in inits], "rel_error": err}
     return None

@@ -68,6 +68,8 @@ def export_onnx(model: torch.nn.Module, path: Path | str, *, input_size: int, op
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes=dyn, external_data=large)
     seconds = time.perf_counter() - t0
+    # what concerns this model first (e.g. Resize at opset 10), the exporter's deprecation notices last
+    caught = sorted(caught, key=lambda w: issubclass(w.category, (DeprecationWarning, FutureWarning)))
     warned = list(dict.fromkeys(f"{w.category.__name__}: {str(w.message)[:400]}" for w in caught))
     text_log = "\n".join(warned)[:2000] + ("\n" if warned else "") + log.getvalue()[-2000:]
     written = None

@@ -28,7 +28,8 @@ import torch.nn as nn
 from . import divergence
 from . import runtime
 from .compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
-from .export import ExportResult, exported
+from .errors import InputError
+from .export import TWO_GB, ExportResult, exported
 from .lab import torch_logits
 from .runtime import INPUT_NAME, OUTPUT_NAME
 from .tolerances import tolerance
@@ -105,31 +106,48 @@ def _mb(path: Path) -> float:
     return round(path.stat().st_size / 2 ** 20, 2)
 
 
-def check_opset_written(card: ModelCard, lab, case: ExportCase, record) -> ExportResult:
-    res = export_case(lab, card, case)
-    record(exporter=case.exporter, opset_requested=case.opset, opset_written=res.opset_written,
+def opset_in_file(path: Path) -> int | None:
+    """The ai.onnx opset the file declares (read from the file, not from the export's log)."""
+    proto = header(path)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def check_opset_written(res: ExportResult, record, *, label: str) -> None:
+    """The file declares the opset that was asked of the exporter."""
+    written = opset_in_file(res.path)
+    record(exporter=res.exporter, opset_requested=res.opset_requested, opset_written=written,
            export_seconds=round(res.seconds, 2), export_cached=res.cached, onnx_mb=_mb(res.path))
     import torch as _t
 
     cause = (f"the dynamo exporter (torch {_t.__version__}) ignores opset_version and writes its own default"
-             if case.exporter == "dynamo" else "the exporter did not honour opset_version")
-    check(res.opset_written == case.opset, f"opset written by the {case.exporter} exporter for {card.id}",
-          res.opset_written, case.opset, f"{res.path} opset_import (ai.onnx)", cause=cause)
-    return res
+             if res.exporter == "dynamo" else f"the {res.exporter} exporter did not honour opset_version")
+    check(written == res.opset_requested, f"opset written by the {res.exporter} exporter for {label}",
+          written, res.opset_requested, f"{res.path} opset_import (ai.onnx)", cause=cause)
 
 
 # --- structure ----------------------------------------------------------------------------
 
-def check_onnx_valid(path: Path, record, *, label: str) -> None:
-    """``onnx.checker.check_model(full_check=True)`` (by path: external data and >2 GB work)."""
+def check_onnx_valid(path: Path, record, *, label: str, self_contained: bool = False) -> None:
+    """``onnx.checker.check_model(full_check=True)`` (by path: external data and >2 GB work).
+
+    ``self_contained``: the suite's own exports must carry their weights inline (one file to
+    hand over) unless the model is over 2 GB, the protobuf limit.
+    """
     import onnx
 
     from onnx.external_data_helper import uses_external_data
 
-    proto = runtime.load_checked(path)
+    proto = header(path)
     external = sorted({next((e.value for e in t.external_data if e.key == "location"), "")
                        for t in proto.graph.initializer if uses_external_data(t)})
     record(onnx_ir_version=proto.ir_version, onnx_external_data=external, onnx_nodes=len(proto.graph.node))
+    if self_contained and external:
+        weights = sum(p.stat().st_size for p in {path.parent / e for e in external} if p.is_file())
+        if weights <= TWO_GB:
+            raise CheckFailure(message(f"external data files of {label}", external, "none (one self-contained file)",
+                                       str(path), cause=f"the exporter wrote {weights / 2 ** 20:.0f} MB of weights "
+                                       "beside the file although the model is under 2 GB (dynamo's external_data "
+                                       "default?)"), {"onnx_external_data": external})
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # ValidationError, InferenceError, and friends
@@ -144,8 +162,29 @@ def _dims(value_info) -> list:
     return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
 
 
+_headers: dict[tuple, object] = {}
+
+
+def header(path: Path):
+    """The file's graph without external weights (after the escaping-location check); memoised
+    by path, size and mtime so a rewritten file is read again."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "ONNX file not found", fix="check the path")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _headers:
+        runtime.check_external_data(path)  # InputError naming the file when invalid or escaping
+        if len(_headers) >= 8:
+            _headers.clear()
+        _headers[key] = onnx.load(str(path), load_external_data=False)
+    return _headers[key]
+
+
 def declared_io(path: Path) -> dict:
-    proto = runtime.load_checked(path)
+    proto = header(path)
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     return {"inputs": [(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in inputs],
@@ -186,6 +225,18 @@ def check_declared_io(path: Path, record, *, input_size: int, label: str, names:
         more = f" (+{len(problems) - 1} more: {'; '.join(p[0] for p in problems[1:])})" if len(problems) > 1 else ""
         raise CheckFailure(message(f"{what} of {label}", measured, expected, f"{path} graph.input/output",
                                    cause=cause + more), {"io_problems": [p[0] for p in problems]})
+
+
+def require_input_size(path: Path, card: ModelCard) -> None:
+    """A user file with fixed spatial dims other than the card's cannot be compared: say so."""
+    io = declared_io(path)
+    if not io["inputs"]:
+        raise InputError(path, "the graph has no input", fix="export the model with its image input")
+    dims = io["inputs"][0][2]
+    s = card.input_size
+    if len(dims) != 4 or any(isinstance(d, int) and d > 0 and d != want for d, want in zip(dims[1:], (3, s, s))):
+        raise InputError(path, f"declares input {dims}, but {card.id} takes [batch, 3, {s}, {s}]",
+                         fix=f"export {card.id} at its input size {s}, or list the file under the model it belongs to")
 
 
 # --- numerics -----------------------------------------------------------------------------
@@ -279,7 +330,7 @@ def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, recor
         figures.update(div.figures())
         record(**div.figures())
         where = f"{div.where()}; file {path}"
-        cause = cause or div.hint
+        cause = "; ".join(c for c in (cause, div.hint) if c) or None
     figures["worst_image"] = worst
     if not ok_err:
         what = f"max|onnx - torch| / max|torch| of {label} on {len(xn)} images"
@@ -341,7 +392,8 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
         found = None
     if found:
         mod = f" (module '{found['module']}')" if found.get("module") else ""
-        where = f"first batch-dependent node: '{found['node']}' ({found['op_type']}){mod}; file {path}"
+        ins = ", ".join(found.get("inputs", [])[:3])
+        where = f"first batch-dependent node: '{found['node']}' ({found['op_type']} <- {ins}){mod}; file {path}"
         cause += f": node '{found['node']}' mixes images across the batch (batch statistics? a BatchNorm in training mode?)"
     raise CheckFailure(message(f"max|rows at batch {b} - rows at batch {sizes[0]}| / scale of {label}", f"{e:.3g}",
                                f"<= {tol:g}", where, cause=cause), {"batch_errors": errs})

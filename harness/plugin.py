@@ -19,7 +19,7 @@ from .errors import ConfigError, ZooconformError
 from .lab import Lab, Settings
 from .report.results import (FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions,
                              machine_info)
-from .zoo import TIERS, UnknownModelError
+from .zoo import SOURCES, TIERS, UnknownModelError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTATIONS = ROOT / "fixtures" / "expectations.toml"
@@ -41,6 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--calib-images", type=int, default=None, metavar="N", help="calibration images (default 200 embedded; 1000 ImageNet)")
     g.addoption("--threads", type=int, default=None, metavar="N", help="intra-op threads for torch and ONNX Runtime")
     g.addoption("--profile", default=None, metavar="NAME", help="latency budget profile (fixtures/budgets/NAME.toml)")
+    g.addoption("--weights-source", default=None, choices=SOURCES,
+                help="where the reference weights come from: the card row accuracy is held to")
     g.addoption("--no-results", action="store_true", help="do not write results.json")
     g.addoption("--shard", default=None, metavar="I/N",
                 help="run only shard I of N: the selected models sorted by id, dealt round-robin "
@@ -62,6 +64,7 @@ def settings_from(config: pytest.Config) -> Settings:
         calib_images=opt("--calib-images"),
         threads=opt("--threads"),
         profile=opt("--profile"),
+        extra={"weights_source": opt("--weights-source")} if opt("--weights-source") else {},
     )
 
 

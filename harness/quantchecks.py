@@ -391,8 +391,6 @@ class LayerReport:
 def qdq_pairs(model) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
     """Activation QDQ pairs (input tensor, dequantized output, scale name) and quantized
     weights (dequantized output, scale name), found by graph structure, not by names."""
-    from onnx import numpy_helper  # noqa: F401  (keeps the import cost where it is used)
-
     inits = {i.name for i in model.graph.initializer}
     consumers: dict[str, list] = {}
     for node in model.graph.node:

@@ -353,11 +353,3 @@ def calibration_inputs(samples: list, card) -> np.ndarray:
 def quantized(lab, card, method: str = DEFAULT_METHOD, **kw) -> Path:
     """Path of the cached int8 (QDQ) model of the card's fp32 ONNX (see ``quantized_result``)."""
     return quantized_result(lab, card, method, **kw).path
-
-
-def int8_under_test(lab, card, method: str = DEFAULT_METHOD) -> tuple[Path, str]:
-    """(int8 file, what it is): the manifest's ``int8_onnx`` when given, else ours."""
-    user = lab.artifacts(card).get("int8_onnx")
-    if user is not None:
-        return user, f"manifest int8_onnx {user}"
-    return quantized(lab, card, method), f"zooconform int8 ({method}) of {card.id}"

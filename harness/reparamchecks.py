@@ -109,8 +109,8 @@ def deploy_convs(model: nn.Module) -> ConvsByBlock:
             if isinstance(getattr(m, "reparam_conv", None), nn.Conv2d)}
 
 
-def measure(train: nn.Module, x: torch.Tensor, candidates: dict[str, tuple[nn.Module, ConvsByBlock]],
-            truth: TrainingTruth | None = None) -> tuple[TrainingTruth, dict[str, FormFigures]]:
+def measure(train: nn.Module, x: torch.Tensor,
+            candidates: dict[str, tuple[nn.Module, ConvsByBlock]]) -> tuple[TrainingTruth, dict[str, FormFigures]]:
     """Run the training form in float64 once; measure every candidate end to end and per block.
 
     ``candidates``: label -> (deploy model in float32, its fused conv per training block).
@@ -148,11 +148,11 @@ def measure(train: nn.Module, x: torch.Tensor, candidates: dict[str, tuple[nn.Mo
     try:
         with torch.no_grad():
             logits64 = train64(x.double()).numpy()
-            logits32 = train(x).numpy() if truth is None else truth.logits32
+            logits32 = train(x).numpy()
     finally:
         for h in hooks:
             h.remove()
-    truth = truth or TrainingTruth(x, logits64, logits32)
+    truth = TrainingTruth(x, logits64, logits32)
     forms = {}
     with torch.no_grad():
         for label, (model, _) in candidates.items():
@@ -333,6 +333,15 @@ def study(card: ModelCard, lab) -> Study:
 
 # --- judging ------------------------------------------------------------------------------
 
+def over_tolerance(form: FormFigures) -> list[BlockFigures]:
+    return [b for b in form.blocks if not b.ratio <= tolerance(SECTION, "block_over_floor")]
+
+
+def passes(form: FormFigures) -> bool:
+    """The verdict: end-to-end error within the floor multiple, cosine, and every block."""
+    return (form.ratio <= tolerance(SECTION, "deploy_over_floor") and form.cosine >= tolerance(SECTION, "min_cosine")
+            and not over_tolerance(form))
+
 def judge(card_id: str, form: FormFigures, record, what: str, where: str,
           train: nn.Module | None = None, x: torch.Tensor | None = None,
           convs: Callable[[], ConvsByBlock] | None = None) -> None:
@@ -343,7 +352,7 @@ def judge(card_id: str, form: FormFigures, record, what: str, where: str,
     over = tolerance(SECTION, "deploy_over_floor")
     block_over = tolerance(SECTION, "block_over_floor")
     need_cos = tolerance(SECTION, "min_cosine")
-    bad_blocks = [b for b in form.blocks if not b.ratio <= block_over]
+    bad_blocks = over_tolerance(form)
     worst = max(form.blocks, key=lambda b: b.ratio, default=None)
     figures = {
         "rel_max_error": form.error, "fp64_noise_floor": form.floor, "error_over_floor": round(form.ratio, 3),
@@ -353,8 +362,7 @@ def judge(card_id: str, form: FormFigures, record, what: str, where: str,
         "worst_block_error_over_floor": round(worst.ratio, 3) if worst else None,
     }
     record(**figures)
-    ok = form.ratio <= over and form.cosine >= need_cos and not bad_blocks
-    if ok:
+    if passes(form):
         return
     first = bad_blocks[0] if bad_blocks else worst
     place = f"{where}; block {first.block}" if first else where
@@ -389,11 +397,12 @@ def check_bugs_would_show(card: ModelCard, lab, record) -> None:
         key = cause.replace(" ", "_")
         figures[f"control_{key}_error_over_floor"] = round(f.ratio, 1)
         figures[f"control_{key}_top1_agreement"] = f.top1
-        if not f.ratio > over:
-            hidden.append(f"{cause} ({f.ratio:.3g}x floor)")
+        figures[f"control_{key}_blocks_over_tolerance"] = len(over_tolerance(f))
+        if passes(f):
+            hidden.append(f"{cause} ({f.ratio:.3g}x floor, {len(over_tolerance(f))} blocks over)")
     record(**figures)
     check(not hidden, f"deliberately wrong fusions of {card.id} seen by the comparison", f"hidden: {', '.join(hidden)}",
-          f"every control > {over:g}x the fp64 noise floor",
+          f"every control failing (> {over:g}x the fp64 noise floor, or a block over its own)",
           "lab.reference: BN statistics (harness/models.py randomise_bn + recalibrate_bn, or the checkpoint)",
           cause=f"BN statistics too close to timm's defaults (max |running_mean| {mean_spread:.3g}, "
                 f"max |running_var - 1| {var_spread:.3g}): a fusion bug would pass unnoticed", figures=figures)
@@ -446,6 +455,9 @@ def check_fusions_agree(card: ModelCard, lab, record) -> None:
         raise CheckFailure(message(f"blocks fused by timm and harness/reparam.py for {card.id}",
                                    f"{len(missing)} only in one", "the same blocks", FUSION_CODE["timm"],
                                    cause=f"blocks {missing[:4]} fused by one implementation only"))
+    over = tolerance(SECTION, "deploy_over_floor")
+    floor = s.truth.floor
+    record(logits_diff_over_floor=round(logits / floor, 3) if floor > 0 else None)
     if bad:
         name, w, b, shape_ok = bad[0]
         raise CheckFailure(message(
@@ -454,6 +466,11 @@ def check_fusions_agree(card: ModelCard, lab, record) -> None:
             f"{FUSION_CODE['timm']} vs {FUSION_CODE['independent']}; block {name} (first of {len(bad)})",
             cause="conv geometry differs (shape/groups/stride/padding)" if not shape_ok else
                   "the two fusions disagree: the deploy-vs-training checks say which one is wrong"))
+    check(logits <= over * floor, f"logits of {card.id}: timm deploy form vs harness/reparam.py (rel max diff)",
+          f"{logits:.3g} ({logits / floor:.3g}x the fp64 noise floor {floor:.2g})", f"<= {over:g}x floor",
+          f"{FUSION_CODE['timm']} vs {FUSION_CODE['independent']}",
+          cause="the same kernels in both forms, yet different outputs: the deploy forward passes differ "
+                "(padding, stride, activation or head)")
 
 
 def check_deploy_is_plain(card: ModelCard, lab, record) -> None:

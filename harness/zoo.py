@@ -102,6 +102,7 @@ class ModelCard:
     count_form: str = "train"  # "deploy": published params/FLOPs are of the deploy form
     byob: dict[str, Any] | None = None
     claims: dict[str, Any] = field(default_factory=dict)  # architecture facts the card states
+    timm_tag: str = ""  # timm pretrained tag of the weights the card's rows describe (e.g. ms_in1k)
     note: str = ""
 
     def rows(self, source: str | None = None) -> list[PublishedRow]:
@@ -249,7 +250,8 @@ def load_family_file(file: Path) -> dict[str, ModelCard]:
         raise ConfigError(file, "-", f"not valid TOML: {e}", fix="fix the TOML syntax at that line") from None
     fam = _expect(data, "family", dict, "<top>", file)
     _no_unknown(data, {"family", "models"}, "<top>", file)
-    _no_unknown(fam, {"name", "seed", "preprocess", "count_form", "export_note", "claims"}, "family", file)
+    _no_unknown(fam, {"name", "seed", "preprocess", "count_form", "export_note", "claims", "timm_tag"}, "family", file)
+    timm_tag = _expect(fam, "timm_tag", str, "family", file, required=False, default="")
     claims = _expect(fam, "claims", dict, "family", file, required=False, default={})
     family = _expect(fam, "name", str, "family", file)
     fam_pre = _expect(fam, "preprocess", dict, "family", file, required=False, default={})
@@ -280,6 +282,7 @@ def load_family_file(file: Path) -> dict[str, ModelCard]:
             count_form=count_form,
             byob=_expect(m, "byob", dict, where, file, required=False),
             claims=dict(claims),
+            timm_tag=timm_tag,
             note=_expect(m, "note", str, where, file, required=False, default=""),
         )
     return cards

@@ -31,14 +31,14 @@ def _label(card, case: ExportCase) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_export_writes_requested_opset(model_card, case, lab, record):
-    _our_export(lab, model_card, case)
-    exportchecks.check_opset_written(model_card, lab, case, record)
+    res = _our_export(lab, model_card, case)
+    exportchecks.check_opset_written(res, record, label=model_card.id)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_export_passes_onnx_checker(model_card, case, lab, record):
     res = _our_export(lab, model_card, case)
-    exportchecks.check_onnx_valid(res.path, record, label=_label(model_card, case))
+    exportchecks.check_onnx_valid(res.path, record, label=_label(model_card, case), self_contained=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -89,6 +89,12 @@ def _user_onnx(lab, card):
     return path
 
 
+def _user_onnx_for_inputs(lab, card):
+    path = _user_onnx(lab, card)
+    exportchecks.require_input_size(path, card)  # InputError: the file is for another input size
+    return path
+
+
 def test_user_onnx_passes_onnx_checker(model_card, lab, record):
     path = _user_onnx(lab, model_card)
     exportchecks.check_onnx_valid(path, record, label=f"{path.name} ({model_card.id})")
@@ -101,7 +107,7 @@ def test_user_onnx_declares_io(model_card, lab, record):
 
 
 def test_user_onnx_matches_reference(model_card, lab, record):
-    path = _user_onnx(lab, model_card)
+    path = _user_onnx_for_inputs(lab, model_card)
     x, _ = lab.inputs(model_card, "eval", limit=EXPORT_IMAGES)
     record(weights="checkpoint" if lab.checkpoint_for(model_card) else "recalibrated seeded init")
     exportchecks.check_matches_reference(path, lab.reference(model_card), x, record,
@@ -109,7 +115,7 @@ def test_user_onnx_matches_reference(model_card, lab, record):
 
 
 def test_user_onnx_rows_independent_of_batch(model_card, lab, record):
-    path = _user_onnx(lab, model_card)
+    path = _user_onnx_for_inputs(lab, model_card)
     x, _ = lab.inputs(model_card, "eval", limit=EXPORT_IMAGES)
     exportchecks.check_batch_consistency(path, x, record, label=f"{path.name} ({model_card.id})", lab=lab,
                                          model=lab.reference(model_card))

@@ -6,6 +6,7 @@ input's ``input_0``, runs the ONNX file and writes one output per line, as vamp 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,11 +16,10 @@ import pytest
 from harness import bridge
 from harness.cli import main as cli
 from harness.compare import CheckFailure
-from harness.errors import InputError
 from harness.export import exported
 from harness.lab import Lab, Settings
 
-from test_accuracy import KNOWN, Rec, tiny_card, write_folder
+from test_accuracy_checks import KNOWN, Rec, tiny_card, write_folder
 
 MODEL = "repvgg_a0"
 
@@ -78,12 +78,13 @@ def test_prepare_writes_the_documented_layout(prepared):
     lines = (prepared / "datalist.txt").read_text().splitlines()
     assert meta["model"] == MODEL and meta["images"] == 8 == len(lines) and not meta["labelled"]
     assert meta["input"]["key"] == "input_0" and meta["input"]["shape"] == [1, 3, 224, 224]
-    assert 0 < meta["noise_floor"]["rel_max_error_fp32_vs_fp64"] < 1e-5
+    assert meta["noise_floor"]["images_measured"] == 8 and 0 < meta["noise_floor"]["max_rel"] < 1e-5
     with np.load(lines[0]) as z:
         assert z["input_0"].dtype == np.float32 and z["input_0"].shape == (1, 3, 224, 224)
     with np.load(prepared / "reference.npz") as z:
         assert z["logits"].shape == (8, 1000) and list(z["names"]) == [Path(p).stem for p in lines]
         assert list(z["labels"]) == [-1] * 8
+        assert np.all(np.isfinite(z["floor"])) and np.all(z["floor"] < 1e-5 * np.abs(z["logits"]).max())
     assert not (prepared / "val_label.txt").exists()
     assert all("#" not in Path(p).name for p in lines)
 
@@ -95,7 +96,8 @@ def test_round_trip_through_onnx_runtime_passes(prepared, good_results, tmp_path
     agree = tests["agreement_with_reference"]
     assert agree["outcome"] == "passed" and agree["suite"] == "bridge" and agree["model"] == MODEL
     figs = agree["figures"]
-    assert figs["rel_max_error"] <= figs["allowed_rel_max_error"] and figs["top1_agreement"] == 1.0
+    assert figs["worst_rel_error"] <= figs["worst_allowed"] and figs["images_off"] == 0
+    assert figs["top1_agreement"] == 1.0 and figs["floor_images_measured"] == 8
     assert tests["read_outputs"]["figures"]["matched"] == "by stem"
 
 
@@ -123,7 +125,8 @@ def test_a_tampered_output_file_fails_naming_it(prepared, good_results, tmp_path
     assert rc == 1
     t = tests["agreement_with_reference"]
     assert t["outcome"] == "failed" and t["figures"]["worst_file"] == victim.name
-    assert t["message"].startswith(f"max|out - ref| / max|ref| of {MODEL} runtime outputs (8 images) = ")
+    assert re.match(rf"max\|out - ref\| / max\|ref\| of {MODEL} runtime output {victim.name} = [0-9.e-]+, "
+                    rf"but should be <= [0-9.e-]+ \(10 x this image's fp32 noise floor", t["message"]), t["message"]
     assert f"[{victim} vs " in t["message"] and "1 of 8 output file(s) depart" in t["message"]
 
 
@@ -211,7 +214,8 @@ def test_prepare_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
 def test_prepare_on_an_imagenet_folder_writes_labels_and_eval_scores_them(tmp_path, onnx_path):
     folder = write_folder(tmp_path / "imagenet")
     out = tmp_path / "prepared"
-    assert cli(["prepare", "--model", MODEL, "--out", str(out), "--imagenet", str(folder)]) == 0
+    assert cli(["prepare", "--model", MODEL, "--out", str(out), "--imagenet", str(folder), "--floor-images", "2"]) == 0
+    assert json.loads((out / "prepare.json").read_text())["noise_floor"]["images_measured"] == 2
     labels = (out / "val_label.txt").read_text().splitlines()
     assert len(labels) == len(KNOWN) and sorted(labels)[0] == f"ILSVRC2012_val_00000001.JPEG {KNOWN[0][0]}"
     external_runtime(out / "datalist.txt", onnx_path, out / "output")
@@ -227,7 +231,8 @@ def test_prepare_on_an_imagenet_folder_writes_labels_and_eval_scores_them(tmp_pa
 def _labelled(reference, meta):
     names = [f"img{i}" for i in range(len(KNOWN))]
     return bridge.Prepared(Path("p"), {"data": "imagenet", "imagenet": True, **meta}, names,
-                           reference.astype(np.float32), np.array([label for label, _ in KNOWN]))
+                           reference.astype(np.float32), np.array([label for label, _ in KNOWN]),
+                           np.full(len(KNOWN), np.nan))
 
 
 def _colour_logits(channel_k):

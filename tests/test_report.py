@@ -322,3 +322,41 @@ def test_report_renders_in_headless_chromium(tmp_path):
     r = subprocess.run([CHROMIUM, *BROWSER_FLAGS, "--window-size=1400,1000", f"--screenshot={shot}", url],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
+
+
+def test_report_row_ids_are_the_plugins():
+    from harness import plugin
+    from harness.report import views
+    from harness.zoo import load_zoo
+
+    rows = [r for c in load_zoo().values() for r in c.published]
+    assert rows and all(views.row_id(r) == plugin.row_id(r) for r in rows)
+
+
+def test_an_inconclusive_measurement_is_no_baseline():
+    now = smoke_doc(fp32_b1=60.0)
+    for x in now["tests"]:
+        if "[repvgg_a0-fp32-b1]" in x["nodeid"]:
+            x["outcome"] = "inconclusive"
+    v = view_of(now)
+    assert "latency.fp32.b1.ms" not in v.metrics and "latency.fp32.b4.ms" in v.metrics
+    assert any(p.text == "48" and p.status == "warn" for p in v.cells["latency"].parts)  # still shown
+    found = regression_texts(smoke_doc(), now)
+    assert not [x for x in found if "fp32 b1 ms" in x] and [x for x in found if "fp32 b4 ms" in x]
+
+
+def test_latency_without_a_budget_profile_still_trends_but_contention_does_not():
+    doc = smoke_doc()
+    for x in doc["tests"]:
+        if "median_ms" in x["figures"]:
+            x["outcome"] = "skipped"  # the latency suite measures, then skips: no profile to judge against
+            x["figures"].pop("budget_ms")
+            if x["nodeid"].endswith("[repvgg_a0-int8-b8]"):
+                x["figures"]["quiet"] = False
+    doc["tests"].append(t("suites/test_latency.py::test_gpu_latency_within_budget[repvgg_a0-Tensorrt-fp16-b1]",
+                          model="repvgg_a0", suite="test_latency", provider="TensorrtExecutionProvider",
+                          precision="fp16", batch=1, median_ms=0.9))
+    v = view_of(doc)
+    assert v.cells["latency"].lines() == ["fp32 4.8 / 19.2 / 38.4", "int8 2.4 / 9.6 / 19.2", "Tensorrt fp16 0.9 / \u2014 / \u2014"]
+    assert "latency.fp32.b1.ms" in v.metrics and "latency.tensorrt_fp16.b1.ms" in v.metrics
+    assert "latency.int8.b8.ms" not in v.metrics

@@ -64,6 +64,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     settings = {"model": card.id, "results": args.results, "prepared": args.prepared, "source": args.source}
     records: list[dict] = []
     status = 0
+    started = time.time()
 
     def run(check: str, fn) -> None:
         nonlocal status
@@ -98,10 +99,10 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         if p.labelled:
             run("accuracy", lambda rec: bridge.check_accuracy(card, p, out, rec, source=args.source))
     path = report / "results.json"
-    bridge.write_results(path, card.id, records, settings, status)
+    bridge.write_results(path, card.id, records, settings, status, started=started)
     for r in records:
-        figs = ", ".join(f"{k}={v}" for k, v in r["figures"].items() if k in (
-            "images", "matched", "rel_max_error", "allowed_rel_max_error", "min_cosine", "top1_agreement",
+        figs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["figures"].items() if k in (
+            "images", "matched", "worst_file", "worst_rel_error", "worst_allowed", "min_cosine", "top1_agreement",
             "top1_pct", "top5_pct", "reference_top1_pct", "judged"))
         print(f"{r['outcome'].upper():7} {r['nodeid']}" + (f": {figs}" if figs else ""))
         if r.get("message"):

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="artifact cache (default .zooconform-cache)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads")
     p.add_argument("--batch-size", type=int, default=16, metavar="B")
+    p.add_argument("--floor-images", type=int, default=None, metavar="N",
+                   help="images whose fp32 noise floor is measured in float64 (slow on CPU; default: all "
+                        "embedded images, 200 of an ImageNet folder; the rest get the largest floor measured)")
 
 
 def main(args: argparse.Namespace, extra: list[str]) -> int:
@@ -44,7 +47,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
                            artifacts=Path(args.artifacts) if args.artifacts else None,
                            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                            eval_images=args.images, threads=args.threads))
-        meta = prepare(lab, lab.cards[0], Path(args.out), batch_size=args.batch_size)
+        meta = prepare(lab, lab.cards[0], Path(args.out), batch_size=args.batch_size, floor_images=args.floor_images)
     except (UnknownModelError, ZooconformError) as e:
         print(f"zooconform prepare: error: {e}", file=sys.stderr)
         return 2

@@ -84,8 +84,12 @@ def _and(user: str | None, own: str | None) -> str | None:
 def phases(args: argparse.Namespace, folder: Path) -> list[Phase]:
     if not args.jobs:
         return [Phase("all", folder, args.marker, [])]
+    # --max-worker-restart=0: pytest-xdist 3.8's loadgroup scheduler hangs for good when it
+    # replaces a crashed worker (pytest-xdist#1323, #1327; measured here: a worker killed by
+    # SIGKILL left the run waiting forever). A crash now ends the phase, and the report says
+    # which test the worker died in and how many never ran.
     return [Phase("parallel", folder / "phase1-parallel", _and(args.marker, "not latency"),
-                  ["-n", str(args.jobs), "--dist", "loadgroup"]),
+                  ["-n", str(args.jobs), "--dist", "loadgroup", "--max-worker-restart=0"]),
             Phase("latency", folder / "phase2-latency", _and(args.marker, "latency"), ["-p", "no:xdist"])]
 
 

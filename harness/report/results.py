@@ -133,7 +133,8 @@ def _outcome(report) -> str | None:
     if report.when == "call":
         if hasattr(report, "wasxfail"):
             return "xfailed" if report.skipped else "xpassed"
-        if report.failed and any(n == "inconclusive" for n, _ in getattr(report, "user_properties", [])):
+        # failing or not (the plugin reports a non-failing one as skipped): its own outcome
+        if any(n == "inconclusive" for n, _ in getattr(report, "user_properties", [])):
             return "inconclusive"
         return report.outcome
     if report.failed:

@@ -29,6 +29,14 @@ def outcome_of(test: dict[str, Any]) -> str:
     return test.get("outcome") or UNFINISHED
 
 
+DISPLAY_ORDER = ["passed", "failed", "error", "inconclusive", UNFINISHED, "xfailed", "xpassed", "skipped"]
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    order = {o: i for i, o in enumerate(DISPLAY_ORDER)}
+    return ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], 99)))
+
+
 @dataclass
 class Part:
     text: str
@@ -73,8 +81,9 @@ class Metric:
     def to_json(self) -> dict[str, Any]:
         out = {"value": self.value, "kind": self.kind, "label": self.label}
         for k in ("n", "cv", "floor"):
-            if getattr(self, k) is not None:
-                out[k] = getattr(self, k)
+            v = getattr(self, k)
+            if v is not None and math.isfinite(v):
+                out[k] = v
         return out
 
 
@@ -274,8 +283,7 @@ def outcome_part(tests: list[dict[str, Any]]) -> Part:
         counts[outcome_of(t)] = counts.get(outcome_of(t), 0) + 1
     worst = worst_outcome(t.get("outcome") for t in tests)
     anchor = next((t for t in tests if outcome_of(t) == worst), tests[0])
-    text = ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: OUTCOME_ORDER.index(kv[0])
-                                                        if kv[0] in OUTCOME_ORDER else 99))
+    text = counts_text(counts)
     return Part(text, anchor["nodeid"], status_of(worst), tooltip(anchor))
 
 
@@ -411,7 +419,14 @@ def _latency_key(test: dict[str, Any]) -> tuple[str | None, int | None]:
     if batch is None:
         m = _BATCH_RE.search(cid)
         batch = float(m.group(1)) if m else None
-    return (prec.lower() if isinstance(prec, str) else None), (int(batch) if batch is not None else None)
+    if not isinstance(prec, str):
+        return None, None
+    prec = prec.lower()
+    _, provider = figure(test, ("provider",))
+    if isinstance(provider, str) and provider and provider != "CPUExecutionProvider":
+        # GPU measurements get their own lines: never mixed with the CPU figures of that batch
+        prec = f"{provider.removesuffix('ExecutionProvider')} {prec}"
+    return prec, (int(batch) if batch is not None else None)
 
 
 def _latency_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
@@ -433,7 +448,9 @@ def _latency_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
         if cv is None:
             iqr = num_figure(t, IQR_NAMES)
             cv = iqr / 1.349 / ms if iqr is not None and ms > 0 else None  # IQR of a normal = 1.349 sigma
-        name = f"latency.{prec}.b{batch}.ms"
+        if (t.get("figures") or {}).get("quiet") is False:
+            continue  # measured under contention: shown, but no point on a trend, no baseline
+        name = f"latency.{re.sub(r'[^a-z0-9]+', '_', prec.lower())}.b{batch}.ms"
         view.metrics[name] = Metric(name, ms, "latency", f"{prec} b{batch} ms", t["nodeid"], cv=cv)
     if not grid:
         return Cell([outcome_part(tests)])
@@ -558,8 +575,6 @@ def model_view(model: str, tests: list[dict[str, Any]], card=None) -> ModelView:
     card_tests = suites.get("card", [])
     acc_tests = [t for t in suites.get("accuracy", []) if proportion(t, TOP1_NAMES) is not None]
     if card is not None and card.published:
-        from ..plugin import row_id
-
         rows = [(row_id(r), "+".join(r.sources), r.name, r) for r in card.published]
     else:
         keys = []
@@ -604,6 +619,11 @@ def model_view(model: str, tests: list[dict[str, Any]], card=None) -> ModelView:
                                            suites.get("reparam", []))
     view.cells["int8"] = _int8_cell(view, suites.get("quant", []))
     view.cells["latency"] = _with_unlisted(_latency_cell(view, suites.get("latency", [])), suites.get("latency", []))
+    # figures of a test that could not judge (contention, degenerate model) or did not finish
+    # are shown, but are no point on a trend and no baseline for the next run (a skipped test
+    # that measured, e.g. latency with no budget profile, still counts)
+    unjudged = {t["nodeid"] for t in tests if outcome_of(t) in ("inconclusive", UNFINISHED)}
+    view.metrics = {k: m for k, m in view.metrics.items() if m.nodeid not in unjudged}
     bad = [t for t in tests if outcome_of(t) == view.verdict]
     view.cells["verdict"] = Cell([Part(_verdict_text(view), bad[0]["nodeid"] if bad and view.verdict != "passed" else None,
                                        status_of(view.verdict), "\n".join(short_name(t["nodeid"]) for t in bad[:10]))])
@@ -614,9 +634,14 @@ def _verdict_text(view: ModelView) -> str:
     label = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "inconclusive": "inconclusive",
              "xfailed": "pass (known failures)", "xpassed": "XPASS", "skipped": "skipped",
              UNFINISHED: "unfinished"}[view.verdict]
-    counts = ", ".join(f"{n} {o}" for o, n in sorted(view.counts.items(), key=lambda kv: OUTCOME_ORDER.index(kv[0])
-                                                       if kv[0] in OUTCOME_ORDER else 99))
+    counts = counts_text(view.counts)
     return f"{label} ({counts})"
+
+
+def row_id(row) -> str:
+    """The case id suffix of a published row, as ``harness.plugin.row_id`` writes it (kept
+    here so that rendering a report never imports the plugin, and with it torch)."""
+    return f"{'+'.join(row.sources)}-{row.seed}-{row.name}"
 
 
 def _family_guess(model: str) -> str:

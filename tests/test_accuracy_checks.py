@@ -277,3 +277,13 @@ def test_suite_end_to_end_with_untrained_weights_fails_at_chance_level(tmp_path)
         assert t["outcome"] == "failed", proc.stdout[-3000:]
         assert "repvgg.toml models.repvgg_a0 'RepVGG-A0' (official+mmcls, seed 004)" in t["message"]
         assert "cause: at chance level" in t["message"] and t["figures"]["images"] == 10
+
+
+def test_an_onnx_file_with_a_fixed_batch_size_is_run_in_padded_chunks(folder, tmp_path):
+    path = export_onnx(ColourModel(0), tmp_path / "b4.onnx", input_size=CROP, dynamic_batch=False,
+                       example_batch=4).path
+    sess = runtime.session(path, threads=1)
+    assert sess.get_inputs()[0].shape[0] == 4
+    ev = accuracy.evaluate_on(lab_on(folder, tmp_path), tiny_card(), {"onnx": accuracy.onnx_runner(sess)},
+                              batch_size=3)
+    assert ev.n == 10 and ev.accuracy("onnx", 1) == pytest.approx(0.4) and ev.accuracy("onnx", 5) == pytest.approx(0.7)

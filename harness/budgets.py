@@ -1,0 +1,544 @@
+"""Latency budgets per machine profile: ``fixtures/budgets/<profile>.toml``.
+
+A profile names a kind of machine and holds absolute budgets (the largest median latency
+allowed, in ms) per model x precision x batch, plus an optional throughput floor. Ratio
+budgets (int8 / fp32, deploy / train form, batch 8 per image / batch 1, user ONNX / own
+export) hold on any machine and live in ``fixtures/tolerances.toml`` [latency] instead.
+
+File shape::
+
+    [profile]
+    description = "2-core AMD EPYC VM, ONNX Runtime CPU EP"
+    provider = "CPUExecutionProvider"   # or CUDAExecutionProvider / TensorrtExecutionProvider
+    threads = 2                         # intra-op threads the figures hold for (CPU providers)
+    provisional = false                 # true: not from a quiet run; never detected, only --profile
+    source = "what was measured, with which command"
+    headroom = 1.3                      # optional: factor applied to the measured medians
+    peak_gflops = 545.0                 # optional: the quiet fp32 MatMul peak measured alongside
+    instances = 2                       # optional: concurrent sessions of the throughput figure
+
+    [profile.match]                     # optional: how the profile is detected (fnmatch patterns)
+    cpu = "AMD EPYC*"                   # /proc/cpuinfo model name
+    cores = 2                           # os.cpu_count()
+    gpu = "Tesla T4*"                   # CUDA device 0's name (torch), when a GPU is the target
+
+    [models.<id>]                       # ids of fixtures/zoo/*.toml
+    fp32 = { b1 = 9.0, b4 = 31.0, b8 = 60.0 }   # ms; keys fp32 | fp16 | int8, batches b<N>
+    int8 = { b1 = 5.0 }
+    throughput_ips = 120.0              # optional: images/s at batch 8, ``instances`` sessions
+    note = "..."                        # optional
+
+Every key is checked: a typo (``fp23``, ``thread``, ``b1 = "9"``, an unknown model id) is a
+:class:`ConfigError` naming the file, the key and what was expected.
+
+Which profile applies (:func:`choose`), in this order:
+
+1. ``--profile NAME`` (``fixtures/budgets/NAME.toml``, or a path to a ``.toml`` file);
+   ``--profile none`` judges ratios only.
+2. Detection: the one non-provisional profile whose ``[profile.match]`` matches this machine.
+   Never on CI (the ``CI`` environment variable is set, as GitHub Actions and GitLab do):
+   shared runners are not the machines the budgets were measured on.
+3. Otherwise none: **ratios only**. The absolute-budget tests still measure and record
+   every figure, then skip with the reason.
+
+Recording a profile from runs (quiet machine, ``pytest suites -m latency`` run a few
+times; results.json or pytest-benchmark's ``--benchmark-json`` files)::
+
+    python -m harness.budgets record reports/run1/results.json reports/run2/results.json \\
+        --profile cpu-2core --headroom 1.3 [--out fixtures/budgets/cpu-2core.toml]
+
+takes, per model x precision x batch, the slowest median of the runs' *quiet*
+measurements times ``headroom`` (throughput: the lowest figure divided by it), prints the
+run-to-run spread of each cell to choose the headroom by, and writes the profile with
+``[profile.match]`` set to the runs' machine. ``python -m harness.budgets check [NAME ...]``
+validates profiles.
+
+The ``t4-tensorrt`` profile is the seeds' T4 TensorRT table (seed 002, PaddleClas HRNet
+page) as the registry carries it (``PublishedRow.latency_ms`` of the ppcls seed-002 rows):
+``python -m harness.budgets t4 --out fixtures/budgets/t4-tensorrt.toml`` regenerates it.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import fnmatch
+import json
+import math
+import os
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ConfigError
+
+BUDGETS = Path(__file__).resolve().parent.parent / "fixtures" / "budgets"
+PRECISIONS = ("fp32", "fp16", "int8")
+PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
+PROFILE_KEYS = {"description": str, "provider": str, "threads": int, "provisional": bool, "source": str,
+                "headroom": (int, float), "peak_gflops": (int, float), "instances": int, "match": dict}
+MATCH_KEYS = {"cpu": str, "cores": int, "gpu": str}
+MODEL_KEYS = (*PRECISIONS, "throughput_ips", "note")
+NONE = "none"
+_BATCH_KEY = re.compile(r"^b([1-9][0-9]*)$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    profile: str
+    model: str
+    precision: str
+    batch: int
+    ms: float
+    file: Path
+    provisional: bool
+
+    @property
+    def key(self) -> str:
+        return f"models.{self.model}.{self.precision}.b{self.batch}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.file.name} [{self.key}]" + (" (provisional profile)" if self.provisional else "")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    file: Path
+    description: str
+    provider: str
+    threads: int | None
+    provisional: bool
+    source: str
+    headroom: float | None
+    peak_gflops: float | None
+    instances: int | None
+    match: dict[str, Any]
+    latency: dict[str, dict[str, dict[int, float]]]  # model -> precision -> batch -> ms
+    throughput: dict[str, float] = field(default_factory=dict)  # model -> images/s
+
+    def budget(self, model: str, precision: str, batch: int) -> Budget | None:
+        ms = self.latency.get(model, {}).get(precision, {}).get(batch)
+        if ms is None:
+            return None
+        return Budget(self.name, model, precision, batch, ms, self.file, self.provisional)
+
+
+# --- loading and validation ---------------------------------------------------------------
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "dict": "a table"}
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join(dict.fromkeys(names.get(t.__name__, t.__name__) for t in ts))
+
+
+def _is(value: Any, types: type | tuple[type, ...]) -> bool:
+    ts = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) and bool not in ts:
+        return False  # TOML true is not a number here
+    return isinstance(value, ts)
+
+
+def _unknown(file: Path, key: str, name: str, allowed: Iterable[str], what: str = "key") -> ConfigError:
+    allowed = list(allowed)
+    scores = {a: difflib.SequenceMatcher(None, name, a).ratio() for a in allowed}
+    best = max(scores.values(), default=0.0)
+    close = [a for a in allowed if scores[a] == best][:3] if best >= 0.6 else []  # ties: repvgg_ao -> a0, a1, a2
+    hint = ""
+    if close:
+        hint = "; did you mean " + (" or ".join(", ".join(f"'{c}'" for c in close).rsplit(", ", 1))) + "?"
+    return ConfigError(file, key, f"unknown {what} '{name}' (expected one of {', '.join(allowed)}){hint}",
+                       fix="see the file shape in harness/budgets.py")
+
+
+def _positive(file: Path, key: str, value: Any, unit: str) -> float:
+    if not _is(value, (int, float)) or not math.isfinite(float(value)) or float(value) <= 0:
+        raise ConfigError(file, key, f"expected a number of {unit} > 0, got {value!r} ({type(value).__name__})",
+                          fix=f"write e.g. {key.rsplit('.', 1)[-1]} = 12.5")
+    return float(value)
+
+
+def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) -> Profile:
+    """Read and strictly validate one profile file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "-", "budget profile not found", fix=_available_fix(path.parent)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
+    for top in data:
+        if top not in ("profile", "models"):
+            raise _unknown(path, top, top, ("profile", "models"), "table")
+    head = data.get("profile")
+    if not isinstance(head, dict):
+        raise ConfigError(path, "profile", "missing the [profile] table", fix="add [profile] with provider = ...")
+    for k, v in head.items():
+        if k not in PROFILE_KEYS:
+            raise _unknown(path, f"profile.{k}", k, PROFILE_KEYS)
+        if not _is(v, PROFILE_KEYS[k]):
+            raise ConfigError(path, f"profile.{k}", f"expected {_type_name(PROFILE_KEYS[k])}, got {v!r}",
+                              fix="see the file shape in harness/budgets.py")
+    provider = head.get("provider")
+    if provider is None:
+        raise ConfigError(path, "profile.provider", "missing required key 'provider'",
+                          fix=f"add provider = one of {', '.join(PROVIDERS)}")
+    if provider not in PROVIDERS:
+        raise _unknown(path, "profile.provider", provider, PROVIDERS, "provider")
+    threads = head.get("threads")
+    if threads is not None and threads < 1:
+        raise ConfigError(path, "profile.threads", f"expected an integer >= 1, got {threads}")
+    if provider == "CPUExecutionProvider" and threads is None:
+        raise ConfigError(path, "profile.threads", "a CPU profile needs the intra-op thread count its figures hold for",
+                          fix="add threads = N")
+    match = head.get("match", {})
+    for k, v in match.items():
+        if k not in MATCH_KEYS:
+            raise _unknown(path, f"profile.match.{k}", k, MATCH_KEYS)
+        if not _is(v, MATCH_KEYS[k]):
+            raise ConfigError(path, f"profile.match.{k}", f"expected {_type_name(MATCH_KEYS[k])}, got {v!r}")
+    for k in ("headroom", "peak_gflops"):
+        if k in head:
+            _positive(path, f"profile.{k}", head[k], "(factor)" if k == "headroom" else "GFLOP/s")
+
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(path, "models", "expected [models.<id>] tables")
+    valid = list(valid_models) if valid_models is not None else _registry_ids()
+    latency: dict[str, dict[str, dict[int, float]]] = {}
+    throughput: dict[str, float] = {}
+    for model, entry in models.items():
+        if model not in valid:
+            raise _unknown(path, f"models.{model}", model, valid, "model id")
+        if not isinstance(entry, dict):
+            raise ConfigError(path, f"models.{model}", f"expected a table, got {entry!r}")
+        for k, v in entry.items():
+            key = f"models.{model}.{k}"
+            if k not in MODEL_KEYS:
+                raise _unknown(path, key, k, MODEL_KEYS)
+            if k == "note":
+                if not isinstance(v, str):
+                    raise ConfigError(path, key, f"expected a string, got {v!r}")
+            elif k == "throughput_ips":
+                throughput[model] = _positive(path, key, v, "images/s")
+            else:
+                if not isinstance(v, dict) or not v:
+                    raise ConfigError(path, key, f"expected a table of batches such as {{ b1 = 9.0, b8 = 60.0 }}, got {v!r}",
+                                      fix="one ms budget per batch: b1, b4, b8")
+                per_batch: dict[int, float] = {}
+                for b, ms in v.items():
+                    m = _BATCH_KEY.match(b)
+                    if not m:
+                        raise ConfigError(path, f"{key}.{b}", f"unknown batch key '{b}' (expected b<batch> such as b1, b4, b8)",
+                                          fix="name batches b1, b4, b8")
+                    per_batch[int(m.group(1))] = _positive(path, f"{key}.{b}", ms, "milliseconds")
+                latency.setdefault(model, {})[k] = per_batch
+    return Profile(name=path.stem, file=path, description=head.get("description", ""), provider=provider,
+                   threads=threads, provisional=bool(head.get("provisional", False)), source=head.get("source", ""),
+                   headroom=head.get("headroom"), peak_gflops=head.get("peak_gflops"), instances=head.get("instances"),
+                   match=dict(match), latency=latency, throughput=throughput)
+
+
+def _registry_ids() -> list[str]:
+    from .zoo import load_zoo
+
+    return list(load_zoo())
+
+
+def profile_files(folder: Path = BUDGETS) -> list[Path]:
+    return sorted(folder.glob("*.toml")) if folder.is_dir() else []
+
+
+def _available_fix(folder: Path) -> str:
+    names = [p.stem for p in profile_files(folder)]
+    return (f"available profiles: {', '.join(names) or '(none)'}; --profile {NONE} judges ratios only; "
+            "record one with python -m harness.budgets record")
+
+
+# --- choosing the profile -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Choice:
+    profile: Profile | None
+    how: str  # "--profile" | "detected" | "none"
+    reason: str
+
+    @property
+    def ratios_only(self) -> bool:
+        return self.profile is None
+
+
+def this_machine() -> dict[str, Any]:
+    """What [profile.match] is compared with: cpu model name, cores, CUDA device 0's name."""
+    from .report.results import machine_info
+
+    info = machine_info()
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:  # no torch CUDA runtime: no GPU name to match
+        gpu = None
+    return {"cpu": info.get("cpu") or "", "cores": info.get("cores"), "gpu": gpu}
+
+
+def matches(profile: Profile, machine: dict[str, Any]) -> bool:
+    if not profile.match:
+        return False
+    for k, want in profile.match.items():
+        have = machine.get(k)
+        if have is None:
+            return False
+        if isinstance(want, str) and not fnmatch.fnmatchcase(str(have), want):
+            return False
+        if not isinstance(want, str) and have != want:
+            return False
+    return True
+
+
+def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+           folder: Path = BUDGETS, valid_models: Iterable[str] | None = None) -> Choice:
+    """The profile whose absolute budgets apply (see the module docstring for the rules)."""
+    env = os.environ if env is None else env
+    if name:
+        if name.lower() == NONE:
+            return Choice(None, "none", f"--profile {NONE}: ratios only")
+        path = Path(name) if name.endswith(".toml") else folder / f"{name}.toml"
+        if not path.is_file():
+            raise ConfigError(path, "--profile", f"no budget profile '{name}'", fix=_available_fix(folder))
+        return Choice(load_profile(path, valid_models), "--profile", f"--profile {name}")
+    if env.get("CI"):
+        return Choice(None, "none", "no --profile given and CI is set (no detection on shared runners): ratios only")
+    machine = this_machine() if machine is None else machine
+    found = []
+    for p in profile_files(folder):
+        prof = load_profile(p, valid_models)
+        if not prof.provisional and matches(prof, machine):
+            found.append(prof)
+    desc = f"cpu '{machine.get('cpu')}', {machine.get('cores')} cores" + (f", gpu '{machine['gpu']}'" if machine.get("gpu") else "")
+    if len(found) == 1:
+        return Choice(found[0], "detected", f"profile {found[0].name} detected ({desc})")
+    if len(found) > 1:
+        return Choice(None, "none", f"profiles {', '.join(p.name for p in found)} all match this machine ({desc}): "
+                                    "ratios only; pick one with --profile NAME")
+    return Choice(None, "none", f"no budget profile matches this machine ({desc}): ratios only; "
+                                "pick one with --profile NAME or record one (python -m harness.budgets record)")
+
+
+# --- recording a profile from runs --------------------------------------------------------
+
+@dataclass
+class Cell:
+    medians: list[float] = field(default_factory=list)
+    contended: int = 0
+
+
+def _latency_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Figures of the absolute latency / throughput measurements of a results.json or a
+    pytest-benchmark JSON (whose ``extra_info`` carries the same figures)."""
+    if "benchmarks" in doc:  # pytest-benchmark --benchmark-json
+        return [dict(b.get("extra_info") or {}) for b in doc["benchmarks"]]
+    out = []
+    for t in doc.get("tests", []):
+        figs = dict(t.get("figures") or {})
+        figs.setdefault("model", t.get("model"))
+        out.append(figs)
+    return out
+
+
+def _machine_of(doc: dict[str, Any]) -> dict[str, Any]:
+    if "benchmarks" in doc:
+        mi = doc.get("machine_info") or {}
+        return {"cpu": (mi.get("cpu") or {}).get("brand_raw", ""), "cores": (mi.get("cpu") or {}).get("count")}
+    return doc.get("machine") or {}
+
+
+def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple, Cell], dict[str, Cell], dict[str, Any]]:
+    """(latency cells keyed (model, precision, batch), throughput cells per model, settings)."""
+    cells: dict[tuple, Cell] = {}
+    tput: dict[str, Cell] = {}
+    seen: dict[str, set] = {"provider": set(), "threads": set(), "instances": set(), "peak": set()}
+    for doc in docs:
+        for f in _latency_records(doc):
+            kind = f.get("latency_kind")
+            if kind not in ("absolute", "throughput") or not f.get("model"):
+                continue
+            seen["provider"].add(f.get("provider"))
+            seen["threads"].add(f.get("threads"))
+            if f.get("peak_gflops") and f.get("peak_quiet"):
+                seen["peak"].add(f["peak_gflops"])
+            if kind == "absolute":
+                key = (f["model"], f.get("precision"), int(f.get("batch") or 0))
+                cell = cells.setdefault(key, Cell())
+                value = f.get("median_ms")
+            else:
+                seen["instances"].add(f.get("instances"))
+                cell = tput.setdefault(f["model"], Cell())
+                value = f.get("images_per_s")
+            if f.get("quiet") is True and isinstance(value, (int, float)):
+                cell.medians.append(float(value))
+            else:
+                cell.contended += 1
+    return cells, tput, seen
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if x < 100 else f"{x:.1f}"
+
+
+def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, description: str = "",
+                 sources: list[str] | None = None) -> tuple[str, list[str]]:
+    """TOML text of a profile recorded from runs, and the report lines (spread, gaps)."""
+    if not headroom >= 1.0:
+        raise ValueError(f"headroom must be >= 1, got {headroom}")
+    cells, tput, seen = collect(docs)
+    if not cells and not tput:
+        raise ValueError("no absolute latency measurements in these files (run pytest suites -m latency)")
+    providers = {p for p in seen["provider"] if p}
+    threads = {t for t in seen["threads"] if t}
+    if len(providers) > 1 or len(threads) > 1:
+        raise ValueError(f"runs mix providers {sorted(providers)} / threads {sorted(threads)}: record one setting at a time")
+    machine = _machine_of(docs[0]) if docs else {}
+    report: list[str] = []
+    default_description = f"recorded on {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
+    lines = [f"# Latency budget profile '{name}', recorded by python -m harness.budgets record from",
+             f"# {', '.join(sources or ['runs'])}: per cell the slowest quiet median x headroom {headroom}.",
+             "[profile]",
+             f"description = {json.dumps(description or default_description)}",
+             f'provider = "{next(iter(providers), "CPUExecutionProvider")}"']
+    if threads:
+        lines.append(f"threads = {next(iter(threads))}")
+    lines += ["provisional = false",
+              f"source = {json.dumps(f'{len(docs)} run(s): ' + ', '.join(sources or []))}",
+              f"headroom = {headroom}"]
+    peaks = sorted(seen["peak"])
+    if peaks:
+        lines.append(f"peak_gflops = {_fmt(max(peaks))}")
+    inst = {i for i in seen["instances"] if i}
+    if len(inst) == 1:
+        lines.append(f"instances = {next(iter(inst))}")
+    if machine.get("cpu") or machine.get("cores"):
+        lines += ["", "[profile.match]"]
+        if machine.get("cpu"):
+            lines.append(f"cpu = {json.dumps(machine['cpu'])}")
+        if machine.get("cores"):
+            lines.append(f"cores = {machine['cores']}")
+    models = sorted({k[0] for k in cells} | set(tput))
+    for model in models:
+        lines += ["", f"[models.{model}]"]
+        for prec in PRECISIONS:
+            entries = []
+            for (m, p, b), cell in sorted(cells.items()):
+                if m != model or p != prec:
+                    continue
+                if not cell.medians:
+                    report.append(f"{model} {prec} b{b}: no quiet measurement ({cell.contended} contended): left out")
+                    continue
+                spread = max(cell.medians) / min(cell.medians) - 1
+                report.append(f"{model} {prec} b{b}: medians {', '.join(_fmt(x) for x in cell.medians)} ms; "
+                              f"run-to-run spread {spread:.1%}; budget {_fmt(max(cell.medians) * headroom)} ms")
+                entries.append(f"b{b} = {_fmt(max(cell.medians) * headroom)}")
+            if entries:
+                lines.append(f"{prec} = {{ {', '.join(entries)} }}")
+        cell = tput.get(model)
+        if cell is not None:
+            if cell.medians:
+                lines.append(f"throughput_ips = {_fmt(min(cell.medians) / headroom)}")
+                report.append(f"{model} throughput: {', '.join(_fmt(x) for x in cell.medians)} images/s")
+            else:
+                report.append(f"{model} throughput: no quiet measurement: left out")
+    return "\n".join(lines) + "\n", report
+
+
+# --- the seeds' T4 TensorRT table -----------------------------------------------------------
+
+def t4_tensorrt_text(zoo: dict | None = None) -> str:
+    """The ``t4-tensorrt`` profile from the registry's seed-002 (PaddleClas) rows."""
+    from .zoo import load_zoo
+
+    zoo = zoo if zoo is not None else load_zoo()
+    lines = ["# The seeds' T4 TensorRT latency table (seed 002, PaddleClas HRNet page) as budgets.",
+             "# Generated from fixtures/zoo/hrnet.toml (PublishedRow.latency_ms of the ppcls seed-002 rows)",
+             "# by python -m harness.budgets t4 --out fixtures/budgets/t4-tensorrt.toml; do not edit by hand.",
+             "# The page has two FP32 tables that disagree (e.g. HRNet_W18_C b1 6.66 vs 7.40636 ms); the budget",
+             "# is the slower of the two, the figure both tables support. SE_HRNet_W64_C_ssld (an SE variant,",
+             "# not timm's hrnet_w64) and the ssld rows (same architecture, same figures) are left out.",
+             "[profile]",
+             'description = "NVIDIA T4, TensorRT, as published by PaddleClas (seed 002)"',
+             'provider = "TensorrtExecutionProvider"',
+             "provisional = false",
+             'source = "seed 002 (../shared/seeds/002_6769bbe7f0604747.txt) via fixtures/zoo/hrnet.toml"',
+             "headroom = 1.0", "", "[profile.match]", 'gpu = "*T4*"']
+    for card in zoo.values():
+        rows = [r for r in card.published if r.seed == "002" and "ppcls" in r.sources and r.weights is None
+                and r.latency_ms]
+        if not rows:
+            continue
+        row = rows[0]
+        batches = row.latency_batches
+        lines += ["", f"[models.{card.id}]", f'note = "{row.name}"']
+        fp32 = [max(vals) for vals in zip(*(row.latency_ms[k] for k in row.latency_ms if k.startswith("t4_trt_fp32")))]
+        lines.append("fp32 = { " + ", ".join(f"b{b} = {float(ms)!r}" for b, ms in zip(batches, fp32)) + " }")
+        if "t4_trt_fp16" in row.latency_ms:
+            lines.append("fp16 = { " + ", ".join(f"b{b} = {float(ms)!r}" for b, ms in zip(batches, row.latency_ms["t4_trt_fp16"])) + " }")
+    return "\n".join(lines) + "\n"
+
+
+# --- command line -------------------------------------------------------------------------
+# ``python -m harness.budgets ...``; also shaped as a ``zooconform`` verb (add_arguments/main).
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="budgets_verb", required=True)
+    rec = sub.add_parser("record", help="write a profile from results.json / --benchmark-json files of quiet runs")
+    rec.add_argument("files", nargs="+", type=Path)
+    rec.add_argument("--profile", required=True, help="profile name (fixtures/budgets/NAME.toml)")
+    rec.add_argument("--headroom", required=True, type=float,
+                     help="budget = slowest quiet median x this (>= 1; choose from the printed run-to-run spread)")
+    rec.add_argument("--description", default="")
+    rec.add_argument("--out", type=Path, default=None)
+    chk = sub.add_parser("check", help="validate profiles (default: all in fixtures/budgets)")
+    chk.add_argument("names", nargs="*")
+    t4 = sub.add_parser("t4", help="regenerate the t4-tensorrt profile from the registry")
+    t4.add_argument("--out", type=Path, default=BUDGETS / "t4-tensorrt.toml")
+
+
+def main(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    try:
+        if args.budgets_verb == "record":
+            docs = [json.loads(f.read_text(encoding="utf-8")) for f in args.files]
+            text, report = profile_text(docs, args.profile, args.headroom, args.description, [str(f) for f in args.files])
+            out = args.out or BUDGETS / f"{args.profile}.toml"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+            load_profile(out)
+            print("\n".join(report))
+            print(f"wrote {out}")
+        elif args.budgets_verb == "check":
+            paths = [BUDGETS / f"{n}.toml" if not n.endswith(".toml") else Path(n) for n in args.names] or profile_files()
+            for path in paths:
+                prof = load_profile(path)
+                cells = sum(len(b) for m in prof.latency.values() for b in m.values())
+                print(f"{path}: ok ({prof.provider}, {cells} latency budgets{', provisional' if prof.provisional else ''})")
+        else:
+            args.out.write_text(t4_tensorrt_text(), encoding="utf-8")
+            load_profile(args.out)
+            print(f"wrote {args.out}")
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.budgets", description="latency budget profiles")
+    add_arguments(p)
+    return main(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

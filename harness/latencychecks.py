@@ -1,0 +1,488 @@
+"""Latency checks: plain functions that know nothing of pytest parametrization.
+
+What is measured (ONNX Runtime, CPU EP unless named; ``harness/timing.py`` does the timing):
+
+- **absolute**: each model x precision (fp32: the manifest's ``onnx`` or the suite's export;
+  int8: the manifest's ``int8_onnx`` or the suite's quantized model) x batch 1/4/8 at the
+  card's input size, on real (embedded or ImageNet) images. Judged against the active
+  budget profile (``harness/budgets.py``); with none, recorded only.
+- **ratios**, measured interleaved in the same run, so they hold on any machine
+  (limits: [latency] in fixtures/tolerances.toml): int8 / fp32 at batch 1 and 8, batch-8
+  per image / batch 1, RepVGG deploy / train form, the user's ONNX / the suite's export.
+- **throughput**: images/s of N concurrent sessions at batch 8 (the seeds' benchmark tool
+  runs instances x processes x batch); judged against the profile's ``throughput_ips``.
+- CUDA and TensorRT execution providers when this onnxruntime has them.
+
+Every measurement records median, q1/q3/IQR, p90, a 95% interval of the median, cv, CPU
+time / wall, run-delay and neighbour shares, attempts, GMACs per image (counted on the ONNX
+graph) and achieved GFLOP/s against the machine's measured fp32 peak (roofline ratio).
+
+Verdicts on a noisy machine (see the timing module): a quiet measurement is judged on its
+median. A contended one can still *pass* an absolute budget (contention only adds time, so
+an inflated figure within budget is within budget) but never fail it: it is
+"inconclusive: contention" (``Inconclusive(failing=False)``), its own outcome. A contended
+ratio fails only when every block and the CPU-time ratio (work, not waiting) are over the
+limit, passes only when they are all within it, and is inconclusive otherwise.
+
+Threads: ``--threads N``, else every CPU this process may run on (``os.sched_getaffinity``,
+what ONNX Runtime's default comes close to on a VM). An absolute budget holds only for the
+thread count its profile names: with another count it is skipped, naming the option.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import runtime
+from . import timing
+from .budgets import Budget, Choice
+from .compare import CheckFailure, Inconclusive, check, message
+from .tolerances import tolerance
+from .zoo import ModelCard
+
+SECTION = "latency"
+CPU = "CPUExecutionProvider"
+BATCHES = (1, 4, 8)  # the seeds' tables
+PRECISIONS = ("fp32", "int8")
+RATIO_BATCHES = (1, 8)
+THROUGHPUT_BATCH = 8
+GPU_PRECISIONS = {"TensorrtExecutionProvider": ("fp32", "fp16"), "CUDAExecutionProvider": ("fp32",)}
+DISTINCT_IMAGES = 8  # real images per batch; larger batches repeat them
+
+
+# --- settings -----------------------------------------------------------------------------
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_for(lab) -> int:
+    return lab.settings.threads or default_threads()
+
+
+def plan_for(threads: int | None, **override: Any) -> timing.Plan:
+    return timing.plan_from_tolerances(threads, SECTION, **override)
+
+
+def peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Peak:
+    return timing.machine_peak(threads, matrix=int(tolerance(SECTION, "peak_matrix")),
+                               calls=int(tolerance(SECTION, "peak_calls")), clocks=clocks, plan=plan_for(threads))
+
+
+# --- what is timed ------------------------------------------------------------------------
+
+def int8_method() -> str:
+    """The calibration method of the int8 model timed: the quantization suite's default, so
+    its cached model is reused (latency does not depend on the method: same QDQ graph)."""
+    from . import quantize
+
+    return getattr(quantize, "DEFAULT_METHOD", "percentile")
+
+
+def own_export(lab, card: ModelCard) -> Path:
+    from .export import exported
+
+    return exported(lab, card).path
+
+
+def deploy_export(lab, card: ModelCard) -> Path:
+    from .export import exported
+    from .models import deploy_form
+
+    return exported(lab, card, model=deploy_form(lab.reference(card)), tag="deploy").path
+
+
+def artifact(lab, card: ModelCard, precision: str) -> tuple[Path, str]:
+    """(file, what it is): the manifest's file under test when given, else the suite's own."""
+    if precision in ("fp32", "fp16"):
+        user = lab.artifacts(card).get("onnx")
+        return (user, f"manifest onnx {user}") if user else (own_export(lab, card), f"zooconform export of {card.id}")
+    if precision == "int8":
+        user = lab.artifacts(card).get("int8_onnx")
+        if user:
+            return user, f"manifest int8_onnx {user}"
+        from .quantize import quantized
+
+        method = int8_method()
+        return quantized(lab, card, method=method), f"zooconform int8 ({method}) of {card.id}"
+    raise ValueError(f"precision {precision!r}")
+
+
+def batch_of(lab, card: ModelCard, batch: int) -> np.ndarray:
+    """``batch`` images with the card's reference preprocessing (real images: a random or
+    all-zero tensor can hit denormal or all-zero fast paths a deployment never sees)."""
+    x, _ = lab.inputs(card, "eval", limit=DISTINCT_IMAGES)
+    x = x.numpy()
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch], dtype=np.float32)
+
+
+def call_of(sess, x: np.ndarray) -> Callable[[], Any]:
+    feed = {sess.get_inputs()[0].name: x}
+
+    def call():
+        return sess.run(None, feed)
+
+    return call
+
+
+@lru_cache(maxsize=64)
+def _macs(path: str, mtime_ns: int, size: int) -> tuple[int | None, int]:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+        for inp in model.graph.input[:1]:
+            dims = inp.type.tensor_type.shape.dim
+            if dims and not dims[0].dim_value:
+                dims[0].dim_value = 1  # one image
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # too large for in-memory inference, or not inferable: no work figure
+        return None, 0
+    g = inferred.graph
+    shapes: dict[str, list[int]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value for d in dims]
+    for t in g.initializer:
+        shapes[t.name] = list(t.dims)
+    weight_index = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+    total, convs = 0, 0
+    for node in g.node:
+        if node.op_type in weight_index:
+            convs += 1
+            w = shapes.get(node.input[weight_index[node.op_type]])
+            out = shapes.get(node.output[0])
+            if not w or not out or not all(out[1:]) or not all(w[1:]):
+                return None, convs
+            total += int(np.prod(out[1:], dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+            a = shapes.get(node.input[0])
+            out = shapes.get(node.output[0])
+            if not a or not out or not a[-1] or not all(out[1:] or [1]):
+                return None, convs
+            trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
+            k = a[0] if trans_a else a[-1]
+            total += int(np.prod([d for d in out if d], dtype=np.int64)) * k
+    return total, convs
+
+
+def onnx_work(path: Path) -> tuple[int | None, int]:
+    """(multiply-adds per image of Conv/Gemm/MatMul nodes, number of conv nodes) counted on
+    the graph with inferred shapes; (None, n) when shapes cannot be inferred."""
+    st = Path(path).stat()
+    return _macs(str(path), st.st_mtime_ns, st.st_size)
+
+
+# --- pytest-benchmark -----------------------------------------------------------------------
+
+def pedantic_runner(benchmark) -> timing.Runner | None:
+    """The first attempt runs in pytest-benchmark's pedantic mode (warm-up, fixed rounds)."""
+    if benchmark is None or getattr(benchmark, "disabled", True):
+        return None
+
+    def run(fn, warmup: int, rounds: int) -> None:
+        benchmark.pedantic(fn, warmup_rounds=warmup, rounds=rounds, iterations=1)
+
+    return run
+
+
+def publish_benchmark(benchmark, m: timing.Measurement, figures: dict[str, Any]) -> None:
+    """``--benchmark-json`` gets the calls of the attempt the figures come from, timed by our
+    clock around the call alone (pytest-benchmark's own timer also counts our schedstat
+    reads, and a re-measured attempt ran outside pedantic mode), plus every figure."""
+    if benchmark is None:
+        return
+    benchmark.extra_info.update({k: v for k, v in figures.items() if v is not None})
+    meta = getattr(benchmark, "stats", None)
+    if meta is not None and hasattr(meta, "stats"):
+        from pytest_benchmark.stats import Stats
+
+        stats = Stats()
+        for c in m.attempt.calls:
+            stats.update(c.wall_s)
+        meta.stats = stats
+
+
+# --- absolute budgets -----------------------------------------------------------------------
+
+def budget_for(choice: Choice, card: ModelCard, precision: str, batch: int, provider: str,
+               threads: int | None) -> Budget | str:
+    """The budget that applies, or why none does (the suite skips with that reason)."""
+    prof = choice.profile
+    if prof is None:
+        return choice.reason
+    if prof.provider != provider:
+        return f"profile {prof.name} holds {prof.provider} budgets, this measurement is {provider}"
+    if provider == CPU and prof.threads != threads:
+        return (f"profile {prof.name} holds for {prof.threads} threads, this run uses {threads}: "
+                f"run with --threads {prof.threads}")
+    b = prof.budget(card.id, precision, batch)
+    if b is None:
+        return f"profile {prof.name} has no budget for {card.id} {precision} batch {batch} ({prof.file})"
+    return b
+
+
+def gpu_cases() -> list[tuple[str, str]]:
+    """(provider, precision) pairs this onnxruntime can run on a GPU."""
+    available = set(runtime.providers(prefer_gpu=True))
+    return [(p, prec) for p, precs in GPU_PRECISIONS.items() if p in available for prec in precs]
+
+
+def gpu_session(path: Path, provider: str, precision: str):
+    import onnxruntime as ort
+
+    runtime.check_external_data(Path(path))
+    options: dict[str, Any] = {}
+    if provider == "TensorrtExecutionProvider" and precision == "fp16":
+        options["trt_fp16_enable"] = True
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=[(provider, options), CPU])
+
+
+def measure_latency(lab, card: ModelCard, precision: str, batch: int, record, *, benchmark=None,
+                    provider: str = CPU, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Measurement:
+    """Time one model x precision x batch; record every figure (results.json and, with
+    ``benchmark``, pytest-benchmark's JSON)."""
+    x = batch_of(lab, card, batch)
+    if provider == CPU:
+        path, what = artifact(lab, card, precision)
+        threads: int | None = threads_for(lab)
+        sess = runtime.session(path, threads=threads)
+        peak: timing.Peak | None = peak_for(threads, clocks)
+    else:
+        path, what = artifact(lab, card, "fp32" if precision == "fp16" else precision)
+        threads, peak = None, None  # host CPU time says nothing about GPU work; no GPU peak measured
+        sess = gpu_session(path, provider, precision)
+    macs, convs = onnx_work(path)
+    m = timing.measure(call_of(sess, x), plan_for(threads), name=f"{card.id} {precision} b{batch}", clocks=clocks,
+                       first_runner=pedantic_runner(benchmark), flops_per_call=2.0 * macs * batch if macs else None,
+                       peak=peak, items_per_call=batch)
+    figures = {"latency_kind": "absolute", "model": card.id, "precision": precision, "batch": batch,
+               "provider": provider, "file": str(path), "artifact": what,
+               "gmacs_per_image": round(macs / 1e9, 4) if macs else None, **m.figures()}
+    if precision == "int8":
+        figures["roofline_note"] = "int8 work against the fp32 peak (int8 can exceed 1)"
+    record(**figures)
+    publish_benchmark(benchmark, m, figures)
+    return m
+
+
+def judge_absolute(m: timing.Measurement, budget: Budget, record, *, subject: str, file: Path | str | None = None) -> None:
+    s = m.spread
+    ms, ci_high = s.median * 1e3, s.ci_high * 1e3
+    record(budget_ms=budget.ms, budget_profile=budget.profile, budget_key=budget.key,
+           budget_provisional=budget.provisional, over_budget_rel=round(ms / budget.ms - 1, 4))
+    where = budget.where + (f"; {file}" if file else "")
+    what = f"median latency of {subject}"
+    if m.quiet:
+        roof = ""
+        if m.gflops and m.peak:
+            roof = (f"; {m.gflops:.1f} GFLOP/s achieved = {m.gflops / m.peak.gflops:.0%} of this machine's measured "
+                    f"fp32 peak ({m.peak.gflops:.0f} GFLOP/s)")
+        check(ms <= budget.ms, what, f"{ms:.3f} ms", f"<= {budget.ms:g} ms", where,
+              cause=f"{ms / budget.ms - 1:+.0%} over the budget on a quiet machine "
+                    f"(cv {s.cv:.3f}, 95% interval {s.ci_low * 1e3:.3f}-{ci_high:.3f} ms){roof}")
+        record(verdict="quiet: judged on the median")
+        return
+    if ci_high <= budget.ms:
+        record(verdict="contended, within budget even so (contention only adds time)")
+        return
+    raise Inconclusive(
+        f"contention: {what} = {ms:.3f} ms (95% interval up to {ci_high:.3f} ms) vs budget {budget.ms:g} ms "
+        f"[{where}] cannot be judged: {'; '.join(m.noise)} after {len(m.attempts)} attempt(s)"
+        + (f"; {m.extra['remeasure']}" if m.extra.get("remeasure") else ""),
+        {"verdict": "inconclusive: contention"}, failing=False)
+
+
+# --- ratio budgets --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Side:
+    """One configuration of a comparison: a file at a batch size."""
+
+    path: Path
+    batch: int
+    label: str
+
+
+def interleave(sides: dict[str, Side], inputs: dict[int, np.ndarray], threads: int, *,
+               clocks: timing.Clocks = timing.REAL_CLOCKS, plan: timing.Plan | None = None) -> timing.Interleaved:
+    sessions = {name: runtime.session(s.path, threads=threads) for name, s in sides.items()}
+    calls = {name: call_of(sessions[name], inputs[s.batch]) for name, s in sides.items()}
+    return timing.measure_interleaved(calls, plan or plan_for(threads), clocks=clocks)
+
+
+def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.Peak | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, s in sides.items():
+        macs, convs = onnx_work(s.path)
+        m = run.measurement(name, flops_per_call=2.0 * macs * s.batch if macs else None, peak=peak,
+                            items_per_call=s.batch)
+        f = m.figures()
+        out.update({f"{name}_file": str(s.path), f"{name}_batch": s.batch, f"{name}_p50_ms": f["median_ms"],
+                    f"{name}_iqr_ms": f["iqr_ms"], f"{name}_p90_ms": f["p90_ms"], f"{name}_cv": f["cv"],
+                    f"{name}_cpu_per_wall_median": f["cpu_per_wall_median"], f"{name}_clean_share": f["clean_share"],
+                    f"{name}_gmacs_per_image": round(macs / 1e9, 4) if macs else None, f"{name}_conv_nodes": convs,
+                    f"{name}_achieved_gflops": f.get("achieved_gflops"), f"{name}_roofline_ratio": f.get("roofline_ratio")})
+    if peak is not None:
+        out["peak_gflops"] = round(peak.gflops, 2)
+        out["peak_quiet"] = peak.quiet
+    out["neighbour_cpu_share"] = None if run.neighbour_share is None else round(run.neighbour_share, 3)
+    out["attempts"] = run.attempts
+    out["remeasure"] = run.remeasure
+    return out
+
+
+def judge_ratio(r: timing.Ratio, limit: float, limit_key: str, record, *, what: str, where: str, cause: str,
+                note: str | None = None) -> None:
+    record(**r.figures(), ratio_limit=limit, ratio_limit_key=f"tolerances.toml [{SECTION}] {limit_key}")
+    where = f"{where}; fixtures/tolerances.toml [{SECTION}] {limit_key}"
+    if r.quiet:
+        record(verdict="quiet: judged on the ratio of medians")
+        check(r.wall <= limit, what, f"{r.wall:.3f}", f"<= {limit:g}", where,
+              cause=f"{cause} (blocks {r.wall_low:.3f}-{r.wall_high:.3f}, CPU-time ratio {r.cpu:.3f})")
+        return
+    noise = "; ".join(r.noise + ([note] if note else []))
+    if r.wall_low > limit and r.cpu_low > limit:
+        record(verdict="contended, over the limit in every block and in CPU time")
+        raise CheckFailure(message(what, f"{r.wall:.3f}", f"<= {limit:g}", where,
+                                   cause=f"{cause} (measured under contention, but every one of {r.blocks} blocks "
+                                         f"({r.wall_low:.3f}-{r.wall_high:.3f}) and the CPU-time ratio "
+                                         f"({r.cpu_low:.3f}-{r.cpu_high:.3f}) are over the limit)"))
+    if r.wall_high <= limit and r.cpu_high <= limit:
+        record(verdict="contended, within the limit in every block and in CPU time")
+        return
+    raise Inconclusive(
+        f"contention: {what} = {r.wall:.3f} (blocks {r.wall_low:.3f}-{r.wall_high:.3f}, CPU time "
+        f"{r.cpu_low:.3f}-{r.cpu_high:.3f}) vs limit {limit:g} [{where}] cannot be judged: {noise}",
+        {"verdict": "inconclusive: contention"}, failing=False)
+
+
+def compare_files(num: Side, den: Side, inputs: dict[int, np.ndarray], threads: int, record, *, limit_key: str,
+                  what: str, cause: Callable[[timing.Ratio], str], clocks: timing.Clocks = timing.REAL_CLOCKS,
+                  peak: timing.Peak | None = None, plan: timing.Plan | None = None) -> timing.Ratio:
+    """Interleave ``num`` and ``den``; judge (num per image) / (den per image) against the
+    [latency] ``limit_key`` tolerance."""
+    sides = {"num": num, "den": den}
+    run = interleave(sides, inputs, threads, clocks=clocks, plan=plan)
+    r = run.ratio("num", "den", num.batch, den.batch)
+    record(numerator=num.label, denominator=den.label, threads=threads, **side_figures(run, sides, peak))
+    judge_ratio(r, tolerance(SECTION, limit_key), limit_key, record, what=what,
+                where=f"{num.path} vs {den.path}", cause=cause(r), note=run.remeasure)
+    return r
+
+
+def _work_cause(num: Side, den: Side, same: str) -> str:
+    a, ca = onnx_work(num.path)
+    b, cb = onnx_work(den.path)
+    if a and b and abs(a / b - 1) > 0.01:
+        return (f"{num.label} does {a / b:.2f}x the multiply-adds of {den.label} "
+                f"({a / 1e9:.4g} vs {b / 1e9:.4g} GMACs per image; {ca} vs {cb} conv nodes)")
+    return same + (f" ({ca} vs {cb} conv nodes, same multiply-adds)" if a and b else "")
+
+
+def check_onnx_not_slower(user: Path, own: Path, x: np.ndarray, threads: int, record, *, label: str,
+                          clocks: timing.Clocks = timing.REAL_CLOCKS, plan: timing.Plan | None = None,
+                          peak: timing.Peak | None = None) -> timing.Ratio:
+    """A deployment file against the suite's own export of the same model, at x's batch."""
+    b = len(x)
+    num, den = Side(Path(user), b, f"the file under test ({Path(user).name})"), Side(Path(own), b, "the suite's export")
+    return compare_files(num, den, {b: x}, threads, record, limit_key="user_over_own_max", clocks=clocks, plan=plan,
+                         peak=peak, what=f"latency of {label} / the suite's own export at batch {b}",
+                         cause=lambda r: _work_cause(num, den, "same work done slower: operators the runtime "
+                                                               "optimises less (opset, layout, unfused ops)"))
+
+
+def check_user_onnx_speed(lab, card: ModelCard, record, user: Path, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+    threads = threads_for(lab)
+    x = batch_of(lab, card, 1)
+    check_onnx_not_slower(user, own_export(lab, card), x, threads, record, label=f"manifest onnx of {card.id}",
+                          clocks=clocks, peak=peak_for(threads, clocks))
+
+
+def check_int8_faster(lab, card: ModelCard, batch: int, record, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+    threads = threads_for(lab)
+    fp32, fp32_what = artifact(lab, card, "fp32")
+    int8, int8_what = artifact(lab, card, "int8")
+    num, den = Side(int8, batch, int8_what), Side(fp32, batch, fp32_what)
+    record(model=card.id, batch=batch)
+    compare_files(num, den, {batch: batch_of(lab, card, batch)}, threads, record, limit_key="int8_over_fp32_max",
+                  clocks=clocks, peak=peak_for(threads, clocks),
+                  what=f"int8 / fp32 latency of {card.id} at batch {batch} ({threads} threads)",
+                  cause=lambda r: "int8 is not faster than fp32: Q/DQ pairs the runtime could not fuse into integer "
+                                  "kernels (int8 activations, per-tensor Q/DQ around unsupported ops) cost more than "
+                                  "they save")
+
+
+def check_batching_pays(lab, card: ModelCard, record, *, big: int = 8, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+    threads = threads_for(lab)
+    path, what = artifact(lab, card, "fp32")
+    num, den = Side(path, big, f"{what} at batch {big}"), Side(path, 1, f"{what} at batch 1")
+    record(model=card.id)
+    compare_files(num, den, {1: batch_of(lab, card, 1), big: batch_of(lab, card, big)}, threads, record,
+                  limit_key="batch8_per_image_over_batch1_max", clocks=clocks, peak=peak_for(threads, clocks),
+                  what=f"per-image latency of {card.id} at batch {big} / batch 1 ({threads} threads)",
+                  cause=lambda r: f"batch {big} costs more per image than batch 1: the graph does not batch "
+                                  "(a fixed batch dimension, a per-image loop) or its activations no longer fit "
+                                  "in cache")
+
+
+def check_deploy_faster(lab, card: ModelCard, record, *, batch: int = 1, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+    threads = threads_for(lab)
+    train, deploy = own_export(lab, card), deploy_export(lab, card)
+    num, den = Side(deploy, batch, "the deploy form"), Side(train, batch, "the training form")
+    record(model=card.id, batch=batch)
+    compare_files(num, den, {batch: batch_of(lab, card, batch)}, threads, record, limit_key="deploy_over_train_max",
+                  clocks=clocks, peak=peak_for(threads, clocks),
+                  what=f"deploy / training form latency of {card.id} at batch {batch} ({threads} threads)",
+                  cause=lambda r: _work_cause(num, den, "the fused model is not faster: re-parameterization left "
+                                                        "branches (1x1, identity, BN) in the graph"))
+
+
+# --- throughput -----------------------------------------------------------------------------
+
+def measure_throughput(lab, card: ModelCard, record, *, instances: int | None = None, batch: int = THROUGHPUT_BATCH,
+                       clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Concurrent:
+    threads = threads_for(lab)
+    n = instances or threads
+    intra = max(1, threads // n)
+    path, what = artifact(lab, card, "fp32")
+    x = batch_of(lab, card, batch)
+    sessions = [runtime.session(path, threads=intra) for _ in range(n)]
+    calls = int(tolerance(SECTION, "throughput_calls"))
+    c = timing.measure_concurrent([call_of(s, x) for s in sessions], calls, plan_for(n * intra),
+                                  items_per_call=batch, clocks=clocks)
+    macs, _ = onnx_work(path)
+    figures = {"latency_kind": "throughput", "model": card.id, "precision": "fp32", "provider": CPU,
+               "file": str(path), "artifact": what, "intra_op_threads": intra, "processes": 1, **c.figures()}
+    if macs:
+        peak = peak_for(threads, clocks)
+        gflops = 2.0 * macs * c.items_per_s / 1e9
+        figures.update(achieved_gflops=round(gflops, 3), peak_gflops=round(peak.gflops, 2),
+                       roofline_ratio=round(gflops / peak.gflops, 4), gmacs_per_image=round(macs / 1e9, 4))
+    record(**figures)
+    return c
+
+
+def judge_throughput(c: timing.Concurrent, min_ips: float, record, *, subject: str, where: str) -> None:
+    record(throughput_budget_ips=min_ips)
+    what = f"throughput of {subject} ({c.instances} sessions x batch {c.items_per_call})"
+    if c.items_per_s >= min_ips:
+        record(verdict="within budget" + ("" if c.quiet else " even under contention"))
+        return
+    if c.quiet:
+        check(False, what, f"{c.items_per_s:.1f} images/s", f">= {min_ips:g} images/s", where,
+              cause=f"{c.items_per_s / min_ips - 1:+.0%} below the budget on a quiet machine")
+    raise Inconclusive(f"contention: {what} = {c.items_per_s:.1f} images/s vs budget >= {min_ips:g} [{where}] cannot "
+                       f"be judged: {'; '.join(c.noise + ([c.remeasure] if c.remeasure else []))}",
+                       {"verdict": "inconclusive: contention"}, failing=False)

@@ -1,0 +1,94 @@
+"""Latency suite: fast enough, on this machine and on any machine, and honest about noise.
+
+Per model: fp32 and int8 ONNX Runtime latency at batch 1/4/8 (pytest-benchmark pedantic
+mode; ``--benchmark-json`` and results.json carry every figure) against the budget profile
+that applies (``--profile NAME``, detection, or none: ratios only, figures still recorded);
+ratios measured interleaved in the same run (int8 / fp32, batch 8 per image / batch 1,
+RepVGG deploy / training form, the manifest's ONNX / the suite's export); throughput of
+concurrent sessions at batch 8; CUDA / TensorRT when this onnxruntime has them. A
+measurement the machine's load spoils is "inconclusive: contention", never a fail.
+
+Run it alone (``pytest suites -m latency``; ``zooconform run -j N`` runs it serially after
+the parallel phase): timings beside other tests measure those tests.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness import budgets
+from harness import latencychecks as lc
+from harness.plugin import family
+
+pytestmark = pytest.mark.latency
+
+GPU_CASES = [(p, prec, b) for p, prec in lc.gpu_cases() for b in lc.BATCHES]
+
+
+@pytest.fixture(scope="session")
+def latency_profile(lab) -> budgets.Choice:
+    return budgets.choose(lab.settings.profile, valid_models=list(lab.zoo))
+
+
+def _judge_or_skip(m, choice, card, precision, batch, provider, threads, record, subject, file):
+    record(profile=choice.profile.name if choice.profile else None, profile_how=choice.how)
+    budget = lc.budget_for(choice, card, precision, batch, provider, threads)
+    if isinstance(budget, str):
+        pytest.skip(f"absolute budget not judged: {budget} (figures recorded)")
+    lc.judge_absolute(m, budget, record, subject=subject, file=file)
+
+
+@pytest.mark.parametrize("batch", lc.BATCHES, ids=lambda b: f"b{b}")
+@pytest.mark.parametrize("precision", lc.PRECISIONS)
+def test_latency_within_budget(model_card, precision, batch, lab, record, benchmark, latency_profile):
+    m = lc.measure_latency(lab, model_card, precision, batch, record, benchmark=benchmark)
+    threads = lc.threads_for(lab)
+    _judge_or_skip(m, latency_profile, model_card, precision, batch, lc.CPU, threads, record,
+                   f"{model_card.id} {precision} batch {batch} (ORT CPU, {threads} threads)",
+                   lc.artifact(lab, model_card, precision)[0])
+
+
+@pytest.mark.parametrize("batch", lc.RATIO_BATCHES, ids=lambda b: f"b{b}")
+def test_int8_faster_than_fp32(model_card, batch, lab, record):
+    lc.check_int8_faster(lab, model_card, batch, record)
+
+
+def test_batch8_per_image_not_slower_than_batch1(model_card, lab, record):
+    lc.check_batching_pays(lab, model_card, record)
+
+
+@family("repvgg")
+def test_deploy_form_faster_than_training_form(model_card, lab, record):
+    lc.check_deploy_faster(lab, model_card, record)
+
+
+def test_user_onnx_not_slower_than_own_export(model_card, lab, record):
+    user = lab.artifacts(model_card).get("onnx")
+    if user is None:
+        pytest.skip(f"the manifest names no onnx for {model_card.id} (--artifacts): nothing to compare with the suite's export")
+    lc.check_user_onnx_speed(lab, model_card, record, user)
+
+
+def test_throughput_within_budget(model_card, lab, record, latency_profile):
+    c = lc.measure_throughput(lab, model_card, record)
+    prof, threads = latency_profile.profile, lc.threads_for(lab)
+    record(profile=prof.name if prof else None, profile_how=latency_profile.how)
+    if prof is None:
+        pytest.skip(f"throughput budget not judged: {latency_profile.reason} (figures recorded)")
+    if prof.provider != lc.CPU or prof.threads != threads or model_card.id not in prof.throughput:
+        pytest.skip(f"throughput budget not judged: profile {prof.name} has no CPU throughput budget for "
+                    f"{model_card.id} at {threads} threads (figures recorded)")
+    lc.judge_throughput(c, prof.throughput[model_card.id], record, subject=model_card.id,
+                        where=f"{prof.file.name} [models.{model_card.id}.throughput_ips]")
+
+
+@pytest.mark.parametrize("gpu_case", GPU_CASES or [None],
+                         ids=lambda c: f"{c[0].replace('ExecutionProvider', '')}-{c[1]}-b{c[2]}" if c else "no-gpu-ep")
+def test_gpu_latency_within_budget(model_card, gpu_case, lab, record, benchmark, latency_profile):
+    if gpu_case is None:
+        pytest.skip("no CUDA or TensorRT execution provider in this onnxruntime (CPU only): GPU budgets "
+                    "(e.g. --profile t4-tensorrt) need onnxruntime-gpu on a GPU machine")
+    provider, precision, batch = gpu_case
+    m = lc.measure_latency(lab, model_card, precision, batch, record, benchmark=benchmark, provider=provider)
+    _judge_or_skip(m, latency_profile, model_card, precision, batch, provider, None, record,
+                   f"{model_card.id} {precision} batch {batch} ({provider})",
+                   lc.artifact(lab, model_card, "fp32" if precision == "fp16" else precision)[0])

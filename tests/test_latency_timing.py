@@ -1,0 +1,233 @@
+"""The latency measurement and verdicts on a simulated machine (deterministic clocks, no real
+timing, so nothing here depends on how loaded the machine running the tests is).
+
+A busy machine must give "inconclusive: contention", never a fail; a quiet one over budget
+must fail naming the budget; re-measurement must recover from a neighbour's burst.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+from _latency_sim import SimulatedMachine
+
+from harness import latencychecks as lc
+from harness import timing
+from harness.budgets import Budget
+from harness.compare import CheckFailure, Inconclusive
+
+PLAN = timing.plan_from_tolerances(2)
+
+
+class Rec(dict):
+    def __call__(self, **figures):
+        self.update(figures)
+
+
+def budget(ms: float) -> Budget:
+    return Budget("cpu-test", "repvgg_a0", "fp32", 1, ms, __import__("pathlib").Path("fixtures/budgets/cpu-test.toml"), False)
+
+
+def measure(machine: SimulatedMachine, scale: float = 1.0, **plan) -> timing.Measurement:
+    return timing.measure(machine.model(scale), timing.plan_from_tolerances(machine.threads, **plan),
+                          clocks=machine.clocks, name="sim")
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+def test_quantiles_match_numpy():
+    v = sorted(np.random.default_rng(0).lognormal(size=37).tolist())
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert timing.quantile(v, q) == pytest.approx(float(np.percentile(v, 100 * q)))
+
+
+def test_median_interval_is_the_binomial_order_statistic_interval():
+    v = list(range(1, 21))
+    low, high, cov = timing.median_interval(v, 0.95)
+    assert (low, high) == (6, 15)  # the textbook ranks for n = 20
+    assert cov == pytest.approx(1 - 2 * sum(math.comb(20, k) for k in range(6)) / 2 ** 20)
+    assert cov >= 0.95
+
+
+def test_robust_cv_ignores_one_outlier_and_classic_cv_does_not():
+    s = timing.Spread.of([10.0] * 9 + [11.0] * 10 + [100.0])
+    assert s.cv < 0.1 and s.cv_classic > 0.5
+
+
+# --- quiet, busy, burst -------------------------------------------------------------------
+
+def test_quiet_machine_is_measured_once_and_judged():
+    m = measure(SimulatedMachine(work_s=0.010, jitter=0.02))
+    assert m.quiet and len(m.attempts) == 1
+    f = m.figures()
+    assert f["median_ms"] == pytest.approx(10.0, rel=0.02)
+    assert f["cpu_per_wall_median"] == pytest.approx(2.0)  # N threads busy for the whole call
+    assert f["clean_share"] == 1.0 and f["neighbour_cpu_share"] == 0.0 and f["quiet"] is True
+    for key in ("q1_ms", "q3_ms", "iqr_ms", "p90_ms", "cv", "cv_classic", "median_ci_ms", "run_delay_share_median"):
+        assert key in f
+
+
+def test_busy_machine_is_not_remeasured_while_neighbours_stay():
+    m = measure(SimulatedMachine(busy=0.75, neighbours=0.85))
+    assert not m.quiet and len(m.attempts) == 1
+    assert "still used 85% of the CPUs" in m.extra["remeasure"]
+    f = m.figures()
+    assert f["clean_share"] == 0.0 and f["cpu_per_wall_median"] == pytest.approx(0.5)
+    assert "run delay" in f["noise"] and "other processes used 85%" in f["noise"]
+
+
+def test_a_burst_is_remeasured_and_the_quiet_attempt_kept():
+    plan = timing.plan_from_tolerances(2)
+    burst = plan.warmup + plan.rounds  # the first attempt, then quiet
+    machine = SimulatedMachine(work_s=0.010, phases=[(burst, 0.6, 0.8), (10 ** 9, 0.0, 0.0)])
+    m = measure(machine)
+    assert len(m.attempts) == 2 and m.chosen == 1 and m.quiet
+    assert m.figures()["attempt_medians_ms"][0] == pytest.approx(25.0)
+    assert m.median_s == pytest.approx(0.010)
+
+
+def test_without_schedstat_cpu_time_over_wall_tells_contention():
+    quiet = measure(SimulatedMachine(schedstat=False))
+    busy = measure(SimulatedMachine(busy=0.5, neighbours=0.0, schedstat=False))
+    assert quiet.quiet and quiet.figures()["run_delay_share_median"] is None
+    assert not busy.quiet and "CPU time / wall < 0.8 x 2 threads" in busy.figures()["noise"]
+
+
+# --- absolute verdicts --------------------------------------------------------------------
+
+def test_simulated_busy_machine_over_budget_is_inconclusive_not_a_fail():
+    m = measure(SimulatedMachine(work_s=0.010, busy=0.75, neighbours=0.85))  # 40 ms measured, 10 ms of work
+    rec = Rec()
+    with pytest.raises(Inconclusive) as e:
+        lc.judge_absolute(m, budget(20.0), rec, subject="repvgg_a0 fp32 batch 1")
+    assert e.value.failing is False
+    msg = str(e.value)
+    assert msg.startswith("contention:") and "40.000 ms" in msg and "budget 20 ms" in msg
+    assert "cpu-test.toml [models.repvgg_a0.fp32.b1]" in msg and "still used 85%" in msg
+    assert e.value.figures["verdict"] == "inconclusive: contention"
+
+
+def test_quiet_machine_over_budget_fails_naming_the_budget_and_the_roofline():
+    m = measure(SimulatedMachine(work_s=0.010))
+    m.flops_per_call = 2.0e9
+    m.peak = timing.Peak(400.0, 2, True, 2048, 12)
+    rec = Rec()
+    with pytest.raises(CheckFailure) as e:
+        lc.judge_absolute(m, budget(8.0), rec, subject="repvgg_a0 fp32 batch 1", file="model.onnx")
+    msg = str(e.value)
+    assert "median latency of repvgg_a0 fp32 batch 1 = 10.000 ms, but should be <= 8 ms" in msg
+    assert "[cpu-test.toml [models.repvgg_a0.fp32.b1]; model.onnx]" in msg
+    assert "+25% over the budget on a quiet machine" in msg and "200.0 GFLOP/s achieved = 50%" in msg
+    assert rec["over_budget_rel"] == pytest.approx(0.25)
+
+
+def test_busy_machine_within_budget_even_inflated_passes():
+    m = measure(SimulatedMachine(work_s=0.010, busy=0.5, neighbours=0.85))  # 20 ms measured
+    rec = Rec()
+    lc.judge_absolute(m, budget(30.0), rec, subject="x")
+    assert rec["verdict"].startswith("contended, within budget")
+
+
+# --- interleaved ratios -------------------------------------------------------------------
+
+def interleaved(machine: SimulatedMachine, scales: dict[str, float]) -> timing.Interleaved:
+    return timing.measure_interleaved({n: machine.model(s) for n, s in scales.items()},
+                                      timing.plan_from_tolerances(machine.threads), clocks=machine.clocks)
+
+
+def test_interleaved_ratio_and_its_block_range():
+    run = interleaved(SimulatedMachine(jitter=0.02), {"slow": 3.0, "base": 1.0})
+    r = run.ratio("slow", "base")
+    assert r.quiet and r.wall == pytest.approx(3.0, rel=0.01) and r.cpu == pytest.approx(3.0, rel=0.01)
+    assert r.blocks == 6 and r.coverage == pytest.approx(1 - 2 ** -5)
+    per_image = run.ratio("slow", "base", num_items=8)
+    assert per_image.wall == pytest.approx(3.0 / 8, rel=0.01)
+
+
+def test_busy_machine_fails_a_ratio_only_when_every_block_and_cpu_time_agree():
+    machine = SimulatedMachine(busy=0.7, neighbours=0.85)
+    r = interleaved(machine, {"slow": 3.0, "base": 1.0}).ratio("slow", "base")
+    assert not r.quiet
+    with pytest.raises(CheckFailure, match=r"measured under contention, but every one of 6 blocks"):
+        lc.judge_ratio(r, 1.2, "user_over_own_max", Rec(), what="w", where="a.onnx vs b.onnx", cause="3x work")
+
+
+def test_busy_machine_ratio_near_the_limit_is_inconclusive():
+    # the load changes between blocks: the wall-time blocks straddle the limit
+    machine = SimulatedMachine(phases=[(6, 0.7, 0.9), (6, 0.0, 0.9)] * 40)
+    r = interleaved(machine, {"a": 1.1, "b": 1.0}).ratio("a", "b")
+    assert not r.quiet and r.wall_low < 1.2 < r.wall_high
+    with pytest.raises(Inconclusive) as e:
+        lc.judge_ratio(r, 1.2, "user_over_own_max", Rec(), what="w", where="a vs b", cause="c")
+    assert e.value.failing is False and str(e.value).startswith("contention:")
+
+
+def test_quiet_ratio_over_the_limit_fails_with_cause_and_place():
+    r = interleaved(SimulatedMachine(), {"a": 1.5, "b": 1.0}).ratio("a", "b")
+    with pytest.raises(CheckFailure) as e:
+        lc.judge_ratio(r, 1.2, "user_over_own_max", Rec(), what="latency of x / own export", where="x.onnx vs own.onnx",
+                       cause="x does 1.50x the multiply-adds")
+    msg = str(e.value)
+    assert "latency of x / own export = 1.500, but should be <= 1.2" in msg
+    assert "x.onnx vs own.onnx; fixtures/tolerances.toml [latency] user_over_own_max" in msg
+    assert "cause: x does 1.50x the multiply-adds" in msg
+
+
+# --- throughput -----------------------------------------------------------------------------
+
+def test_concurrent_throughput_counts_images_over_the_window():
+    machine = SimulatedMachine(work_s=0.010, threads=1)
+    # one machine clock shared by two "instances": they run one after the other here, so
+    # the window is the sum of both instances' calls
+    c = timing.measure_concurrent([machine.model(), machine.model()], 10, timing.plan_from_tolerances(2),
+                                  items_per_call=8, clocks=machine.clocks)
+    assert c.instances == 2 and c.items_per_s == pytest.approx(2 * 10 * 8 / c.wall_s)
+    assert c.figures()["images_per_s"] > 0
+
+
+def test_throughput_below_budget_is_inconclusive_on_a_busy_machine_and_fails_on_a_quiet_one():
+    def fake(ips, quiet):
+        return types.SimpleNamespace(items_per_s=ips, quiet=quiet, instances=2, items_per_call=8,
+                                     noise=[] if quiet else ["busy"], remeasure=None)
+    with pytest.raises(Inconclusive):
+        lc.judge_throughput(fake(50.0, False), 100.0, Rec(), subject="m", where="p.toml")
+    with pytest.raises(CheckFailure, match=r"throughput of m \(2 sessions x batch 8\) = 50.0 images/s, but should be >= 100"):
+        lc.judge_throughput(fake(50.0, True), 100.0, Rec(), subject="m", where="p.toml")
+    lc.judge_throughput(fake(150.0, False), 100.0, Rec(), subject="m", where="p.toml")
+
+
+# --- pytest-benchmark -----------------------------------------------------------------------
+
+class StubBenchmark:
+    """pytest-benchmark's fixture as the checks use it: pedantic(), extra_info, stats.stats."""
+
+    disabled = False
+
+    def __init__(self):
+        self.extra_info = {}
+        self.stats = None
+        self.pedantic_calls = 0
+
+    def pedantic(self, target, warmup_rounds, rounds, iterations):
+        self.stats = types.SimpleNamespace(stats=None)
+        for _ in range(warmup_rounds + rounds):
+            target()
+            self.pedantic_calls += 1
+
+
+def test_first_attempt_runs_in_pedantic_mode_and_the_json_gets_the_judged_calls():
+    machine = SimulatedMachine(work_s=0.004)
+    bench = StubBenchmark()
+    m = timing.measure(machine.model(), PLAN, clocks=machine.clocks, first_runner=lc.pedantic_runner(bench))
+    assert bench.pedantic_calls == PLAN.warmup + PLAN.rounds and len(m.attempt.calls) == PLAN.rounds
+    lc.publish_benchmark(bench, m, {"median_ms": 4.0, "model": "repvgg_a0", "noise": None})
+    assert bench.stats.stats.data == [c.wall_s for c in m.attempt.calls]
+    assert bench.extra_info == {"median_ms": 4.0, "model": "repvgg_a0"}
+
+
+def test_disabled_benchmark_falls_back_to_the_plain_loop():
+    bench = StubBenchmark()
+    bench.disabled = True  # under xdist pytest-benchmark disables itself
+    assert lc.pedantic_runner(bench) is None and lc.pedantic_runner(None) is None
