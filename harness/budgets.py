@@ -51,7 +51,9 @@ takes, per model x precision x batch, the slowest median of the runs' *quiet*
 measurements times ``headroom`` (throughput: the lowest figure divided by it), prints the
 run-to-run spread of each cell to choose the headroom by, and writes the profile with
 ``[profile.match]`` set to the runs' machine. ``python -m harness.budgets check [NAME ...]``
-validates profiles.
+validates profiles; ``python -m harness.budgets summary RESULTS.json ...`` lists every latency
+test's outcome and figure per run with the run-to-run spread (the 3x flake check). (The module also has the ``add_arguments`` / ``main`` shape of a
+``zooconform`` verb, so ``zooconform budgets record ...`` is one line in harness/cli.py.)
 
 The ``t4-tensorrt`` profile is the seeds' T4 TensorRT table (seed 002, PaddleClas HRNet
 page) as the registry carries it (``PublishedRow.latency_ms`` of the ppcls seed-002 rows):
@@ -455,6 +457,33 @@ def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, descrip
     return "\n".join(lines) + "\n", report
 
 
+def runs_summary(docs: list[dict[str, Any]], names: list[str] | None = None) -> list[str]:
+    """One line per latency test over several runs: outcomes, the judged figure per run and
+    its run-to-run spread (max / min - 1): what the 3x flake check reports."""
+    names = names or [f"run{i + 1}" for i in range(len(docs))]
+    rows: dict[str, list[tuple[str, float | None, str, bool]]] = {}
+    for doc in docs:
+        for t in doc.get("tests", []):
+            if "test_latency.py" not in t.get("nodeid", ""):
+                continue
+            f = t.get("figures") or {}
+            for key, unit in (("median_ms", "ms"), ("ratio", "x"), ("images_per_s", "img/s")):
+                if isinstance(f.get(key), (int, float)):
+                    rows.setdefault(t["nodeid"].split("::", 1)[-1], []).append(
+                        (t.get("outcome") or "?", float(f[key]), unit, f.get("quiet") is not False))
+                    break
+            else:
+                rows.setdefault(t["nodeid"].split("::", 1)[-1], []).append((t.get("outcome") or "?", None, "", True))
+    out = [f"{len(docs)} run(s): {', '.join(names)}  (* = measured under contention)"]
+    for test, runs in rows.items():
+        values = [v for _, v, _, _ in runs if v is not None]
+        unit = next((u for _, v, u, _ in runs if v is not None), "")
+        spread = f"; spread {max(values) / min(values) - 1:.1%}" if len(values) > 1 and min(values) > 0 else ""
+        shown = " / ".join(f"{o} {_fmt(v)}{'' if q else '*'}" if v is not None else o for o, v, _, q in runs)
+        out.append(f"{test}: {shown} {unit}{spread}")
+    return out
+
+
 # --- the seeds' T4 TensorRT table -----------------------------------------------------------
 
 def t4_tensorrt_text(zoo: dict | None = None) -> str:
@@ -503,6 +532,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rec.add_argument("--out", type=Path, default=None)
     chk = sub.add_parser("check", help="validate profiles (default: all in fixtures/budgets)")
     chk.add_argument("names", nargs="*")
+    summ = sub.add_parser("summary", help="outcomes and figures of the latency tests across runs (flake check)")
+    summ.add_argument("files", nargs="+", type=Path)
     t4 = sub.add_parser("t4", help="regenerate the t4-tensorrt profile from the registry")
     t4.add_argument("--out", type=Path, default=BUDGETS / "t4-tensorrt.toml")
 
@@ -524,6 +555,9 @@ def main(args: argparse.Namespace, extra: list[str] | None = None) -> int:
                 prof = load_profile(path)
                 cells = sum(len(b) for m in prof.latency.values() for b in m.values())
                 print(f"{path}: ok ({prof.provider}, {cells} latency budgets{', provisional' if prof.provisional else ''})")
+        elif args.budgets_verb == "summary":
+            docs = [json.loads(f.read_text(encoding="utf-8")) for f in args.files]
+            print("\n".join(runs_summary(docs, [str(f) for f in args.files])))
         else:
             args.out.write_text(t4_tensorrt_text(), encoding="utf-8")
             load_profile(args.out)

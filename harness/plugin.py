@@ -69,6 +69,9 @@ def settings_from(config: pytest.Config) -> Settings:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # every model case carries xdist_group; declared here too so that a run without xdist
+    # (-p no:xdist, the serial latency phase of `zooconform run -j`) passes --strict-markers
+    config.addinivalue_line("markers", "xdist_group(name): the cases of one model run on one xdist worker")
     settings = settings_from(config)
     try:
         lab = Lab(settings)

@@ -442,6 +442,8 @@ def weight_errors(float_model, int8_model, weights, sqnr) -> list[tuple[str, flo
         ref = numpy_helper.to_array(float_inits[fname]).astype(np.float64)
         if deq.shape != ref.shape:
             continue
+        if not np.any(ref) and not np.any(deq):
+            continue  # an all-zero tensor (a zero conv bias) is exact; its SQNR is undefined (0/0)
         out.append((fname, float(sqnr(ref, deq)), scale_name))
     return out
 

@@ -144,6 +144,15 @@ class Plan:
     # with other processes): a tiny model against itself, clean calls, 6 blocks of 5:
     # ratio 0.995, blocks 0.991..1.004.
     judge_neighbours: bool = True
+    # CPUs this process may run on: with more busy threads than CPUs our own threads wait for
+    # each other, and that much run delay is no sign of a neighbour
+    cpus: int | None = None
+
+    @property
+    def allowed_delay_share(self) -> float:
+        if self.threads and self.cpus and self.threads > self.cpus:
+            return self.max_delay_share + 1.0 - self.cpus / self.threads
+        return self.max_delay_share
 
     def with_threads(self, threads: int | None) -> "Plan":
         return replace(self, threads=threads)
@@ -184,7 +193,7 @@ class Call:
     def clean(self, plan: Plan) -> bool:
         share = self.delay_share(plan.threads)
         if share is not None:
-            return share <= plan.max_delay_share
+            return share <= plan.allowed_delay_share
         if plan.threads is None:
             return True  # nothing to judge by (GPU work without schedstat)
         return self.cpu_ratio >= plan.min_cpu_ratio * plan.threads
@@ -327,7 +336,7 @@ class Attempt:
         p = self.plan
         why = []
         if self.clean_share < p.min_clean_share:
-            how = (f"run delay > {p.max_delay_share:.0%} of the call" if self.calls and self.calls[0].delay_s is not None
+            how = (f"run delay > {p.allowed_delay_share:.0%} of the call" if self.calls and self.calls[0].delay_s is not None
                    else f"CPU time / wall < {p.min_cpu_ratio:g} x {p.threads} threads")
             why.append(f"only {self.clean_share:.0%} of calls clean ({how}), need {p.min_clean_share:.0%}")
         if p.judge_neighbours and self.neighbour_share is not None and self.neighbour_share > p.max_neighbour_share:
@@ -714,8 +723,8 @@ class Concurrent:
         p = self.plan
         why = []
         share = self.delay_share
-        if share is not None and share > p.max_delay_share:
-            why.append(f"our threads waited for a CPU {share:.0%} of the time (max {p.max_delay_share:.0%})")
+        if share is not None and share > p.allowed_delay_share:
+            why.append(f"our threads waited for a CPU {share:.0%} of the time (max {p.allowed_delay_share:.0%})")
         elif share is None and p.threads and self.cpu_s / self.wall_s < p.min_cpu_ratio * p.threads:
             why.append(f"CPU time / wall {self.cpu_s / self.wall_s:.2f} < {p.min_cpu_ratio:g} x {p.threads} threads")
         if p.judge_neighbours and self.neighbour_share is not None and self.neighbour_share > p.max_neighbour_share:

@@ -35,8 +35,9 @@ def figures_by_test(doc: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def unsharded(tmp_path_factory):
+    """One run the scaled-out way: phase 1 on an xdist worker, phase 2 (latency) serially."""
     reports = tmp_path_factory.mktemp("reports")
-    r = zooconform("run", "--models", MODELS, *CHEAP, "--report-dir", reports)
+    r = zooconform("run", "--models", MODELS, *CHEAP, "-j", "1", "--report-dir", reports)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     [folder] = run_folders(reports)
     return reports, folder, json.loads((folder / "results.json").read_text())
@@ -44,8 +45,11 @@ def unsharded(tmp_path_factory):
 
 def test_run_writes_a_new_folder_and_one_history_line_per_model(unsharded):
     reports, folder, doc = unsharded
-    assert {p.name for p in folder.iterdir()} >= {"index.html", "summary.md", "results.json", "junit.xml", "report.html"}
+    assert {p.name for p in folder.iterdir()} >= {"index.html", "summary.md", "results.json", "junit.xml",
+                                                  "phase1-parallel", "phase2-latency"}
+    assert (folder / "phase1-parallel" / "report.html").exists()
     assert doc["complete"] is True and doc["run_id"] == folder.name
+    assert [p["label"] for p in doc["parts"]] == ["parallel"]  # the latency phase selected nothing here
     assert {t["model"] for t in doc["tests"]} == set(MODELS.split(","))
     h = hist.read_history(reports / "history.jsonl")
     assert sorted(r["model"] for r in h.records) == sorted(MODELS.split(","))

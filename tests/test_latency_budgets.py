@@ -178,3 +178,30 @@ def test_record_command_writes_a_valid_profile(tmp_path, capsys):
     assert budgets.cli(["record", str(bench), "--profile", "rec2", "--headroom", "1.1", "--out", str(out)]) == 0
     assert budgets.load_profile(out, IDS).budget("resnest50", "int8", 8).ms == pytest.approx(99.0)
     assert budgets.cli(["check", str(out)]) == 0
+
+
+def test_the_suite_reports_a_profile_typo_before_measuring(pytester, tmp_path):
+    """--profile naming a file with a typo: the absolute-budget test errors with the file, key and
+    expectation, without measuring (the ratio tests do not read the profile and go on)."""
+    root = Path(__file__).resolve().parent.parent
+    bad = tmp_path / "typo.toml"
+    bad.write_text((root / "fixtures" / "budgets" / "cpu-2core.toml").read_text().replace("fp32 = { b1 = 9.0 }",
+                                                                                             "fp23 = { b1 = 9.0 }"))
+    result = pytester.runpytest(str(root / "suites" / "test_latency.py"), "-m", "latency", "--models", "repvgg_a0",
+                                "-k", "fp32-b1", "--profile", str(bad), "--no-results", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*ConfigError: {bad}: [[]models.repvgg_a0.fp23] unknown key 'fp23'*did you mean 'fp32'?*"])
+
+
+def test_runs_summary_gives_outcomes_figures_and_spread_per_test():
+    def doc(ms, ratio, quiet=True):
+        return {"tests": [
+            {"nodeid": "suites/test_latency.py::test_latency_within_budget[m-fp32-b1]", "outcome": "passed",
+             "figures": {"median_ms": ms, "quiet": quiet}},
+            {"nodeid": "suites/test_latency.py::test_int8_faster_than_fp32[m-b1]", "outcome": "passed",
+             "figures": {"ratio": ratio, "quiet": True}},
+            {"nodeid": "suites/test_card.py::test_params_match_published[m-x]", "outcome": "passed", "figures": {}}]}
+    lines = budgets.runs_summary([doc(10.0, 0.5), doc(11.0, 0.52, quiet=False)], ["a", "b"])
+    assert lines[1] == "test_latency_within_budget[m-fp32-b1]: passed 10 / passed 11* ms; spread 10.0%"
+    assert lines[2] == "test_int8_faster_than_fp32[m-b1]: passed 0.5 / passed 0.52 x; spread 4.0%"
+    assert len(lines) == 3  # other suites are not listed

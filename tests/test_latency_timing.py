@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ class Rec(dict):
 
 
 def budget(ms: float) -> Budget:
-    return Budget("cpu-test", "repvgg_a0", "fp32", 1, ms, __import__("pathlib").Path("fixtures/budgets/cpu-test.toml"), False)
+    return Budget("cpu-test", "repvgg_a0", "fp32", 1, ms, Path("fixtures/budgets/cpu-test.toml"), False)
 
 
 def measure(machine: SimulatedMachine, scale: float = 1.0, **plan) -> timing.Measurement:
@@ -86,6 +87,14 @@ def test_a_burst_is_remeasured_and_the_quiet_attempt_kept():
     assert len(m.attempts) == 2 and m.chosen == 1 and m.quiet
     assert m.figures()["attempt_medians_ms"][0] == pytest.approx(25.0)
     assert m.median_s == pytest.approx(0.010)
+
+
+def test_our_own_extra_threads_are_not_taken_for_a_neighbour():
+    # 4 threads on 2 CPUs: each thread waits half the time for our own others
+    machine = SimulatedMachine(threads=4, busy=0.5, neighbours=0.0)
+    m = timing.measure(machine.model(), timing.plan_from_tolerances(4, cpus=2), clocks=machine.clocks)
+    assert m.quiet
+    assert not timing.measure(machine.model(), timing.plan_from_tolerances(4, cpus=4), clocks=machine.clocks).quiet
 
 
 def test_without_schedstat_cpu_time_over_wall_tells_contention():

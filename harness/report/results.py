@@ -63,8 +63,13 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, bool) or value is None:
         return value
+    # plain types only: a subclass (zoo.Printed is a float) cannot cross to the xdist controller
+    # (execnet serializes exact types) and gains nothing in JSON
+    for plain in (str, int, float):
+        if isinstance(value, plain):
+            return plain(value)
     return str(value)
 
 
