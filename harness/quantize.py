@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -51,10 +52,9 @@ class QuantOptions:
     per_channel: bool = True
     reduce_range: bool = False
     percentile: float = 99.999
-    # histogram sizes: ORT's defaults (percentile 2048 bins; entropy 128/128)
-    percentile_bins: int = 2048
-    entropy_bins: int = 128
-    entropy_quantized_bins: int = 128
+    # Percentile histograms merged on uniform bins (see UniformBinsHistogramCollector);
+    # False: ORT's own collector, same ranges, ~2x the calibration time.
+    fast_percentile_histograms: bool = True
     # activations held per calibration pass (the stride is derived from it and the model's
     # activation size per image) and images per session run
     stride_budget_mb: int = 768
@@ -193,26 +193,92 @@ def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
     reader = ArrayCalibrationReader(calib[:n], batch=batch)
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[options.method]
+    # ORT's defaults otherwise: percentile 2048 bins, symmetric; entropy 128 / 128 bins
     extra = {"CalibStridedMinMax": stride}
     if options.method == "percentile":
-        extra.update(CalibPercentile=options.percentile, num_bins=options.percentile_bins)
-    elif options.method == "entropy":
-        extra.update(num_bins=options.entropy_bins, num_quantized_bins=options.entropy_quantized_bins)
+        extra["CalibPercentile"] = options.percentile
     log = io.StringIO()
     t0 = time.perf_counter()
-    with _quiet(log):
+    with _quiet(log), tempfile.TemporaryDirectory(prefix="zc-calib-") as tmp:
+        cache_path = None
+        if options.method == "percentile" and options.fast_percentile_histograms:
+            cache_path = Path(tmp) / "ranges.json"
+            from onnxruntime.quantization.calibrate import save_tensors_data
+
+            save_tensors_data(percentile_ranges(preprocessed, reader, stride, options, Path(tmp)), cache_path)
         quantize_static(
-            str(preprocessed), str(out), reader,
+            str(preprocessed), str(out), None if cache_path else reader,
             quant_format=QuantFormat.QDQ,
             per_channel=options.per_channel,
             reduce_range=options.reduce_range,
             activation_type=getattr(QuantType, options.activation_type),
             weight_type=getattr(QuantType, options.weight_type),
             calibrate_method=method,
-            extra_options=extra)
+            extra_options=extra,
+            calibration_cache_path=cache_path)
     seconds = time.perf_counter() - t0
     return QuantResult(out, options, n, seconds_pre, seconds, log=log.getvalue()[-2000:],
                        extra={"stride": stride, "batch": batch, "activation_mb_per_image": round(per_image / 2**20, 1)})
+
+
+def _uniform_bins_collector():
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class UniformBinsHistogramCollector(HistogramCollector):
+        """ORT's percentile collector with its merge step on numpy's uniform-bin fast path.
+
+        ORT re-bins every pass after the first with ``np.histogram(x, bins=<edge array>)``,
+        which sorts the data: 65% of a resnest50 percentile calibration (cProfile). Its
+        edges are uniform by construction (the first pass's ``num_bins`` bins, extended by
+        ``np.arange`` steps of the same width), so ``bins=count, range=(first, last)``
+        gives the same histogram but for values within float rounding of an edge.
+        """
+
+        def collect_absolute_value(self, name_to_arr):
+            for tensor, data_arr in name_to_arr.items():
+                data = np.asarray(data_arr).ravel()
+                if data.size:
+                    min_value, max_value = np.nanmin(data), np.nanmax(data)
+                else:
+                    min_value = max_value = np.array(0, dtype=data.dtype)
+                data = np.absolute(data)
+                if tensor not in self.histogram_dict:
+                    hist, edges = np.histogram(data, bins=self.num_bins)
+                    self.histogram_dict[tensor] = (hist, edges.astype(data.dtype), min_value, max_value)
+                    continue
+                old_hist, edges, old_min, old_max = self.histogram_dict[tensor]
+                amax = np.nanmax(data) if data.size else edges[-1]
+                if amax > edges[-1]:
+                    width = edges[1] - edges[0]
+                    edges = np.hstack((edges, np.arange(edges[-1] + width, amax + width, width)))
+                hist, _ = np.histogram(data, bins=len(edges) - 1, range=(float(edges[0]), float(edges[-1])))
+                hist[: len(old_hist)] += old_hist
+                self.histogram_dict[tensor] = (hist, edges.astype(data.dtype), min(old_min, min_value),
+                                               max(old_max, max_value))
+
+    return UniformBinsHistogramCollector
+
+
+def percentile_ranges(preprocessed: Path, reader: ArrayCalibrationReader, stride: int, options: QuantOptions,
+                      tmp: Path):
+    """Percentile tensor ranges as ``quantize_static`` computes them with ``CalibStridedMinMax``
+    (same calibrator, same tensors, same strided passes via ``set_range``), with the
+    uniform-bin histogram merge. Returns ORT's ``TensorsData``."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    op_types = list(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
+    calibrator = create_calibrator(preprocessed, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Percentile,
+                                   extra_options={"percentile": options.percentile})
+    calibrator.collector = _uniform_bins_collector()(
+        method="percentile", symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
+        scenario=calibrator.scenario)
+    for start in range(0, len(reader), stride):
+        reader.set_range(start, start + stride)
+        calibrator.collect_data(reader)
+    return calibrator.compute_data()
 
 
 @contextlib.contextmanager

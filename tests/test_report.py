@@ -2,12 +2,10 @@
 escaping, protection of existing files, and rendering in a real (headless) browser."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -243,6 +241,12 @@ def test_a_users_file_is_never_overwritten(tmp_path):
     with pytest.raises(InputError, match="not written by zooconform"):
         write_report(smoke_doc(), tmp_path)
     assert mine.read_text() == "<html>my notes</html>"
+    (tmp_path / "index.html").unlink()
+    (tmp_path / "results.json").write_text('{"my": "data"}')
+    with pytest.raises(InputError, match="results.json: exists and is not a zooconform results file"):
+        write_report(smoke_doc(), tmp_path)
+    assert (tmp_path / "results.json").read_text() == '{"my": "data"}'
+    assert not (tmp_path / "index.html").exists()  # refused before anything was written
     other = tmp_path / "again"
     write_report(smoke_doc(), other)
     write_report(smoke_doc(), other)  # our own report: re-rendered in place

@@ -19,7 +19,6 @@ the report is rendered from it. Unknown options are passed to pytest (``-k expor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess

@@ -8,7 +8,6 @@ It renders whatever figures exist; an incomplete run is rendered and marked as s
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,11 @@ def new_run_folder(parent: Path, name: str) -> Path:
 
 
 def _write_ours(path: Path, text: str, marker: str) -> None:
+    _refuse_foreign(path, marker)
+    atomic_write_text(path, text)
+
+
+def _refuse_foreign(path: Path, marker: str) -> None:
     if path.exists():
         try:
             head = path.read_text(encoding="utf-8", errors="replace")[:4000]
@@ -66,7 +70,18 @@ def _write_ours(path: Path, text: str, marker: str) -> None:
         if marker not in head:
             raise InputError(path, "exists and was not written by zooconform: not overwriting it",
                              fix="pass --out to write the report elsewhere, or move the file")
-    atomic_write_text(path, text)
+
+
+def _refuse_foreign_results(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8")).get("schema", "")
+    except (OSError, ValueError, AttributeError):
+        schema = ""
+    if not str(schema).startswith("zooconform.results"):
+        raise InputError(path, "exists and is not a zooconform results file: not overwriting it",
+                         fix="pass --out to write the report elsewhere, or move the file")
 
 
 def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | None = None,
@@ -115,12 +130,14 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
         note = (f"Regressions compare with the previous run of each model in {Path(history).name}"
                 f" ({len(earlier)} other runs"
                 + (f"; {len(hist.bad_lines)} unreadable lines skipped" if hist.bad_lines else "") + ").")
+    index, summary, results = folder / "index.html", folder / "summary.md", folder / "results.json"
+    _refuse_foreign(index, HTML_MARKER)  # all checked before anything is written
+    _refuse_foreign(summary, MD_MARKER)
+    if write_results:
+        _refuse_foreign_results(results)
     page = html_mod.render(doc, run_id, views, orphans, cells, trends, links, note)
-    index = folder / "index.html"
     _write_ours(index, page, HTML_MARKER)
-    summary = folder / "summary.md"
     _write_ours(summary, markdown(doc, run_id, views, orphans, cells), MD_MARKER)
-    results = folder / "results.json"
     if write_results:
         atomic_write_text(results, json.dumps(jsonable(doc), indent=1))
     appended = 0

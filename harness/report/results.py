@@ -48,7 +48,10 @@ def _gpu() -> str | None:
         import onnxruntime as ort
 
         eps = ort.get_available_providers()
-        return ",".join(e for e in eps if e != "CPUExecutionProvider") or None
+        # only accelerator EPs: onnxruntime also lists AzureExecutionProvider (a remote call EP)
+        accel = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                 "DmlExecutionProvider", "OpenVINOExecutionProvider", "CoreMLExecutionProvider")
+        return ",".join(e for e in eps if e in accel) or None
     except Exception:  # onnxruntime missing or broken: no GPU claim
         return None
 
