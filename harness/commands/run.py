@@ -185,6 +185,28 @@ def merge_junit(files: list[tuple[str, Path]], out: Path) -> None:
     atomic_write_text(out, ET.tostring(root, encoding="unicode"))
 
 
+LATEST = ("junit.xml", "report.html", "results.json")
+
+
+def publish_latest(folder: Path, report_dir: Path, codes: list) -> list[Path]:
+    """Copy the run's JUnit, pytest-html and results.json to ``<report-dir>/`` (the fixed paths
+    CI and users point at); the timestamped folder stays the record, never overwritten."""
+    import shutil
+
+    out = []
+    for name in LATEST:
+        src = folder / name
+        if not src.exists():  # -j: per-phase folders hold pytest-html's report
+            src = next((p.folder / name for p, _ in codes if (p.folder / name).exists()), src)
+        if src.exists():
+            dst = report_dir / name
+            tmp = report_dir / f".{name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            out.append(dst)
+    return out
+
+
 def main(args: argparse.Namespace, extra: list[str]) -> int:
     from ..report.merge import merge_documents
     from ..report.nightly import default_history, new_run_folder, utc_stamp, write_report
@@ -244,8 +266,11 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     if len(codes) > 1:  # each phase printed its own summary; this is the whole run's
         for line in one_screen(doc):
             print(line)
+    latest = publish_latest(folder, report_dir, codes)
     n_reg = sum(len(v) for v in written.regressions.values())
     print(f"report: {written.index}" + (f" ({n_reg} regression(s) flagged)" if n_reg else ""))
+    if latest:
+        print(f"latest: {', '.join(str(p) for p in latest)}")
     if written.history and append:
         print(f"history: {written.history} (+{written.appended} lines)")
     elif shard:
