@@ -142,6 +142,11 @@ class Fusion:
             conv1, bn1 = _conv_and_bn(block.conv_1x1, f"{name}.conv_1x1")
             if conv1.groups != conv3.groups or conv1.stride != conv3.stride:
                 raise UnsupportedBlock(f"{name}: 1x1 and 3x3 branches differ in groups or stride")
+            # centred zero-padding is exact only when both branches see the same output grid:
+            # the 3x3 pads (k-1)/2 more than the 1x1 (timm and the official repo: 1 and 0)
+            if any(p3 - p1 != (k - 1) // 2 for p3, p1, k in zip(conv3.padding, conv1.padding, size)):
+                raise UnsupportedBlock(f"{name}: paddings {conv3.padding} (3x3) and {conv1.padding} (1x1) do not "
+                                       "centre the 1x1 on the 3x3")
             k1, b1 = self.fold_bn(conv1.weight, bn1)
             weight, bias = weight + self.pad_to(k1, size), bias + b1
         if block.identity is not None:
