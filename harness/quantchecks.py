@@ -300,7 +300,7 @@ def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | N
         y = ref.labels
         m = Labelled(len(y), topk_accuracy(ref.fp32, y, 1), topk_accuracy(ref.fp32, y, 5),
                      topk_accuracy(out, y, 1), topk_accuracy(out, y, 5),
-                     full_set=len(y) >= IMAGENET_VAL_IMAGES - qmod_calib_count(lab))
+                     full_set=len(y) >= IMAGENET_VAL_IMAGES - calibration_images_taken(lab))
         record(**m.figures())
         record(**judge_labelled(m, card.family, subject=subject.describe, where=where, explain=explain))
     else:
@@ -309,7 +309,8 @@ def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | N
         record(**judge_label_free(m, subject=subject.describe, where=where, explain=explain))
 
 
-def qmod_calib_count(lab) -> int:
+def calibration_images_taken(lab) -> int:
+    """Validation images set aside for calibration: the rest is the whole evaluable set."""
     return len(lab.images("calib")) if lab.uses_real_data else 0
 
 
@@ -492,10 +493,26 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
     producer_name = {o: n.name for n in float_model.graph.node for o in n.output}
     int8_op = {o: n.op_type for n in int8_model.graph.node for o in n.output}
 
+    # A foreign int8 file (other tool, other float graph) may not share our tensor names:
+    # there a pair whose zero point sits at the bottom of its type's range, fed by a node
+    # other than Relu, is taken to be a folded ReLU.
+    inits = {i.name: i for i in int8_model.graph.initializer}
+    q_zero_point = {n.input[0]: n.input[2] for n in int8_model.graph.node
+                    if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+
+    def folds_relu(name) -> bool:
+        if name in float_op:
+            return float_op[name] == "Relu" and int8_op.get(name) != "Relu"
+        zp = inits.get(q_zero_point.get(name, ""))
+        if zp is None or int8_op.get(name) == "Relu":
+            return False
+        from onnx import numpy_helper
+
+        value = numpy_helper.to_array(zp)
+        return value.size == 1 and int(value.ravel()[0]) == int(np.iinfo(value.dtype).min)
+
     def pair_input(name, arrays):
-        if float_op.get(name) == "Relu" and int8_op.get(name) != "Relu":
-            return [np.maximum(a, 0) for a in arrays]
-        return arrays
+        return [np.maximum(a, 0) for a in arrays] if folds_relu(name) else arrays
 
     tensors: list[TensorError] = []
     unmatched = 0

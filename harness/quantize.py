@@ -12,7 +12,11 @@ helper) use. Choices, each measured on this machine (../shared/DESIGN.md):
   models use) and Entropy. Histogram methods keep every activation of every image in
   memory unless ``CalibStridedMinMax`` is set; with it ORT calls ``set_range`` on the
   reader and folds ``stride`` images at a time into its histograms, so memory is bounded
-  by one stride whatever the calibration set size.
+  by one stride whatever the calibration set size. The stride is derived from a memory
+  budget and the model's activation bytes per image.
+- Percentile histograms are merged on numpy's uniform-bin path (ORT's merge sorts every
+  pass); the ranges are bit-identical to ORT's (tests/test_quant_calibration.py) at
+  about half the calibration time.
 """
 from __future__ import annotations
 

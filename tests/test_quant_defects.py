@@ -129,3 +129,39 @@ def test_untampered_int8_model_keeps_every_pair_above_the_sqnr_floor(qlab, card)
     rec = _recorder()
     qc.check_layer_sqnr(qlab, card, "minmax", rec, subject=subject)
     assert rec.figures["min_activation_sqnr_db"] >= 20 and rec.figures["qdq_activation_pairs"] > 100
+
+
+def test_labelled_path_fails_int8_that_loses_correct_predictions_and_says_it_widened(qlab, card, tmp_path):
+    """--imagenet + --weights-dir: top-1/top-5 on labels. The folder holds 30 embedded eval
+    images as PNG, labelled with the fp32 model's own predictions (fp32 top-1 = 100% by
+    construction; 10 go to calibration), so int8 top-1 is its agreement with fp32 (~80%):
+    below 99% of fp32 even after widening by the binomial half-width of ~20 images."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from harness import runtime as rt
+
+    samples = qlab.images("eval").samples[::7][:30]
+    (tmp_path / "val").mkdir()
+    for i, s in enumerate(samples):
+        s.load().save(tmp_path / "val" / f"ILSVRC2012_val_{i + 1:08d}.png")
+    x = qz.calibration_inputs(samples, card)
+    labels = rt.run(rt.session(qz.fp32_source(qlab, card)), x).argmax(axis=1)
+    (tmp_path / "val_label.txt").write_text(
+        "".join(f"ILSVRC2012_val_{i + 1:08d}.png {int(y)}\n" for i, y in enumerate(labels)))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    save_file({k: v.contiguous() for k, v in qlab.reference(card).state_dict().items()},
+              str(weights / f"{card.id}.safetensors"))
+    real = Lab(Settings(imagenet=tmp_path, weights_dir=weights, calib_images=10, cache_dir=qlab.settings.cache_dir))
+    real_card = real.zoo[card.id]
+    assert qc.has_labels(real, real_card)
+    rec = _recorder()
+    with pytest.raises(CheckFailure) as e:
+        qc.check_int8_matches_fp32(real, real_card, "minmax", rec)
+    msg = str(e.value)
+    assert rec.figures["mode"] == "labelled" and rec.figures["fp32_top1"] == 100.0
+    assert "int8 top-1 of" in msg and "points below fp32" in msg
+    n = rec.figures["eval_images"]
+    assert n == len(real.images("eval")) and e.value.figures["binomial_widening_points"] > 0
+    assert f"only {n} of 50000 validation images" in msg  # the widening is declared

@@ -1,0 +1,103 @@
+"""Quantizing itself, on a tiny CNN (seconds): the strided calibration ORT drives through
+``set_range``, and the fast percentile histograms against ORT's own collector."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import numpy_helper
+
+from harness import quantchecks as qc
+from harness import quantize as qz
+from harness.export import export_onnx
+
+SIZE = 32
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-int8")
+    fp32 = folder / "tiny.onnx"
+    export_onnx(tiny_cnn(), fp32, input_size=SIZE)
+    pre = folder / "tiny.pre.onnx"
+    qz.preprocess_for_quantization(fp32, pre)
+    calib = np.random.default_rng(0).normal(size=(60, 3, SIZE, SIZE)).astype(np.float32)
+    return folder, fp32, pre, calib
+
+
+def _qparams(path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+            if i.name.endswith(("_scale", "_zero_point"))}
+
+
+def test_fast_percentile_histograms_give_ort_s_ranges_bit_for_bit(tiny):
+    folder, fp32, pre, calib = tiny
+    # a small memory budget forces several strided passes, the case the fast merge changes
+    opts = dict(method="percentile", stride_budget_mb=1)
+    fast = qz.quantize_file(fp32, folder / "fast.onnx", calib, qz.QuantOptions(**opts), preprocessed=pre)
+    stock = qz.quantize_file(fp32, folder / "stock.onnx", calib,
+                             qz.QuantOptions(**opts, fast_percentile_histograms=False), preprocessed=pre)
+    assert fast.extra["stride"] < fast.calib_images  # really strided
+    a, b = _qparams(fast.path), _qparams(stock.path)
+    assert a.keys() == b.keys() and len(a) > 10
+    differ = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not differ, f"ranges differ from ORT's collector for {differ[:5]}"
+
+
+@pytest.mark.parametrize("method", qz.METHODS)
+def test_every_method_quantizes_in_bounded_strides_to_qdq(tiny, method):
+    folder, fp32, pre, calib = tiny
+    res = qz.quantize_file(fp32, folder / f"{method}.onnx", calib, qz.QuantOptions(method=method, stride_budget_mb=1),
+                           preprocessed=pre)
+    per_image_mb = qz.activation_bytes_per_image(pre) / 2**20
+    assert res.extra["stride"] * per_image_mb <= 1.0 + 1e-9
+    acts, weights = qc.qdq_pairs(onnx.load(str(res.path)))
+    assert len(acts) >= 3 and len(weights) >= 4  # per-channel conv weights (+ biases)
+    # uint8 activations, int8 weights
+    model = onnx.load(str(res.path))
+    inits = {i.name: i for i in model.graph.initializer}
+    zp_types = {inits[n.input[2]].data_type for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert zp_types == {onnx.TensorProto.UINT8}
+
+
+def _rename_activations(src, dst, prefix="foreign_") -> None:
+    """The same int8 graph with every intermediate tensor renamed: what another tool writes."""
+    model = onnx.load(str(src))
+    keep = {i.name for i in model.graph.input} | {o.name for o in model.graph.output} | \
+           {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        node.input[:] = [n if n in keep or not n else prefix + n for n in node.input]
+        node.output[:] = [n if n in keep else prefix + n for n in node.output]
+    for vi in model.graph.value_info:
+        vi.name = prefix + vi.name
+    onnx.save(model, str(dst))
+
+
+def test_layer_report_of_a_foreign_int8_file_judges_folded_relus_by_zero_point(tiny):
+    folder, fp32, pre, calib = tiny
+    ours = qz.quantize_file(fp32, folder / "ours.onnx", calib, qz.QuantOptions(method="minmax"), preprocessed=pre)
+    foreign = folder / "foreign.onnx"
+    _rename_activations(ours.path, foreign)
+    x = calib[:4]
+    a = qc.layer_report(pre, ours.path, x)
+    b = qc.layer_report(pre, foreign, x)
+    inner = [t for t in b.activations() if t.name != "input"]
+    assert inner and all(t.xmodel_db is None for t in inner)  # no shared names with the float graph
+    local_a = sorted(round(t.local_db, 3) for t in a.activations())
+    local_b = sorted(round(t.local_db, 3) for t in b.activations())
+    assert local_a == local_b  # folded ReLUs recognised without the float graph's names
+    qc.judge_layer_report(b, subject="foreign int8", where=str(foreign))
