@@ -5,8 +5,6 @@ which caches (in memory for the session, on disk across sessions and xdist worke
 """
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +16,7 @@ from . import data as data_mod
 from . import manifest as manifest_mod
 from . import models as models_mod
 from .cache import ArtifactCache
-from .errors import ConfigError, InputError, ZooconformError
+from .errors import ConfigError, ZooconformError
 from .preprocess import reference_batch, reference_transform
 from .zoo import ModelCard, load_zoo, select
 

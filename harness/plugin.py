@@ -7,7 +7,6 @@ from __future__ import annotations
 import fnmatch
 import html
 import json
-import os
 import time
 import tomllib
 from pathlib import Path
