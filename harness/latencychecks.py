@@ -318,7 +318,12 @@ class Side:
 
 def interleave(sides: dict[str, Side], inputs: dict[int, np.ndarray], threads: int, *,
                clocks: timing.Clocks = timing.REAL_CLOCKS, plan: timing.Plan | None = None) -> timing.Interleaved:
-    sessions = {name: runtime.session(s.path, threads=threads) for name, s in sides.items()}
+    # Spinning off on both sides: an idle session's intra-op threads spin-wait after each call
+    # and take CPUs from the other session's next calls. Measured on the quiet 2-core machine
+    # (repvgg_a0 int8 vs fp32, batch 1, 2 threads): with spinning only 47-67% of int8 calls were
+    # clean (3 attempts, one block ratio at 1.005 -> inconclusive); without, 97-100% clean in
+    # one attempt, blocks 0.43-0.45, ratio 0.44 vs 0.39-0.46 (per-call cost +3-5% on both sides).
+    sessions = {name: runtime.session(s.path, threads=threads, spinning=False) for name, s in sides.items()}
     calls = {name: call_of(sessions[name], inputs[s.batch]) for name, s in sides.items()}
     return timing.measure_interleaved(calls, plan or plan_for(threads), clocks=clocks)
 

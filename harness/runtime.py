@@ -59,8 +59,9 @@ def providers(prefer_gpu: bool = False) -> list[str]:
 
 
 def session(path: Path | str, threads: int | None = None, provider: str = "CPUExecutionProvider",
-            optimization: str = "all"):
-    """An InferenceSession for a checked file. ``threads``: intra-op threads (None = ORT default)."""
+            optimization: str = "all", spinning: bool = True):
+    """An InferenceSession for a checked file. ``threads``: intra-op threads (None = ORT default).
+    ``spinning=False``: idle intra-op threads sleep instead of spin-waiting for work."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -74,6 +75,8 @@ def session(path: Path | str, threads: int | None = None, provider: str = "CPUEx
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=[provider])

@@ -102,7 +102,12 @@ def test_shipped_profiles_are_valid():
     assert {p.stem for p in files} >= {"t4-tensorrt", "cpu-2core"}
     for p in files:
         budgets.load_profile(p)
-    assert budgets.load_profile(budgets.BUDGETS / "cpu-2core.toml").provisional  # never detected until recorded quietly
+    cpu = budgets.load_profile(budgets.BUDGETS / "cpu-2core.toml")
+    # recorded from quiet runs (not hand-written): every smoke model, both precisions, every batch
+    assert not cpu.provisional and cpu.source.startswith("3 run(s)") and cpu.headroom >= 1.0
+    smoke = [c.id for c in ZOO.values() if "smoke" in c.tiers]
+    assert {(m, p, b) for m in smoke for p in ("fp32", "int8") for b in (1, 4, 8) if cpu.budget(m, p, b)} == \
+        {(m, p, b) for m in smoke for p in ("fp32", "int8") for b in (1, 4, 8)}
 
 
 def test_t4_tensorrt_profile_is_the_registrys_seed_002_table():
@@ -185,8 +190,9 @@ def test_the_suite_reports_a_profile_typo_before_measuring(pytester, tmp_path):
     expectation, without measuring (the ratio tests do not read the profile and go on)."""
     root = Path(__file__).resolve().parent.parent
     bad = tmp_path / "typo.toml"
-    bad.write_text((root / "fixtures" / "budgets" / "cpu-2core.toml").read_text().replace("fp32 = { b1 = 9.0 }",
-                                                                                             "fp23 = { b1 = 9.0 }"))
+    bad.write_text((root / "fixtures" / "budgets" / "cpu-2core.toml").read_text().replace(
+        "[models.repvgg_a0]\nfp32 =", "[models.repvgg_a0]\nfp23 ="))
+    assert "fp23" in bad.read_text()
     result = pytester.runpytest(str(root / "suites" / "test_latency.py"), "-m", "latency", "--models", "repvgg_a0",
                                 "-k", "fp32-b1", "--profile", str(bad), "--no-results", "-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
