@@ -145,7 +145,7 @@ class Lab:
         calib_set = data_mod.embedded("calib", DEFAULT_CALIB_IMAGES)
         key = {"model": card.id, "arch": card.timm_arch, "byob": card.byob, "seed": models_mod.seed_for(card.id),
                "calib": calib_set.digest(), "preprocess": repr(card.preprocess),
-               "timm": timm.__version__, "torch": torch.__version__.split("+")[0], "recipe": 1}
+               "timm": timm.__version__, "torch": torch.__version__.split("+")[0], "recipe": models_mod.RECIPE}
 
         def build(folder: Path) -> None:
             imgs, _, _ = data_mod.load_images(calib_set.samples)

@@ -92,3 +92,15 @@ def test_calibration_subset_represents_every_class(tmp_path):
     assert not {s.name for s in calib.samples} & {s.name for s in rest.samples}
     again, _ = data.calibration_subset(images, count=10)
     assert [s.name for s in again.samples] == [s.name for s in calib.samples]
+
+
+def test_every_kind_of_source_is_on_both_sides_of_the_split():
+    """A calibration set must cover what evaluation shows (issue 6: with every graphic source on
+    the evaluation side, int8 ranges calibrated on photos clipped text and silhouettes)."""
+    kinds = data._SOURCE_KINDS
+    assert {"colour photo", "grey photo", "graphic", "texture"} <= set(kinds)
+    for kind, (calib, evaluation) in kinds.items():
+        assert calib and evaluation, f"{kind}: sources on one side only"
+    assert not set(data._CALIB_PHOTOS) & set(data._EVAL_PHOTOS)
+    groups = {s.group for s in data.embedded("calib", 200).samples}
+    assert {p for p in data._CALIB_PHOTOS} <= groups  # every calibration source is used at the default size

@@ -104,3 +104,25 @@ def test_raw_init_is_degenerate_and_recalibration_fixes_it():
     assert distinct_top1(raw) <= 2
     assert distinct_top1(recal) >= 10
     assert np.isfinite(recal).all()
+
+
+def test_residual_branch_ends_get_the_small_gain_and_nothing_else_does():
+    """ResNeSt's zero-initialised bn3 (end of each residual branch) gets weights ~ gain x (1 +- 0.25);
+    a default with gain 1 there is chaotic (see models.RESIDUAL_BRANCH_GAIN). HRNet and RepVGG
+    have no such BN: their randomisation is unchanged."""
+    gain = models.RESIDUAL_BRANCH_GAIN
+    assert 0 < gain < 1 and str(gain) in models.RECIPE
+    ends: dict[str, set[str]] = {}
+    for model_id, expect_branch_ends in (("resnest50", True), ("repvgg_a0", False), ("hrnet_w18_small_v1", False)):
+        model = models.create_architecture(ZOO[model_id])
+        zero = {n for n, m in model.named_modules()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and torch.all(m.weight == 0)}
+        assert bool(zero) == expect_branch_ends, model_id
+        ends[model_id] = zero
+        models.randomise_bn(model, models.seed_for(model_id))
+        for n, m in model.named_modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                lo, hi = (0.75 * gain, 1.25 * gain) if n in zero else (0.75, 1.25)
+                w = m.weight.detach()
+                assert lo <= float(w.min()) and float(w.max()) <= hi, (model_id, n, float(w.min()), float(w.max()))
+    assert len(ends["resnest50"]) == 16 and all(n.endswith("bn3") for n in ends["resnest50"])
