@@ -434,6 +434,24 @@ def settle(plan: Plan, clocks: Clocks) -> str | None:
     return None
 
 
+class Attempts:
+    """``for i in Attempts(plan, clocks)``: attempt numbers 0.. up to ``plan.max_attempts``, with
+    a :func:`settle` pause before each re-measurement; ``stopped`` says why the loop ended early
+    (None: it did not). The caller breaks out once an attempt is quiet."""
+
+    def __init__(self, plan: Plan, clocks: Clocks):
+        self.plan, self.clocks = plan, clocks
+        self.stopped: str | None = None
+
+    def __iter__(self):
+        for i in range(max(1, self.plan.max_attempts)):
+            if i:
+                self.stopped = settle(self.plan, self.clocks)
+                if self.stopped:
+                    return
+            yield i
+
+
 class no_gc:
     """Garbage collection off while measuring (as ``timeit`` does): a collection landing in
     one call is the process's own noise, not the model's latency."""
@@ -542,12 +560,8 @@ def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks
     ``first_runner`` runs the first attempt (the suite passes pytest-benchmark's pedantic
     mode, which then times the same calls); later attempts run in a plain loop."""
     attempts: list[Attempt] = []
-    stopped = None
-    for i in range(max(1, plan.max_attempts)):
-        if i:
-            stopped = settle(plan, clocks)
-            if stopped:
-                break
+    tries = Attempts(plan, clocks)
+    for i in tries:
         calls: list[Call] = []
 
         def instrumented() -> None:
@@ -569,7 +583,7 @@ def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks
     chosen = next((i for i, a in enumerate(attempts) if a.quiet),
                   min(range(len(attempts)), key=lambda i: attempts[i].badness()))
     return Measurement(name, plan, attempts, chosen, flops_per_call, peak, items_per_call,
-                       extra={"remeasure": stopped} if stopped else {})
+                       extra={"remeasure": tries.stopped} if tries.stopped else {})
 
 
 # --- interleaved comparison ---------------------------------------------------------------
@@ -654,12 +668,8 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, cloc
     plan = replace(plan, judge_neighbours=False)
     kept: Interleaved | None = None
     noise_log: list[list[str]] = []
-    stopped = None
-    for attempt in range(max(1, plan.max_attempts)):
-        if attempt:
-            stopped = settle(plan, clocks)
-            if stopped:
-                break
+    tries = Attempts(plan, clocks)
+    for attempt in tries:
         for fn in calls.values():
             for _ in range(plan.warmup):
                 fn()
@@ -680,7 +690,7 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, cloc
     assert kept is not None
     kept.attempts = len(noise_log)
     kept.attempt_noise = noise_log
-    kept.remeasure = stopped
+    kept.remeasure = tries.stopped
     return kept
 
 
@@ -762,12 +772,8 @@ def measure_concurrent(fns: Sequence[Callable[[], Any]], calls: int, plan: Plan,
 
     kept: Concurrent | None = None
     seen: list[float] = []
-    stopped = None
-    for attempt in range(max(1, plan.max_attempts)):
-        if attempt:
-            stopped = settle(plan, clocks)
-            if stopped:
-                break
+    tries = Attempts(plan, clocks)
+    for attempt in tries:
         start = threading.Barrier(len(fns) + 1)
         per_call: list[list[float]] = [[] for _ in fns]
         errors: list[BaseException] = []
@@ -810,5 +816,5 @@ def measure_concurrent(fns: Sequence[Callable[[], Any]], calls: int, plan: Plan,
     assert kept is not None
     kept.attempts = len(seen)
     kept.attempt_items_per_s = seen
-    kept.remeasure = stopped
+    kept.remeasure = tries.stopped
     return kept
