@@ -187,3 +187,28 @@ def test_plugin_reports_a_busy_machine_as_inconclusive_not_failed(pytester):
     assert busy["outcome"] == "inconclusive" and busy["message"].startswith("inconclusive: contention:")
     assert busy["figures"]["verdict"] == "inconclusive: contention" and busy["figures"]["quiet"] is False
     assert quiet["outcome"] == "failed" and "but should be <= 8 ms" in quiet["message"]
+
+
+def test_interleaved_sessions_do_not_spin(files, monkeypatch):
+    """Both sides of a ratio run with ORT's idle spinning off: spinning threads of the idle session
+    took the CPUs of the other's calls (quiet machine, 2 threads: 47-67% of calls clean, one
+    block ratio at 1.005 -> inconclusive); the default session (absolute budgets) keeps spinning."""
+    from harness import runtime
+
+    made = []
+    real = runtime.session
+
+    def spy(path, *a, **kw):
+        sess = real(path, *a, **kw)
+        made.append(sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning"))
+        return sess
+
+    monkeypatch.setattr(runtime, "session", spy)
+    base = files[0]
+    x = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    plan = timing.Plan(threads=1, warmup=1, rounds=2, blocks=2, per_block=2, max_attempts=1)
+    lc.interleave({"a": lc.Side(base, 1, "a"), "b": lc.Side(base, 1, "b")}, {1: x}, 1, plan=plan)
+    assert made == ["0", "0"]
+    so = real(base, threads=1).get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ORT's default, spin
+        so.get_session_config_entry("session.intra_op.allow_spinning")
