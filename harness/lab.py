@@ -59,8 +59,12 @@ class Lab:
                 self.manifest_error = e
         self.data_problems: list[str] = []
         self._images: dict[str, data_mod.ImageSet] = {}
-        self._inputs: dict[tuple, tuple[torch.Tensor, list[data_mod.Sample]]] = {}
-        self._refs: dict[str, torch.nn.Module] = {}
+        # Bounded by bytes, least recently used out first: one worker of the full tier met 12
+        # models and kept every reference and input tensor (12.4 GB resident when the fp64 floor
+        # of resnest269 at 416 px came; the kernel's OOM killer ended the worker). A dropped
+        # entry is rebuilt from the on-disk cache (a reference loads in about a second).
+        self._inputs: BoundedCache = BoundedCache(INPUTS_CACHE_BYTES, lambda v: v[0].element_size() * v[0].nelement())
+        self._refs: BoundedCache = BoundedCache(REFERENCES_CACHE_BYTES, _module_bytes)
         self._logits: dict[tuple, np.ndarray] = {}
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -169,6 +173,39 @@ class Lab:
             x, _ = self.inputs(card, split)
             self._logits[key] = torch_logits(self.reference(card), x)
         return self._logits[key]
+
+
+INPUTS_CACHE_BYTES = 1 << 30       # ~1.7x the 200 eval images at 416 px (resnest269), 9x at 224 px
+REFERENCES_CACHE_BYTES = 2 << 30   # the largest reference is ~0.5 GB (hrnet_w64 128 M params)
+
+
+def _module_bytes(model: torch.nn.Module) -> int:
+    return sum(t.element_size() * t.nelement() for t in list(model.parameters()) + list(model.buffers()))
+
+
+class BoundedCache(dict):
+    """A dict that forgets its least recently used entries once their sizes add up to more than
+    ``max_bytes`` (the newest entry always stays, however large)."""
+
+    def __init__(self, max_bytes: int, size_of):
+        super().__init__()
+        self.max_bytes, self.size_of = max_bytes, size_of
+        self._sizes: dict = {}
+
+    def __getitem__(self, key):
+        value = super().pop(key)  # re-insert: dict order is the recency order
+        super().__setitem__(key, value)
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        if key in self:
+            super().pop(key)
+        super().__setitem__(key, value)
+        self._sizes[key] = self.size_of(value)
+        while len(self) > 1 and sum(self._sizes[k] for k in self) > self.max_bytes:
+            oldest = next(iter(self))
+            super().pop(oldest)
+            self._sizes.pop(oldest, None)
 
 
 def torch_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:
