@@ -47,20 +47,24 @@ def test_latency_within_budget(model_card, precision, batch, lab, record, benchm
                    lc.artifact(lab, model_card, precision)[0])
 
 
+@pytest.mark.latency_ratio
 @pytest.mark.parametrize("batch", lc.RATIO_BATCHES, ids=lambda b: f"b{b}")
 def test_int8_faster_than_fp32(model_card, batch, lab, record):
     lc.check_int8_faster(lab, model_card, batch, record)
 
 
+@pytest.mark.latency_ratio
 def test_batch8_per_image_not_slower_than_batch1(model_card, lab, record):
     lc.check_batching_pays(lab, model_card, record)
 
 
+@pytest.mark.latency_ratio
 @family("repvgg")
 def test_deploy_form_faster_than_training_form(model_card, lab, record):
     lc.check_deploy_faster(lab, model_card, record)
 
 
+@pytest.mark.latency_ratio
 def test_user_onnx_not_slower_than_own_export(model_card, lab, record):
     user = lab.artifacts(model_card).get("onnx")
     if user is None:
