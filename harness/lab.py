@@ -184,12 +184,13 @@ def _module_bytes(model: torch.nn.Module) -> int:
 
 
 class BoundedCache(dict):
-    """A dict that forgets its least recently used entries once their sizes add up to more than
-    ``max_bytes`` (the newest entry always stays, however large)."""
+    """A dict that forgets its least recently used entries once their sizes (``size_of(value)``:
+    bytes for the lab's tensors, 1 per entry for a count bound) add up to more than
+    ``capacity`` (the newest entry always stays, however large)."""
 
-    def __init__(self, max_bytes: int, size_of):
+    def __init__(self, capacity: int, size_of):
         super().__init__()
-        self.max_bytes, self.size_of = max_bytes, size_of
+        self.capacity, self.size_of = capacity, size_of
         self._sizes: dict = {}
 
     def __getitem__(self, key):
@@ -202,7 +203,7 @@ class BoundedCache(dict):
             super().pop(key)
         super().__setitem__(key, value)
         self._sizes[key] = self.size_of(value)
-        while len(self) > 1 and sum(self._sizes[k] for k in self) > self.max_bytes:
+        while len(self) > 1 and sum(self._sizes[k] for k in self) > self.capacity:
             oldest = next(iter(self))
             super().pop(oldest)
             self._sizes.pop(oldest, None)

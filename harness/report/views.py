@@ -324,14 +324,19 @@ def printed(v: float | None) -> str:
     return DASH if v is None else f"{round(v, 4):g}"
 
 
+def _not_declared_failures(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A declared known failure (e.g. the card's bilinear fusion at opset 10) is the verdict
+    column's business: its figures are not the model's export error or agreement, nor a
+    baseline for trends."""
+    return [t for t in tests if outcome_of(t) != "xfailed"]
+
+
 def _error_cell(view: ModelView, tests: list[dict[str, Any]], prefix: str) -> Cell:
     """Worst error relative to its floor over the suite's tests (export: opsets, exporters)."""
     if not tests:
         return Cell()
     scored = []
-    # a declared known failure (e.g. the card's bilinear fusion at opset 10) is the verdict
-    # column's business: its error is not the model's export error, nor a baseline for trends
-    for t in (t for t in tests if outcome_of(t) != "xfailed"):
+    for t in _not_declared_failures(tests):
         err = num_figure(t, ERROR_NAMES)
         if err is None:
             continue
@@ -509,7 +514,7 @@ def _fp32_row_cell(view: ModelView, row_tests: list[dict[str, Any]], published: 
 def _agreement_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
     """fp32 on the embedded default (no labels): ONNX vs torch top-1 agreement (the lowest)."""
     best = None
-    for t in (t for t in tests if outcome_of(t) != "xfailed"):  # as in _error_cell
+    for t in _not_declared_failures(tests):
         a = proportion(t, AGREEMENT_NAMES)
         if a is not None and (best is None or a < best[0]):
             best = (a, t)
