@@ -376,28 +376,56 @@ def machine_peak(threads: int | None, matrix: int = 2048, calls: int = 12, clock
     intra-op threads): the best clean call of ``calls``. Measured once per process per
     thread count (a contended measurement is kept, marked ``quiet=False``, and retried once
     on the next request)."""
-    key = (threads, matrix)
+    return _gemm_peak("fp32", threads, matrix, calls, clocks, plan)
+
+
+def int8_peak(threads: int | None, matrix: int = 2048, calls: int = 12, clocks: Clocks = REAL_CLOCKS,
+              plan: Plan | None = None) -> Peak:
+    """Integer GOP/s (2 x multiply-adds per second) of a uint8 x int8 ``MatMulInteger`` in ONNX
+    Runtime's CPU EP: the U8S8 GEMM that quantized convs and matmuls run on. On x86 without
+    VNNI it is the saturating VPMADDUBSW path, so this peak tells the host classes apart."""
+    return _gemm_peak("int8", threads, matrix, calls, clocks, plan)
+
+
+def _gemm_model(kind: str, matrix: int):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    if kind == "fp32":
+        b = rng.standard_normal((matrix, matrix), dtype=np.float32)
+        node = helper.make_node("MatMul", ["a", "b"], ["c"])
+        a_type, c_type = TensorProto.FLOAT, TensorProto.FLOAT
+    else:
+        b = rng.integers(-127, 128, size=(matrix, matrix)).astype(np.int8)
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["c"])
+        a_type, c_type = TensorProto.UINT8, TensorProto.INT32
+    graph = helper.make_graph([node], f"peak_{kind}", [helper.make_tensor_value_info("a", a_type, [matrix, matrix])],
+                              [helper.make_tensor_value_info("c", c_type, [matrix, matrix])],
+                              [onnx.numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if kind == "fp32":
+        a = rng.standard_normal((matrix, matrix), dtype=np.float32)
+    else:
+        a = rng.integers(0, 256, size=(matrix, matrix)).astype(np.uint8)
+    return model, a
+
+
+def _gemm_peak(kind: str, threads: int | None, matrix: int, calls: int, clocks: Clocks, plan: Plan | None) -> Peak:
+    key = (kind, threads, matrix)
     cached = _PEAKS.get(key)
     if cached is not None and (cached.quiet or cached.note.endswith("(retried)")):
         return cached
-    import numpy as np
-    import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [matrix, matrix])],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [matrix, matrix])],
-        [onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((matrix, matrix), dtype=np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, a = _gemm_model(kind, matrix)
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    a = np.random.default_rng(1).standard_normal((matrix, matrix), dtype=np.float32)
 
     def call():
         sess.run(None, {"a": a})

@@ -1,0 +1,182 @@
+"""Which host this run is on: the machine fingerprint every report carries.
+
+The project's machines are all "2-vCPU AMD EPYC", but the CPU under them differs between
+sessions and CI (../shared/DESIGN.md, "Hosts differ"): AVX-512 with VNNI on one, AVX2 only on
+another, fp32 peaks from 126 to 545 GFLOP/s. What changes ONNX Runtime's kernels is the ISA,
+not the model name, so the fingerprint reads the CPU's feature flags (``/proc/cpuinfo``, else
+py-cpuinfo) and derives a short **host class** from them:
+
+========================  ==================================================================
+``x86-amx``               AMX int8 tiles (Sapphire Rapids and later)
+``x86-avx512-vnni``       AVX-512 with VNNI: MLAS's U8S8 int8 GEMM accumulates in int32
+``x86-avx-vnni``          AVX-VNNI without AVX-512 (Alder Lake and later client cores)
+``x86-avx512``            AVX-512 without VNNI: U8S8 goes through VPMADDUBSW (int16 pairs)
+``x86-avx2``              AVX2 only: U8S8 goes through VPMADDUBSW (int16 pairs)
+``x86``                   older x86
+``arm-i8mm``, ``arm-dotprod``, ``arm``   AArch64 by its int8 dot-product extensions
+========================  ==================================================================
+
+Without VNNI (or AMX), ORT's U8S8 kernels add pairs of uint8 x int8 products in int16 with
+saturation (VPMADDUBSW): activations near 255 times weights near 127 overflow. ORT's
+quantization docs recommend ``reduce_range`` (7-bit weights) on such CPUs.
+:func:`u8s8_may_saturate` says whether this host is one of them.
+
+The measured peaks (an fp32 MatMul and a uint8 x int8 MatMulInteger, both in ORT's CPU EP)
+say how fast this particular host is: two hosts of one class can differ 1.5x (126 vs 198
+GFLOP/s measured on AVX2 vs AVX-512 hosts of the same VM kind).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# flags that change which kernels ORT (MLAS) and OpenVINO pick, as /proc/cpuinfo spells them
+X86_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_int8", "amx_bf16")
+ARM_FLAGS = ("asimd", "asimddp", "i8mm", "sve", "sve2", "bf16")
+# py-cpuinfo spells a few of them differently
+_CPUINFO_ALIASES = {"avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "dotprod": "asimddp"}
+
+
+@dataclass(frozen=True)
+class CpuFacts:
+    model: str
+    cores: int | None
+    arch: str                 # x86_64, aarch64, ...
+    flags: frozenset[str]     # every flag the OS reports (lower case)
+    source: str               # "/proc/cpuinfo" | "py-cpuinfo" | "platform"
+
+    @property
+    def isa(self) -> list[str]:
+        """The kernel-relevant flags this CPU has, in a fixed order."""
+        known = ARM_FLAGS if self.is_arm else X86_FLAGS
+        return [f for f in known if f in self.flags]
+
+    @property
+    def is_arm(self) -> bool:
+        return self.arch.lower() in ("aarch64", "arm64") or self.arch.lower().startswith("arm")
+
+    @property
+    def is_x86(self) -> bool:
+        return self.arch.lower() in ("x86_64", "amd64", "i686", "i386", "x86")
+
+
+def _parse_proc_cpuinfo(text: str) -> tuple[str, set[str]]:
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def cpu_facts(proc_cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFacts:
+    """CPU model, cores, architecture and feature flags of this machine."""
+    arch = platform.machine() or "unknown"
+    try:
+        model, flags = _parse_proc_cpuinfo(proc_cpuinfo.read_text())
+        if flags:
+            return CpuFacts(model or platform.processor(), os.cpu_count(), arch, frozenset(f.lower() for f in flags),
+                            str(proc_cpuinfo))
+    except OSError:
+        pass
+    try:  # macOS, Windows: py-cpuinfo knows how to ask them
+        import cpuinfo
+
+        info = cpuinfo.get_cpu_info()
+        flags = {_CPUINFO_ALIASES.get(f.lower(), f.lower()) for f in info.get("flags", [])}
+        return CpuFacts(info.get("brand_raw") or platform.processor(), os.cpu_count(), arch, frozenset(flags), "py-cpuinfo")
+    except Exception:  # py-cpuinfo missing or failing: no flags, the class says "unknown"
+        return CpuFacts(platform.processor(), os.cpu_count(), arch, frozenset(), "platform")
+
+
+def host_class(cpu: CpuFacts) -> str:
+    """The short class name of the table in the module docstring."""
+    f = cpu.flags
+    if cpu.is_x86:
+        if not f:
+            return "x86-unknown"
+        if "amx_int8" in f:
+            return "x86-amx"
+        if "avx512_vnni" in f:
+            return "x86-avx512-vnni"
+        if "avx_vnni" in f:
+            return "x86-avx-vnni"
+        if "avx512f" in f:
+            return "x86-avx512"
+        if "avx2" in f:
+            return "x86-avx2"
+        return "x86"
+    if cpu.is_arm:
+        if not f:
+            return "arm-unknown"
+        if "i8mm" in f:
+            return "arm-i8mm"
+        if "asimddp" in f:
+            return "arm-dotprod"
+        return "arm"
+    return f"{cpu.arch.lower()}-unknown"
+
+
+def u8s8_may_saturate(cpu: CpuFacts) -> bool:
+    """True where ORT's uint8 x int8 GEMM adds product pairs in saturating int16 (x86 without
+    VNNI or AMX); such hosts need int8 files quantized with reduce_range (or U8U8)."""
+    return cpu.is_x86 and bool(cpu.flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu.flags)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What every report says about the host: see :func:`fingerprint`."""
+
+    cpu: str
+    cores: int | None
+    arch: str
+    isa: list[str]
+    host_class: str
+    u8s8_saturates: bool
+    fp32_peak_gflops: float | None = None
+    int8_peak_gops: float | None = None
+    peak_threads: int | None = None
+    peaks_quiet: bool | None = None
+    flags_source: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def one_line(self) -> str:
+        """``x86-avx2 · AMD EPYC, 2 cores · avx2 fma · fp32 126 GFLOP/s · int8 250 GOP/s``"""
+        parts = [self.host_class, f"{self.cpu or '?'}, {self.cores} cores", " ".join(self.isa) or "no ISA flags read"]
+        if self.fp32_peak_gflops:
+            parts.append(f"fp32 peak {self.fp32_peak_gflops:.0f} GFLOP/s")
+        if self.int8_peak_gops:
+            parts.append(f"int8 peak {self.int8_peak_gops:.0f} GOP/s")
+        if self.peaks_quiet is False:
+            parts.append("peaks measured while the machine was busy")
+        return " · ".join(parts)
+
+
+def fingerprint(threads: int | None = None, measure_peaks: bool = True, versions: dict[str, str] | None = None,
+                cpu: CpuFacts | None = None) -> Fingerprint:
+    """The machine fingerprint; with ``measure_peaks`` the fp32 and int8 peaks of ORT's CPU EP
+    at ``threads`` intra-op threads (measured once per process, a few seconds)."""
+    cpu = cpu or cpu_facts()
+    fp32 = int8 = quiet = None
+    if measure_peaks:
+        from . import timing
+
+        p32 = timing.machine_peak(threads)
+        p8 = timing.int8_peak(threads)
+        fp32, int8, quiet = round(p32.gflops, 1), round(p8.gflops, 1), bool(p32.quiet and p8.quiet)
+    if versions is None:
+        from .report.results import library_versions
+
+        versions = library_versions()
+    return Fingerprint(cpu.model, cpu.cores, cpu.arch, cpu.isa, host_class(cpu), u8s8_may_saturate(cpu),
+                       fp32, int8, threads, quiet, cpu.source, dict(versions))
