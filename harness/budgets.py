@@ -14,12 +14,14 @@ File shape::
     provisional = false                 # true: not from a quiet run; never detected, only --profile
     source = "what was measured, with which command"
     headroom = 1.3                      # optional: factor applied to the measured medians
-    peak_gflops = 545.0                 # optional: the quiet fp32 MatMul peak measured alongside
+    peak_gflops = 545.0                 # the quiet fp32 MatMul peak of the host the figures come from
+    int8_peak_gops = 1800.0             # optional: its uint8 x int8 MatMulInteger peak (GOP/s)
     instances = 2                       # optional: concurrent sessions of the throughput figure
 
-    [profile.match]                     # optional: how the profile is detected (fnmatch patterns)
-    cpu = "AMD EPYC*"                   # /proc/cpuinfo model name
-    cores = 2                           # os.cpu_count()
+    [profile.match]                     # how the profile is detected
+    host_class = "x86-avx512-vnni"      # harness/host.py: decides, with the peaks, whether the budgets apply
+    cpu = "AMD EPYC*"                   # optional: /proc/cpuinfo model name (fnmatch pattern)
+    cores = 2                           # optional: os.cpu_count()
     gpu = "Tesla T4*"                   # CUDA device 0's name (torch), when a GPU is the target
 
     [models.<id>]                       # ids of fixtures/zoo/*.toml
@@ -31,15 +33,28 @@ File shape::
 Every key is checked: a typo (``fp23``, ``thread``, ``b1 = "9"``, an unknown model id) is a
 :class:`ConfigError` naming the file, the key and what was expected.
 
-Which profile applies (:func:`choose`), in this order:
+Which profile is taken (:func:`choose`), in this order:
 
 1. ``--profile NAME`` (``fixtures/budgets/NAME.toml``, or a path to a ``.toml`` file);
    ``--profile none`` judges ratios only.
-2. Detection: the one non-provisional profile whose ``[profile.match]`` matches this machine.
+2. Detection: the non-provisional profiles whose ``[profile.match]`` cpu / cores / gpu fit
+   this machine (a key left out fits any machine). Among those that apply to this host
+   (below), the one whose recorded fp32 peak is nearest this host's; the reason says so.
    Never on CI (the ``CI`` environment variable is set, as GitHub Actions and GitLab do):
    shared runners are not the machines the budgets were measured on.
 3. Otherwise none: **ratios only**. The absolute-budget tests still measure and record
    every figure, then skip with the reason.
+
+Whether a CPU profile's budgets **apply** on this host (:func:`applicability`): the
+machine kind is not enough, the CPU under a "2-vCPU AMD EPYC" VM differs between hosts
+(../shared/DESIGN.md, "Hosts differ"). A CPU profile applies only when this host's class
+(``harness/host.py``) equals its ``[profile.match] host_class`` AND this host's measured fp32
+peak (and int8 peak, where the profile records one) is within ``profile_peak_rel``
+(fixtures/tolerances.toml [latency]) of the recorded one. When it does not, the absolute
+budgets are **not applicable**: not judged (neither fail nor pass), figures still recorded,
+and the run says so in one line with recorded vs measured figures. ``--rescale-budgets``
+judges them anyway, each budget scaled by recorded peak / measured peak (fp32 peak for fp32
+cells, int8 peak for int8 cells where the profile records one), figures and factor shown.
 
 Recording a profile from runs (quiet machine, ``pytest suites -m latency`` run a few
 times; results.json or pytest-benchmark's ``--benchmark-json`` files)::
@@ -70,7 +85,7 @@ import os
 import re
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -80,8 +95,10 @@ BUDGETS = Path(__file__).resolve().parent.parent / "fixtures" / "budgets"
 PRECISIONS = ("fp32", "fp16", "int8")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 PROFILE_KEYS = {"description": str, "provider": str, "threads": int, "provisional": bool, "source": str,
-                "headroom": (int, float), "peak_gflops": (int, float), "instances": int, "match": dict}
-MATCH_KEYS = {"cpu": str, "cores": int, "gpu": str}
+                "headroom": (int, float), "peak_gflops": (int, float), "int8_peak_gops": (int, float),
+                "instances": int, "match": dict}
+MATCH_KEYS = {"host_class": str, "cpu": str, "cores": int, "gpu": str}
+CPU_PROVIDER = "CPUExecutionProvider"
 MODEL_KEYS = (*PRECISIONS, "throughput_ips", "note")
 NONE = "none"
 _BATCH_KEY = re.compile(r"^b([1-9][0-9]*)$")
@@ -96,6 +113,9 @@ class Budget:
     ms: float
     file: Path
     provisional: bool
+    recorded_ms: float | None = None  # set when rescaled: the profile's own figure
+    scale: float = 1.0                # ms = recorded_ms x scale (--rescale-budgets)
+    scale_note: str = ""              # the peaks behind the factor
 
     @property
     def key(self) -> str:
@@ -104,6 +124,20 @@ class Budget:
     @property
     def where(self) -> str:
         return f"{self.file.name} [{self.key}]" + (" (provisional profile)" if self.provisional else "")
+
+    @property
+    def text(self) -> str:
+        """``43.2 ms`` or ``43.2 ms (27.45 ms x 1.572: ...)``"""
+        if self.recorded_ms is None:
+            return f"{self.ms:g} ms"
+        return f"{self.ms:.4g} ms ({self.recorded_ms:g} ms x {self.scale:.3f}: {self.scale_note})"
+
+    @property
+    def expected(self) -> str:
+        return f"<= {self.text}"
+
+    def rescaled(self, factor: float, note: str) -> "Budget":
+        return replace(self, ms=self.ms * factor, recorded_ms=self.ms, scale=factor, scale_note=note)
 
 
 @dataclass(frozen=True)
@@ -121,6 +155,20 @@ class Profile:
     match: dict[str, Any]
     latency: dict[str, dict[str, dict[int, float]]]  # model -> precision -> batch -> ms
     throughput: dict[str, float] = field(default_factory=dict)  # model -> images/s
+    int8_peak_gops: float | None = None
+
+    @property
+    def host_class(self) -> str | None:
+        return self.match.get("host_class")
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.provider == CPU_PROVIDER
+
+    def recorded(self) -> str:
+        """``x86-avx512-vnni at fp32 198 GFLOP/s, int8 840 GOP/s``"""
+        return _host_text(self.host_class or "an unrecorded host class", self.peak_gflops, self.int8_peak_gops,
+                          self.int8_peak_gops is not None)
 
     def budget(self, model: str, precision: str, batch: int) -> Budget | None:
         ms = self.latency.get(model, {}).get(precision, {}).get(batch)
@@ -202,9 +250,9 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
             raise _unknown(path, f"profile.match.{k}", k, MATCH_KEYS)
         if not _is(v, MATCH_KEYS[k]):
             raise ConfigError(path, f"profile.match.{k}", f"expected {_type_name(MATCH_KEYS[k])}, got {v!r}")
-    for k in ("headroom", "peak_gflops"):
+    for k, unit in (("headroom", "(factor)"), ("peak_gflops", "GFLOP/s"), ("int8_peak_gops", "GOP/s")):
         if k in head:
-            _positive(path, f"profile.{k}", head[k], "(factor)" if k == "headroom" else "GFLOP/s")
+            _positive(path, f"profile.{k}", head[k], unit)
 
     models = data.get("models", {})
     if not isinstance(models, dict):
@@ -241,7 +289,7 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
     return Profile(name=path.stem, file=path, description=head.get("description", ""), provider=provider,
                    threads=threads, provisional=bool(head.get("provisional", False)), source=head.get("source", ""),
                    headroom=head.get("headroom"), peak_gflops=head.get("peak_gflops"), instances=head.get("instances"),
-                   match=dict(match), latency=latency, throughput=throughput)
+                   match=dict(match), latency=latency, throughput=throughput, int8_peak_gops=head.get("int8_peak_gops"))
 
 
 def _registry_ids() -> list[str]:
@@ -262,15 +310,146 @@ def _available_fix(folder: Path) -> str:
 
 # --- choosing the profile -----------------------------------------------------------------
 
+def _host_text(host_class: str, fp32: float | None, int8: float | None, show_int8: bool, kind: str = "fp32 ") -> str:
+    out = f"{host_class} at {kind}{fp32:.0f} GFLOP/s" if fp32 else f"{host_class} (fp32 peak not recorded)"
+    if show_int8:
+        out += f", int8 {int8:.0f} GOP/s" if int8 else ", int8 peak not measured"
+    return out
+
+
+@dataclass(frozen=True)
+class Applicability:
+    """Whether a CPU profile's absolute budgets hold on this host, and the figures that say so."""
+
+    profile: str
+    applies: bool
+    line: str                    # the run's one line: "absolute budgets not applicable: ..."
+    why: str                     # the deciding rule, short
+    recorded: dict[str, Any]     # host_class, fp32_peak_gflops, int8_peak_gops of the profile
+    measured: dict[str, Any]     # the same of this host (+ peaks_quiet, threads)
+    tolerance: float
+
+    def scale(self, precision: str) -> tuple[float | None, str]:
+        """(recorded peak / measured peak, how it was formed) for ``precision``'s cells; (None,
+        why not) when it cannot be formed. Latency scales inversely with the peak: a host with
+        half the peak gets twice the time."""
+        if self.measured.get("peaks_quiet") is False:
+            return None, "this host's peaks were measured under contention (too low): no rescaling by them"
+        kind, unit, key = (("int8", "GOP/s", "int8_peak_gops") if precision == "int8" else
+                           ("fp32", "GFLOP/s", "fp32_peak_gflops"))
+        rec, meas = self.recorded.get(key), self.measured.get(key)
+        if not rec:
+            return None, (f"profile {self.profile} records no {kind} peak ({'int8_peak_gops' if kind == 'int8' else 'peak_gflops'}): "
+                          f"its {precision} budgets cannot be rescaled to this host")
+        if not meas:
+            return None, f"this host's {kind} peak was not measured: no rescaling"
+        return rec / meas, (f"{kind} peak recorded {rec:.0f} / measured {meas:.0f} {unit} "
+                            f"({self.recorded.get('host_class')} -> {self.measured.get('host_class')}), --rescale-budgets")
+
+    def figures(self) -> dict[str, Any]:
+        out = {"budgets_applicable": self.applies, "applicability": self.line,
+               "profile_peak_rel_tolerance": self.tolerance}
+        out.update({f"profile_{k}": v for k, v in self.recorded.items()})
+        return out
+
+
+def host_figures(host: Any) -> dict[str, Any]:
+    """This host's fingerprint as figures of a latency test (``harness.budgets record`` reads them
+    from pytest-benchmark JSON, which has no machine section of ours)."""
+    if host is None:
+        return {}
+    return {"host_class": host.host_class, "host_fp32_peak_gflops": host.fp32_peak_gflops,
+            "host_int8_peak_gops": host.int8_peak_gops, "host_peaks_quiet": host.peaks_quiet,
+            "host_peak_threads": host.peak_threads}
+
+
+def _peak_tolerance() -> float:
+    from .tolerances import tolerance
+
+    return tolerance("latency", "profile_peak_rel")
+
+
+def applicability(profile: Profile, host: Any, tolerance: float | None = None) -> Applicability | None:
+    """Whether ``profile``'s budgets apply on ``host`` (a :class:`harness.host.Fingerprint` with
+    measured peaks); None for non-CPU profiles (they match by GPU name) or without a host."""
+    if host is None or not profile.is_cpu:
+        return None
+    tol = _peak_tolerance() if tolerance is None else tolerance
+    rec = {"host_class": profile.host_class, "fp32_peak_gflops": profile.peak_gflops,
+           "int8_peak_gops": profile.int8_peak_gops, "threads": profile.threads}
+    meas = {"host_class": host.host_class, "fp32_peak_gflops": host.fp32_peak_gflops,
+            "int8_peak_gops": host.int8_peak_gops, "peaks_quiet": host.peaks_quiet, "threads": host.peak_threads}
+    show_int8 = profile.int8_peak_gops is not None
+    mine = f"profile {profile.name} is {profile.recorded()}"
+    theirs = "this host is " + _host_text(host.host_class, host.fp32_peak_gflops, host.int8_peak_gops, show_int8, "")
+    busy = "; its peaks were measured under contention" if host.peaks_quiet is False else ""
+
+    def result(ok: bool, why: str) -> Applicability:
+        head = "absolute budgets apply" if ok else "absolute budgets not applicable"
+        return Applicability(profile.name, ok, f"{head}: {mine}; {theirs} ({why})", why, rec, meas, tol)
+
+    if not profile.host_class:
+        return result(False, f"the profile records no host class: add [profile.match] host_class or re-record it "
+                             f"on its host (python -m harness.budgets record)")
+    if profile.host_class != host.host_class:
+        return result(False, "another host class: other kernels")
+    if profile.threads and host.peak_threads and profile.threads != host.peak_threads:
+        return result(False, f"peaks measured at {host.peak_threads} threads, the profile holds for {profile.threads}: "
+                             f"run with --threads {profile.threads}")
+    if not profile.peak_gflops:
+        return result(False, "the profile records no fp32 peak (peak_gflops): re-record it")
+    checks = [("fp32", profile.peak_gflops, host.fp32_peak_gflops)]
+    if profile.int8_peak_gops:
+        checks.append(("int8", profile.int8_peak_gops, host.int8_peak_gops))
+    rels = []
+    for kind, recorded, measured in checks:
+        if not measured:
+            return result(False, f"this host's {kind} peak was not measured")
+        rel = measured / recorded - 1
+        if abs(rel) > tol:
+            low = " (too low: re-run on a quiet machine)" if busy and rel < 0 else ""
+            return result(False, f"{kind} peak {rel:+.0%}, outside +-{tol:.0%} "
+                                 f"[fixtures/tolerances.toml [latency] profile_peak_rel]{busy}{low}")
+        rels.append(f"{kind} peak {rel:+.0%}")
+    return result(True, f"same class, {', '.join(rels)} within +-{tol:.0%}{busy}")
+
+
 @dataclass(frozen=True)
 class Choice:
     profile: Profile | None
     how: str  # "--profile" | "detected" | "none"
     reason: str
+    applicability: Applicability | None = None  # None: not a CPU profile, or not checked
+    rescale: bool = False                       # --rescale-budgets
+    host: Any = None                            # this host's harness.host.Fingerprint, when known
 
     @property
     def ratios_only(self) -> bool:
         return self.profile is None
+
+    @property
+    def applies(self) -> bool:
+        return self.profile is not None and (self.applicability is None or self.applicability.applies)
+
+    @property
+    def line(self) -> str:
+        """What the run says about its absolute budgets, in one line."""
+        if self.profile is None:
+            return f"absolute budgets not judged: {self.reason}"
+        if self.applicability is None:
+            return f"absolute budgets of profile {self.profile.name}: {self.reason}"
+        line = f"{self.applicability.line}; {self.reason}"
+        if not self.applicability.applies and self.rescale:
+            line += "; --rescale-budgets: judged with budgets scaled by the peak ratio where the profile records it"
+        return line
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"profile": self.profile.name if self.profile else None, "profile_how": self.how,
+                               "budgets_line": self.line, **host_figures(self.host)}
+        if self.applicability is not None:
+            out.update(self.applicability.figures())
+            out["rescale_budgets"] = self.rescale
+        return out
 
 
 def this_machine() -> dict[str, Any]:
@@ -290,9 +469,13 @@ def this_machine() -> dict[str, Any]:
 
 
 def matches(profile: Profile, machine: dict[str, Any]) -> bool:
+    """[profile.match] cpu / cores / gpu against this machine (host_class is not a pattern: it
+    decides, with the peaks, whether the budgets apply; see :func:`applicability`)."""
     if not profile.match:
         return False
     for k, want in profile.match.items():
+        if k == "host_class":
+            continue
         have = machine.get(k)
         if have is None:
             return False
@@ -303,19 +486,30 @@ def matches(profile: Profile, machine: dict[str, Any]) -> bool:
     return True
 
 
+def _peak_distance(prof: Profile, host: Any) -> float:
+    if not prof.peak_gflops or host is None or not host.fp32_peak_gflops:
+        return math.inf
+    return abs(math.log(prof.peak_gflops / host.fp32_peak_gflops))
+
+
 def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-           folder: Path = BUDGETS, valid_models: Iterable[str] | None = None) -> Choice:
-    """The profile whose absolute budgets apply (see the module docstring for the rules)."""
+           folder: Path = BUDGETS, valid_models: Iterable[str] | None = None, host: Any = None,
+           rescale: bool = False, tolerance: float | None = None) -> Choice:
+    """The profile whose absolute budgets are judged (see the module docstring for the rules).
+    ``host``: this machine's :class:`harness.host.Fingerprint` with measured peaks; without it
+    applicability is not checked."""
     env = os.environ if env is None else env
     if name:
         if name.lower() == NONE:
-            return Choice(None, "none", f"--profile {NONE}: ratios only")
+            return Choice(None, "none", f"--profile {NONE}: ratios only", host=host)
         path = Path(name) if name.endswith(".toml") else folder / f"{name}.toml"
         if not path.is_file():
             raise ConfigError(path, "--profile", f"no budget profile '{name}'", fix=_available_fix(folder))
-        return Choice(load_profile(path, valid_models), "--profile", f"--profile {name}")
+        prof = load_profile(path, valid_models)
+        return Choice(prof, "--profile", f"--profile {name}", applicability(prof, host, tolerance), rescale, host)
     if env.get("CI"):
-        return Choice(None, "none", "no --profile given and CI is set (no detection on shared runners): ratios only")
+        return Choice(None, "none", "no --profile given and CI is set (no detection on shared runners): ratios only",
+                      host=host)
     machine = this_machine() if machine is None else machine
     found = []
     for p in profile_files(folder):
@@ -323,13 +517,29 @@ def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[st
         if not prof.provisional and matches(prof, machine):
             found.append(prof)
     desc = f"cpu '{machine.get('cpu')}', {machine.get('cores')} cores" + (f", gpu '{machine['gpu']}'" if machine.get("gpu") else "")
-    if len(found) == 1:
-        return Choice(found[0], "detected", f"profile {found[0].name} detected ({desc})")
-    if len(found) > 1:
-        return Choice(None, "none", f"profiles {', '.join(p.name for p in found)} all match this machine ({desc}): "
-                                    "ratios only; pick one with --profile NAME")
+    if host is not None:
+        desc += f", host class {host.host_class}"
+    apps = {p.name: applicability(p, host, tolerance) for p in found}
+    fitting = [p for p in found if apps[p.name] is None or apps[p.name].applies]
+    if len(fitting) == 1:
+        p = fitting[0]
+        return Choice(p, "detected", f"profile {p.name} detected ({desc})", apps[p.name], rescale, host)
+    if len(fitting) > 1:
+        if all(math.isfinite(_peak_distance(p, host)) for p in fitting):
+            p = min(fitting, key=lambda q: _peak_distance(q, host))
+            others = ", ".join(f"{q.name} ({q.peak_gflops:.0f})" for q in fitting if q is not p)
+            return Choice(p, "detected", f"profile {p.name} detected ({desc}): of the profiles that apply here, its "
+                                         f"recorded fp32 peak ({p.peak_gflops:.0f} GFLOP/s) is nearest this host's "
+                                         f"({host.fp32_peak_gflops:.0f}); also applying: {others}",
+                          apps[p.name], rescale, host)
+        return Choice(None, "none", f"profiles {', '.join(p.name for p in fitting)} all match this machine ({desc}): "
+                                    "ratios only; pick one with --profile NAME", host=host)
+    if found:  # they match the machine kind, but not this host: say so, with the figures
+        p = min(found, key=lambda q: (q.host_class != getattr(host, "host_class", None), _peak_distance(q, host), q.name))
+        more = f"; none of {', '.join(q.name for q in found)} applies to this host" if len(found) > 1 else ""
+        return Choice(p, "detected", f"detected by its [profile.match] ({desc}){more}", apps[p.name], rescale, host)
     return Choice(None, "none", f"no budget profile matches this machine ({desc}): ratios only; "
-                                "pick one with --profile NAME or record one (python -m harness.budgets record)")
+                                "pick one with --profile NAME or record one (python -m harness.budgets record)", host=host)
 
 
 # --- recording a profile from runs --------------------------------------------------------
@@ -364,8 +574,17 @@ def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple, Cell], dict[str, Ce
     """(latency cells keyed (model, precision, batch), throughput cells per model, settings)."""
     cells: dict[tuple, Cell] = {}
     tput: dict[str, Cell] = {}
-    seen: dict[str, set] = {"provider": set(), "threads": set(), "instances": set(), "peak": set()}
+    seen: dict[str, set] = {"provider": set(), "threads": set(), "instances": set(), "peak": set(),
+                            "int8_peak": set(), "host_class": set()}
     for doc in docs:
+        m = _machine_of(doc)
+        if m.get("host_class"):
+            seen["host_class"].add(m["host_class"])
+        if m.get("peaks_quiet"):
+            if m.get("fp32_peak_gflops"):
+                seen["peak"].add(m["fp32_peak_gflops"])
+            if m.get("int8_peak_gops"):
+                seen["int8_peak"].add(m["int8_peak_gops"])
         for f in _latency_records(doc):
             kind = f.get("latency_kind")
             if kind not in ("absolute", "throughput") or not f.get("model"):
@@ -374,6 +593,10 @@ def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple, Cell], dict[str, Ce
             seen["threads"].add(f.get("threads"))
             if f.get("peak_gflops") and f.get("peak_quiet"):
                 seen["peak"].add(f["peak_gflops"])
+            if f.get("host_class"):
+                seen["host_class"].add(f["host_class"])
+            if f.get("host_int8_peak_gops") and f.get("host_peaks_quiet"):
+                seen["int8_peak"].add(f["host_int8_peak_gops"])
             if kind == "absolute":
                 key = (f["model"], f.get("precision"), int(f.get("batch") or 0))
                 cell = cells.setdefault(key, Cell())
@@ -405,6 +628,9 @@ def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, descrip
     threads = {t for t in seen["threads"] if t}
     if len(providers) > 1 or len(threads) > 1:
         raise ValueError(f"runs mix providers {sorted(providers)} / threads {sorted(threads)}: record one setting at a time")
+    classes = sorted(seen["host_class"])
+    if len(classes) > 1:
+        raise ValueError(f"runs come from hosts of different classes {classes}: record one host class at a time")
     machine = _machine_of(docs[0]) if docs else {}
     report: list[str] = []
     default_description = f"recorded on {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
@@ -421,15 +647,28 @@ def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, descrip
     peaks = sorted(seen["peak"])
     if peaks:
         lines.append(f"peak_gflops = {_fmt(max(peaks))}")
+        report.append(f"fp32 peak: {', '.join(_fmt(x) for x in peaks)} GFLOP/s (quiet): {_fmt(max(peaks))} recorded")
+    else:
+        report.append("no quiet fp32 peak in these runs: peak_gflops left out, so the profile applies nowhere; "
+                      "re-run on a quiet machine")
+    int8_peaks = sorted(seen["int8_peak"])
+    if int8_peaks:
+        lines.append(f"int8_peak_gops = {_fmt(max(int8_peaks))}")
+        report.append(f"int8 peak: {', '.join(_fmt(x) for x in int8_peaks)} GOP/s (quiet): {_fmt(max(int8_peaks))} recorded")
     inst = {i for i in seen["instances"] if i}
     if len(inst) == 1:
         lines.append(f"instances = {next(iter(inst))}")
-    if machine.get("cpu") or machine.get("cores"):
+    if classes or machine.get("cpu") or machine.get("cores"):
         lines += ["", "[profile.match]"]
+        if classes:
+            lines.append(f"host_class = {json.dumps(classes[0])}")
         if machine.get("cpu"):
             lines.append(f"cpu = {json.dumps(machine['cpu'])}")
         if machine.get("cores"):
             lines.append(f"cores = {machine['cores']}")
+    if not classes:
+        report.append("no host class in these runs (results.json from before the machine fingerprint): add "
+                      "[profile.match] host_class by hand, or the profile applies nowhere")
     models = sorted({k[0] for k in cells} | set(tput))
     for model in models:
         lines += ["", f"[models.{model}]"]

@@ -43,7 +43,7 @@ from . import runtime
 from . import timing
 from .budgets import Budget, Choice
 from .compare import CheckFailure, Inconclusive, check, message
-from .tolerances import tolerance
+from .tolerances import Limit, tolerance
 from .zoo import ModelCard
 
 SECTION = "latency"
@@ -76,6 +76,47 @@ def plan_for(threads: int | None, **override: Any) -> timing.Plan:
 def peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Peak:
     return timing.machine_peak(threads, matrix=int(tolerance(SECTION, "peak_matrix")),
                                calls=int(tolerance(SECTION, "peak_calls")), clocks=clocks, plan=plan_for(threads))
+
+
+def int8_peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Peak:
+    return timing.int8_peak(threads, matrix=int(tolerance(SECTION, "peak_matrix")),
+                            calls=int(tolerance(SECTION, "peak_calls")), clocks=clocks, plan=plan_for(threads))
+
+
+def host_figures(threads: int, measure_peaks: bool = True):
+    """This host's :class:`harness.host.Fingerprint` with the fp32 and int8 peaks at ``threads``:
+    the same measurements (cached per process) the roofline figures use."""
+    from dataclasses import replace
+
+    from . import host
+
+    fp = host.fingerprint(threads, measure_peaks=False)
+    if not measure_peaks:
+        return fp
+    p32, p8 = peak_for(threads), int8_peak_for(threads)
+    if not (p32.quiet and p8.quiet):  # a neighbour's burst: settle, then the one retry timing allows
+        import time
+
+        time.sleep(tolerance(SECTION, "settle_s"))
+        p32, p8 = peak_for(threads), int8_peak_for(threads)
+    return replace(fp, fp32_peak_gflops=round(p32.gflops, 1), int8_peak_gops=round(p8.gflops, 1), peak_threads=threads,
+                   peaks_quiet=bool(p32.quiet and p8.quiet))
+
+
+@lru_cache(maxsize=1)
+def this_host_class() -> str:
+    """This machine's host class (harness/host.py): which per-class ratio limits apply."""
+    from . import host
+
+    return host.host_class(host.cpu_facts())
+
+
+def ratio_limit(limit_key: str, host_class: str | None = None):
+    """The [latency] ratio limit for this host class (``[latency.by_host_class."<class>"]``
+    overrides the default): a :class:`harness.tolerances.Limit`."""
+    from .tolerances import limit
+
+    return limit(SECTION, limit_key, host_class if host_class is not None else this_host_class())
 
 
 # --- what is timed ------------------------------------------------------------------------
@@ -229,7 +270,37 @@ def budget_for(choice: Choice, card: ModelCard, precision: str, batch: int, prov
     b = prof.budget(card.id, precision, batch)
     if b is None:
         return f"profile {prof.name} has no budget for {card.id} {precision} batch {batch} ({prof.file})"
-    return b
+    app = choice.applicability
+    if app is None or app.applies:
+        return b
+    if not choice.rescale:
+        return f"{NOT_APPLICABLE} {app.line} (figures recorded; --rescale-budgets judges scaled budgets)"
+    factor, note = app.scale(precision)
+    if factor is None:
+        return f"{NOT_APPLICABLE} {app.line}; not rescaled: {note} (figures recorded)"
+    return b.rescaled(factor, note)
+
+
+NOT_APPLICABLE = "not applicable:"  # a skip reason starting so is the outcome "not applicable" (harness/plugin.py)
+
+
+def throughput_budget_for(choice: Choice, card: ModelCard, threads: int) -> tuple[float, str] | str:
+    """(images/s floor, how it was formed) for ``card``, or why none applies."""
+    prof = choice.profile
+    if prof is None:
+        return choice.reason
+    if prof.provider != CPU or prof.threads != threads or card.id not in prof.throughput:
+        return (f"profile {prof.name} has no CPU throughput budget for {card.id} at {threads} threads")
+    floor = prof.throughput[card.id]
+    app = choice.applicability
+    if app is None or app.applies:
+        return floor, ""
+    if not choice.rescale:
+        return f"{NOT_APPLICABLE} {app.line} (figures recorded; --rescale-budgets judges scaled budgets)"
+    factor, note = app.scale("fp32")
+    if factor is None:
+        return f"{NOT_APPLICABLE} {app.line}; not rescaled: {note} (figures recorded)"
+    return floor / factor, f"{floor:g} images/s / {factor:.3f}: {note}"
 
 
 def gpu_cases() -> list[tuple[str, str]]:
@@ -281,8 +352,11 @@ def measure_latency(lab, card: ModelCard, precision: str, batch: int, record, *,
 def judge_absolute(m: timing.Measurement, budget: Budget, record, *, subject: str, file: Path | str | None = None) -> None:
     s = m.spread
     ms, ci_high = s.median * 1e3, s.ci_high * 1e3
-    record(budget_ms=budget.ms, budget_profile=budget.profile, budget_key=budget.key,
+    record(budget_ms=round(budget.ms, 4), budget_profile=budget.profile, budget_key=budget.key,
            budget_provisional=budget.provisional, over_budget_rel=round(ms / budget.ms - 1, 4))
+    if budget.recorded_ms is not None:
+        record(budget_recorded_ms=budget.recorded_ms, budget_scale=round(budget.scale, 4),
+               budget_scale_note=budget.scale_note)
     where = budget.where + (f"; {file}" if file else "")
     what = f"median latency of {subject}"
     if m.quiet:
@@ -290,7 +364,7 @@ def judge_absolute(m: timing.Measurement, budget: Budget, record, *, subject: st
         if m.gflops and m.peak:
             roof = (f"; {m.gflops:.1f} GFLOP/s achieved = {m.gflops / m.peak.gflops:.0%} of this machine's measured "
                     f"fp32 peak ({m.peak.gflops:.0f} GFLOP/s)")
-        check(ms <= budget.ms, what, f"{ms:.3f} ms", f"<= {budget.ms:g} ms", where,
+        check(ms <= budget.ms, what, f"{ms:.3f} ms", budget.expected, where,
               cause=f"{ms / budget.ms - 1:+.0%} over the budget on a quiet machine "
                     f"(cv {s.cv:.3f}, 95% interval {s.ci_low * 1e3:.3f}-{ci_high:.3f} ms){roof}")
         record(verdict="quiet: judged on the median")
@@ -299,7 +373,7 @@ def judge_absolute(m: timing.Measurement, budget: Budget, record, *, subject: st
         record(verdict="contended, within budget even so (contention only adds time)")
         return
     raise Inconclusive(
-        f"contention: {what} = {ms:.3f} ms (95% interval up to {ci_high:.3f} ms) vs budget {budget.ms:g} ms "
+        f"contention: {what} = {ms:.3f} ms (95% interval up to {ci_high:.3f} ms) vs budget {budget.text} "
         f"[{where}] cannot be judged: {'; '.join(m.noise)} after {len(m.attempts)} attempt(s)"
         + (f"; {m.extra['remeasure']}" if m.extra.get("remeasure") else ""),
         {"verdict": "inconclusive: contention"}, failing=False)
@@ -349,10 +423,18 @@ def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.P
     return out
 
 
-def judge_ratio(r: timing.Ratio, limit: float, limit_key: str, record, *, what: str, where: str, cause: str,
+def judge_ratio(r: timing.Ratio, limit: "float | Limit", limit_key: str, record, *, what: str, where: str, cause: str,
                 note: str | None = None) -> None:
-    record(**r.figures(), ratio_limit=limit, ratio_limit_key=f"tolerances.toml [{SECTION}] {limit_key}")
-    where = f"{where}; fixtures/tolerances.toml [{SECTION}] {limit_key}"
+    """``limit``: a :class:`harness.tolerances.Limit` (names the host class whose limit applied)
+    or a plain number (the [latency] default)."""
+    if isinstance(limit, Limit):
+        lim = limit
+    else:
+        lim = Limit(float(limit), "", f"[{SECTION}] {limit_key}", None, False)
+    limit = lim.value
+    record(**r.figures(), ratio_limit=limit, ratio_limit_key=f"tolerances.toml {lim.key}",
+           ratio_limit_host_class=lim.host_class, ratio_limit_per_class=lim.per_class)
+    where = f"{where}; fixtures/tolerances.toml {lim.key}, {lim.names()}"
     if r.quiet:
         record(verdict="quiet: judged on the ratio of medians")
         check(r.wall <= limit, what, f"{r.wall:.3f}", f"<= {limit:g}", where,
@@ -376,14 +458,15 @@ def judge_ratio(r: timing.Ratio, limit: float, limit_key: str, record, *, what: 
 
 def compare_files(num: Side, den: Side, inputs: dict[int, np.ndarray], threads: int, record, *, limit_key: str,
                   what: str, cause: Callable[[timing.Ratio], str], clocks: timing.Clocks = timing.REAL_CLOCKS,
-                  peak: timing.Peak | None = None, plan: timing.Plan | None = None) -> timing.Ratio:
+                  peak: timing.Peak | None = None, plan: timing.Plan | None = None,
+                  host_class: str | None = None) -> timing.Ratio:
     """Interleave ``num`` and ``den``; judge (num per image) / (den per image) against the
-    [latency] ``limit_key`` tolerance."""
+    [latency] ``limit_key`` tolerance of ``host_class`` (default: this host's)."""
     sides = {"num": num, "den": den}
     run = interleave(sides, inputs, threads, clocks=clocks, plan=plan)
     r = run.ratio("num", "den", num.batch, den.batch)
     record(numerator=num.label, denominator=den.label, threads=threads, **side_figures(run, sides, peak))
-    judge_ratio(r, tolerance(SECTION, limit_key), limit_key, record, what=what,
+    judge_ratio(r, ratio_limit(limit_key, host_class), limit_key, record, what=what,
                 where=f"{num.path} vs {den.path}", cause=cause(r), note=run.remeasure)
     return r
 

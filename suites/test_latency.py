@@ -4,9 +4,13 @@ Per model: fp32 and int8 ONNX Runtime latency at batch 1/4/8 (pytest-benchmark p
 mode; ``--benchmark-json`` and results.json carry every figure) against the budget profile
 that applies (``--profile NAME``, detection, or none: ratios only, figures still recorded);
 ratios measured interleaved in the same run (int8 / fp32, batch 8 per image / batch 1,
-RepVGG deploy / training form, the manifest's ONNX / the suite's export); throughput of
+RepVGG deploy / training form, the manifest's ONNX / the suite's export; limits per host
+class where [latency.by_host_class] sets one); throughput of
 concurrent sessions at batch 8; CUDA / TensorRT when this onnxruntime has them. A
-measurement the machine's load spoils is "inconclusive: contention", never a fail.
+measurement the machine's load spoils is "inconclusive: contention", never a fail. A CPU
+profile recorded on another host class, or at peaks outside the tolerance, makes the
+absolute budgets "not applicable" (figures recorded; ``--rescale-budgets`` judges them
+scaled by the peak ratio).
 
 Run it alone (``pytest suites -m latency``; ``zooconform run -j N`` runs it serially after
 the parallel phase): timings beside other tests measure those tests.
@@ -26,14 +30,25 @@ GPU_CASES = [(p, prec, b) for p, prec in lc.gpu_cases() for b in lc.BATCHES]
 
 @pytest.fixture(scope="session")
 def latency_profile(lab) -> budgets.Choice:
-    return budgets.choose(lab.settings.profile, valid_models=list(lab.zoo))
+    """The profile and whether it applies to this host (host class and measured peaks; the
+    peaks are the ones the roofline figures use, measured once per process)."""
+    budgets.choose(lab.settings.profile, valid_models=list(lab.zoo))  # a profile typo fails before anything is measured
+    host = lc.host_figures(lc.threads_for(lab))
+    return budgets.choose(lab.settings.profile, valid_models=list(lab.zoo), host=host,
+                          rescale=bool(lab.settings.extra.get("rescale_budgets")))
+
+
+def _skip(reason: str) -> None:
+    if reason.startswith(lc.NOT_APPLICABLE):  # its own outcome, "not applicable" (harness/plugin.py)
+        pytest.skip(reason)
+    pytest.skip(f"absolute budget not judged: {reason} (figures recorded)")
 
 
 def _judge_or_skip(m, choice, card, precision, batch, provider, threads, record, subject, file):
-    record(profile=choice.profile.name if choice.profile else None, profile_how=choice.how)
+    record(**choice.figures())
     budget = lc.budget_for(choice, card, precision, batch, provider, threads)
     if isinstance(budget, str):
-        pytest.skip(f"absolute budget not judged: {budget} (figures recorded)")
+        _skip(budget)
     lc.judge_absolute(m, budget, record, subject=subject, file=file)
 
 
@@ -74,15 +89,18 @@ def test_user_onnx_not_slower_than_own_export(model_card, lab, record):
 
 def test_throughput_within_budget(model_card, lab, record, latency_profile):
     c = lc.measure_throughput(lab, model_card, record)
-    prof, threads = latency_profile.profile, lc.threads_for(lab)
-    record(profile=prof.name if prof else None, profile_how=latency_profile.how)
-    if prof is None:
-        pytest.skip(f"throughput budget not judged: {latency_profile.reason} (figures recorded)")
-    if prof.provider != lc.CPU or prof.threads != threads or model_card.id not in prof.throughput:
-        pytest.skip(f"throughput budget not judged: profile {prof.name} has no CPU throughput budget for "
-                    f"{model_card.id} at {threads} threads (figures recorded)")
-    lc.judge_throughput(c, prof.throughput[model_card.id], record, subject=model_card.id,
-                        where=f"{prof.file.name} [models.{model_card.id}.throughput_ips]")
+    record(**latency_profile.figures())
+    floor = lc.throughput_budget_for(latency_profile, model_card, lc.threads_for(lab))
+    if isinstance(floor, str):
+        if floor.startswith(lc.NOT_APPLICABLE):
+            pytest.skip(floor)
+        pytest.skip(f"throughput budget not judged: {floor} (figures recorded)")
+    min_ips, scaled = floor
+    prof = latency_profile.profile
+    where = f"{prof.file.name} [models.{model_card.id}.throughput_ips]" + (f" ({scaled})" if scaled else "")
+    if scaled:
+        record(throughput_budget_recorded_ips=prof.throughput[model_card.id], throughput_budget_scale_note=scaled)
+    lc.judge_throughput(c, min_ips, record, subject=model_card.id, where=where)
 
 
 @pytest.mark.parametrize("gpu_case", GPU_CASES or [None],

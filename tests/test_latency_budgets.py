@@ -211,3 +211,256 @@ def test_runs_summary_gives_outcomes_figures_and_spread_per_test():
     assert lines[1] == "test_latency_within_budget[m-fp32-b1]: passed 10 / passed 11* ms; spread 10.0%"
     assert lines[2] == "test_int8_faster_than_fp32[m-b1]: passed 0.5 / passed 0.52 x; spread 4.0%"
     assert len(lines) == 3  # other suites are not listed
+
+
+# --- host classes: a profile applies only on its host class and near its peaks -------------------
+
+def fake_host(host_class="x86-avx512-vnni", fp32=190.0, int8=820.0, quiet=True, threads=2):
+    """A fingerprint as harness.host.fingerprint gives it, without reading this machine."""
+    from harness.host import Fingerprint
+
+    vnni = host_class in ("x86-avx512-vnni", "x86-amx", "x86-avx-vnni")
+    return Fingerprint("AMD EPYC", 2, "x86_64", ["avx2", "fma"] + (["avx512f", "avx512_vnni"] if vnni else []),
+                       host_class, host_class.startswith("x86") and not vnni, fp32, int8, threads, quiet,
+                       "/proc/cpuinfo", {})
+
+
+BOUND = GOOD.replace("[profile.match]\n", '[profile.match]\nhost_class = "x86-avx512-vnni"\n').replace(
+    'source = "unit test"', 'source = "unit test"\npeak_gflops = 198.0')
+TOL = 0.15
+
+
+def bound(tmp_path, extra="", name="cpu-test"):
+    return budgets.load_profile(write(tmp_path, BOUND.replace('source = "unit test"', f'source = "unit test"{extra}'),
+                                      name), IDS)
+
+
+def test_a_profile_applies_on_its_host_class_within_the_peak_tolerance(tmp_path):
+    prof = bound(tmp_path)
+    app = budgets.applicability(prof, fake_host(fp32=190.0), TOL)
+    assert app.applies and app.line.startswith("absolute budgets apply: profile cpu-test is x86-avx512-vnni at fp32 "
+                                               "198 GFLOP/s; this host is x86-avx512-vnni at 190 GFLOP/s")
+    assert "fp32 peak -4% within +-15%" in app.line
+    choice = budgets.Choice(prof, "--profile", "--profile cpu-test", app, host=fake_host(fp32=190.0))
+    card = ZOO["repvgg_a0"]
+    from harness import latencychecks as lc
+
+    assert lc.budget_for(choice, card, "fp32", 1, lc.CPU, 2).ms == 9.0  # judged as recorded
+    figs = choice.figures()
+    assert figs["budgets_applicable"] is True and figs["host_class"] == "x86-avx512-vnni"
+    assert figs["profile_fp32_peak_gflops"] == 198.0 and figs["host_fp32_peak_gflops"] == 190.0
+
+
+def test_on_another_host_class_absolute_budgets_are_not_applicable_with_both_figures(tmp_path):
+    from harness import latencychecks as lc
+
+    prof = bound(tmp_path)
+    avx2 = fake_host("x86-avx2", fp32=126.0, int8=400.0)
+    app = budgets.applicability(prof, avx2, TOL)
+    assert not app.applies
+    assert app.line == ("absolute budgets not applicable: profile cpu-test is x86-avx512-vnni at fp32 198 GFLOP/s; "
+                        "this host is x86-avx2 at 126 GFLOP/s (another host class: other kernels)")
+    choice = budgets.Choice(prof, "--profile", "--profile cpu-test", app, host=avx2)
+    why = lc.budget_for(choice, ZOO["repvgg_a0"], "fp32", 1, lc.CPU, 2)
+    assert isinstance(why, str) and why.startswith("not applicable: absolute budgets not applicable: profile cpu-test")
+    assert lc.throughput_budget_for(choice, ZOO["repvgg_a0"], 2).startswith("not applicable:")
+    # the same class at the same peaks would apply: the class alone decided
+    assert budgets.applicability(prof, fake_host("x86-avx512-vnni", fp32=126.0 * 198 / 126), TOL).applies
+
+
+@pytest.mark.parametrize("fp32, int8, applies, says", [
+    (175.0, None, True, "fp32 peak -12%, int8 peak -1% within +-15%"),
+    (160.0, None, False, "fp32 peak -19%, outside +-15%"),
+    (230.0, None, False, "fp32 peak +16%, outside +-15%"),
+    (545.0, None, False, "fp32 peak +175%, outside +-15%"),
+    (195.0, 800.0, True, "fp32 peak -2%, int8 peak -5% within +-15%"),
+    (195.0, 600.0, False, "int8 peak -29%, outside +-15%"),
+])
+def test_peaks_outside_the_tolerance_make_the_profile_not_applicable(tmp_path, fp32, int8, applies, says):
+    prof = bound(tmp_path, "\nint8_peak_gops = 840.0")
+    app = budgets.applicability(prof, fake_host(fp32=fp32, int8=int8 if int8 else 830.0), TOL)
+    assert app.applies is applies and says in app.line, app.line
+    assert "int8 840 GOP/s" in app.line  # recorded int8 peak shown when the profile has one
+
+
+def test_a_profile_without_host_class_or_peak_applies_nowhere(tmp_path):
+    no_class = budgets.load_profile(write(tmp_path, GOOD.replace('source = "unit test"',
+                                                                 'source = "x"\npeak_gflops = 198.0')), IDS)
+    app = budgets.applicability(no_class, fake_host(), TOL)
+    assert not app.applies and "records no host class" in app.line and "host_class" in app.line
+    no_peak = budgets.load_profile(write(tmp_path, GOOD.replace("[profile.match]\n",
+                                                                '[profile.match]\nhost_class = "x86-avx512-vnni"\n'),
+                                         "np"), IDS)
+    assert "records no fp32 peak" in budgets.applicability(no_peak, fake_host(), TOL).line
+    # GPU profiles match by GPU name: the CPU host class says nothing about them
+    t4 = budgets.load_profile(budgets.BUDGETS / "t4-tensorrt.toml")
+    assert budgets.applicability(t4, fake_host("x86-avx2"), TOL) is None
+
+
+def test_rescale_budgets_scales_by_recorded_over_measured_peak(tmp_path):
+    from harness import latencychecks as lc
+
+    card = ZOO["repvgg_a0"]
+    prof = bound(tmp_path, "\nint8_peak_gops = 840.0")
+    avx2 = fake_host("x86-avx2", fp32=126.0, int8=420.0)
+    choice = budgets.Choice(prof, "--profile", "--profile cpu-test", budgets.applicability(prof, avx2, TOL), True, avx2)
+    fp32 = lc.budget_for(choice, card, "fp32", 4, lc.CPU, 2)
+    assert fp32.recorded_ms == 30.0 and fp32.scale == pytest.approx(198 / 126)
+    assert fp32.ms == pytest.approx(30.0 * 198 / 126)  # 47.14 ms: a host with a lower peak gets more time
+    assert fp32.expected == ("<= 47.14 ms (30 ms x 1.571: fp32 peak recorded 198 / measured 126 GFLOP/s "
+                             "(x86-avx512-vnni -> x86-avx2), --rescale-budgets)")
+    int8 = lc.budget_for(choice, card, "int8", 1, lc.CPU, 2)
+    assert int8.ms == pytest.approx(5.0 * 2.0) and "int8 peak recorded 840 / measured 420 GOP/s" in int8.scale_note
+    ips, note = lc.throughput_budget_for(choice, card, 2)
+    assert ips == pytest.approx(120.0 * 126 / 198) and "fp32 peak recorded 198 / measured 126" in note
+    assert "--rescale-budgets: judged with budgets scaled" in choice.line
+    # no int8 peak recorded: int8 cells cannot be rescaled across classes (int8 and fp32 kernels scale apart)
+    old = bound(tmp_path, name="old")
+    c2 = budgets.Choice(old, "--profile", "p", budgets.applicability(old, avx2, TOL), True, avx2)
+    assert lc.budget_for(c2, card, "fp32", 1, lc.CPU, 2).ms == pytest.approx(9.0 * 198 / 126)
+    why = lc.budget_for(c2, card, "int8", 1, lc.CPU, 2)
+    assert why.startswith("not applicable:") and "records no int8 peak (int8_peak_gops)" in why
+    # peaks measured under contention are too low: no rescaling by them
+    busy = fake_host("x86-avx2", fp32=60.0, int8=200.0, quiet=False)
+    c3 = budgets.Choice(prof, "--profile", "p", budgets.applicability(prof, busy, TOL), True, busy)
+    assert "measured under contention" in lc.budget_for(c3, card, "fp32", 1, lc.CPU, 2)
+
+
+def test_a_rescaled_budget_failure_shows_both_peaks_and_the_factor():
+    from harness import latencychecks as lc
+    from harness.compare import CheckFailure
+
+    b = budgets.Budget("cpu-test", "repvgg_a0", "fp32", 1, 9.0, Path("cpu-test.toml"), False).rescaled(
+        198 / 126, "fp32 peak recorded 198 / measured 126 GFLOP/s (x86-avx512-vnni -> x86-avx2), --rescale-budgets")
+    m = type("M", (), {})()
+    m.spread = type("S", (), {"median": 0.020, "ci_low": 0.0199, "ci_high": 0.0201, "cv": 0.01})()
+    m.quiet, m.gflops, m.peak = True, None, None
+    figs = {}
+    with pytest.raises(CheckFailure) as e:
+        lc.judge_absolute(m, b, lambda **k: figs.update(k), subject="repvgg_a0 fp32 batch 1")
+    msg = str(e.value)
+    assert "median latency of repvgg_a0 fp32 batch 1 = 20.000 ms, but should be <= 14.14 ms (9 ms x 1.571: " \
+           "fp32 peak recorded 198 / measured 126 GFLOP/s" in msg, msg
+    assert figs["budget_recorded_ms"] == 9.0 and figs["budget_scale"] == pytest.approx(1.5714, abs=1e-4)
+
+
+def test_detection_picks_the_applying_profile_nearest_this_hosts_peak(tmp_path):
+    write(tmp_path, BOUND, "fast")                                        # 198
+    write(tmp_path, BOUND.replace("peak_gflops = 198.0", "peak_gflops = 180.0"), "slow")
+    write(tmp_path, BOUND.replace('host_class = "x86-avx512-vnni"', 'host_class = "x86-avx2"')
+          .replace("peak_gflops = 198.0", "peak_gflops = 185.0"), "avx2")  # nearest, but another class
+    epyc = {"cpu": "AMD EPYC 7763", "cores": 2}
+    c = budgets.choose(None, machine=epyc, env={}, folder=tmp_path, valid_models=IDS, host=fake_host(fp32=184.0),
+                       tolerance=TOL)
+    assert c.how == "detected" and c.profile.name == "slow" and c.applies
+    assert "its recorded fp32 peak (180 GFLOP/s) is nearest this host's (184); also applying: fast (198)" in c.reason
+    assert "nearest" in c.line
+    # on the AVX2 host only the avx2 profile applies
+    c = budgets.choose(None, machine=epyc, env={}, folder=tmp_path, valid_models=IDS,
+                       host=fake_host("x86-avx2", fp32=180.0), tolerance=TOL)
+    assert c.profile.name == "avx2" and c.applies
+
+
+def test_detection_on_a_host_the_matching_profile_was_not_recorded_on_says_so(tmp_path):
+    """Issue 15: cpu-2core matched an AVX2 host by CPU name and cores; now it is detected, not applicable."""
+    write(tmp_path, BOUND, "cpu-2core")
+    c = budgets.choose(None, machine={"cpu": "AMD EPYC 7763", "cores": 2}, env={}, folder=tmp_path, valid_models=IDS,
+                       host=fake_host("x86-avx2", fp32=126.0), tolerance=TOL)
+    assert c.profile.name == "cpu-2core" and not c.applies
+    assert c.line.startswith("absolute budgets not applicable: profile cpu-2core is x86-avx512-vnni at fp32 198 "
+                             "GFLOP/s; this host is x86-avx2 at 126 GFLOP/s")
+    assert c.line.endswith("(another host class: other kernels); detected by its [profile.match] (cpu 'AMD EPYC 7763', "
+                           "2 cores, host class x86-avx2)")
+    assert c.figures()["budgets_line"] == c.line
+
+
+def test_shipped_cpu_2core_is_bound_to_the_vnni_host_class():
+    prof = budgets.load_profile(budgets.BUDGETS / "cpu-2core.toml")
+    assert prof.host_class == "x86-avx512-vnni" and prof.peak_gflops == 198.1 and prof.int8_peak_gops is None
+    assert "inferred" in (budgets.BUDGETS / "cpu-2core.toml").read_text()
+    tol = budgets._peak_tolerance()
+    assert budgets.applicability(prof, fake_host(fp32=184.1), tol).applies  # the A/A low end of a VNNI host
+    app = budgets.applicability(prof, fake_host("x86-avx2", fp32=126.0), tol)
+    assert not app.applies and "this host is x86-avx2 at 126 GFLOP/s" in app.line
+
+
+def test_record_writes_the_host_class_and_both_peaks_of_the_runs(tmp_path):
+    docs = []
+    for fp32, int8 in ((190.0, 820.0), (197.5, 845.0)):
+        d = run_doc({("repvgg_a0", "fp32", 1): (6.0, True)})
+        d["machine"].update(host_class="x86-avx512-vnni", fp32_peak_gflops=fp32, int8_peak_gops=int8, peaks_quiet=True)
+        docs.append(d)
+    text, report = budgets.profile_text(docs, "cpu-rec", 1.2)
+    prof = budgets.load_profile(write(tmp_path, text, "cpu-rec"), IDS)
+    assert prof.host_class == "x86-avx512-vnni" and prof.int8_peak_gops == 845.0
+    assert prof.peak_gflops == 540.0  # the absolute tests' own quiet peak figures count too (run_doc: 540)
+    assert any(line.startswith("int8 peak: 820.0, 845.0 GOP/s (quiet): 845.0 recorded") for line in report)
+    docs[1]["machine"]["host_class"] = "x86-avx2"
+    with pytest.raises(ValueError, match="different classes"):
+        budgets.profile_text(docs, "x", 1.2)
+    old = run_doc({("repvgg_a0", "fp32", 1): (6.0, True)})  # a results.json from before the fingerprint
+    text, report = budgets.profile_text([old], "cpu-old", 1.2)
+    assert "host_class" not in text and any("no host class in these runs" in line for line in report)
+
+
+def test_record_reads_the_host_from_benchmark_json_figures(tmp_path):
+    figs = run_doc({("resnest50", "int8", 8): (90.0, True)})["tests"][0]["figures"]
+    figs.update(host_class="x86-avx2", host_int8_peak_gops=400.0, host_peaks_quiet=True)
+    text, _ = budgets.profile_text([{"machine_info": {"cpu": {"brand_raw": "AMD EPYC", "count": 2}},
+                                     "benchmarks": [{"extra_info": figs}]}], "b", 1.1)
+    prof = budgets.load_profile(write(tmp_path, text, "b"), IDS)
+    assert prof.host_class == "x86-avx2" and prof.int8_peak_gops == 400.0
+
+
+# --- ratio limits per host class ------------------------------------------------------------------
+
+def test_ratio_limits_are_chosen_by_host_class():
+    from harness.tolerances import host_classes, limit
+
+    avx2 = limit("latency", "batch8_per_image_over_batch1_max", "x86-avx2")
+    assert avx2.per_class and avx2.value >= 1.073 * 1.05 and "1.011 and 1.073" in avx2.why
+    assert avx2.key == '[latency.by_host_class."x86-avx2"] batch8_per_image_over_batch1_max'
+    vnni = limit("latency", "batch8_per_image_over_batch1_max", "x86-avx512-vnni")
+    assert not vnni.per_class and vnni.value == 1.0 and vnni.key == "[latency] batch8_per_image_over_batch1_max"
+    assert "no entry for host class x86-avx512-vnni" in vnni.names()
+    # every class whose U8S8 kernels saturate has its own batching limit
+    assert {"x86-avx2", "x86-avx512"} <= set(host_classes("latency"))
+    for cls in host_classes("latency"):
+        assert limit("latency", "int8_over_fp32_max", cls).value <= 1.0  # int8 must be faster on every class
+
+
+def test_a_ratio_message_names_the_host_class_whose_limit_applied():
+    from harness import latencychecks as lc
+    from harness import timing
+    from harness.compare import CheckFailure
+
+    r = timing.Ratio("num", "den", 1.10, 1.08, 1.12, 1.10, 1.08, 1.12, 6, 0.97, True, [], [1.1] * 6, [1.1] * 6)
+    figs = {}
+    lc.judge_ratio(r, lc.ratio_limit("batch8_per_image_over_batch1_max", "x86-avx2"),
+                   "batch8_per_image_over_batch1_max", lambda **k: figs.update(k), what="w", where="f.onnx", cause="c")
+    assert figs["ratio_limit"] == 1.15 and figs["ratio_limit_host_class"] == "x86-avx2" and figs["ratio_limit_per_class"]
+    with pytest.raises(CheckFailure) as e:
+        lc.judge_ratio(r, lc.ratio_limit("batch8_per_image_over_batch1_max", "x86-avx512-vnni"),
+                       "batch8_per_image_over_batch1_max", lambda **k: None, what="w", where="f.onnx", cause="c")
+    assert ("w = 1.100, but should be <= 1 [f.onnx; fixtures/tolerances.toml [latency] batch8_per_image_over_batch1_max, "
+            "default limit (no entry for host class x86-avx512-vnni)]") in str(e.value)
+
+
+def test_a_host_class_override_of_an_unknown_tolerance_is_a_config_error(tmp_path):
+    from harness.tolerances import limit
+
+    p = tmp_path / "t.toml"
+    p.write_text('[latency]\nx_max = { value = 1.0, why = "w" }\n[latency.by_host_class."x86-avx2"]\n'
+                 'y_max = { value = 1.2, why = "w" }\n')
+    with pytest.raises(ConfigError, match="overrides no \\[latency\\] tolerance 'y_max'"):
+        limit("latency", "x_max", "x86-avx2", path=p)
+    p.write_text('[latency]\nx_max = { value = 1.0, why = "w" }\n[latency.by_host_class."x86-avx2"]\nx_max = 1.2\n')
+    with pytest.raises(ConfigError, match="expected \\{ value"):
+        limit("latency", "x_max", "x86-avx2", path=p)
+
+
+def test_peaks_measured_under_contention_say_so_instead_of_blaming_the_host(tmp_path):
+    app = budgets.applicability(bound(tmp_path), fake_host(fp32=95.0, quiet=False), TOL)
+    assert not app.applies and app.line.endswith(
+        "(fp32 peak -52%, outside +-15% [fixtures/tolerances.toml [latency] profile_peak_rel]; its peaks were measured "
+        "under contention (too low: re-run on a quiet machine))")
