@@ -40,6 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--calib-images", type=int, default=None, metavar="N", help="calibration images (default 200 embedded; 1000 ImageNet)")
     g.addoption("--threads", type=int, default=None, metavar="N", help="intra-op threads for torch and ONNX Runtime")
     g.addoption("--profile", default=None, metavar="NAME", help="latency budget profile (fixtures/budgets/NAME.toml)")
+    g.addoption("--rescale-budgets", action="store_true",
+                help="judge a latency profile recorded on another host class or at other peaks with each budget "
+                     "scaled by recorded peak / this host's measured peak (default: such budgets are not applicable)")
     g.addoption("--weights-source", default=None, choices=SOURCES,
                 help="where the reference weights come from: the card row accuracy is held to")
     g.addoption("--no-results", action="store_true", help="do not write results.json")
@@ -63,7 +66,8 @@ def settings_from(config: pytest.Config) -> Settings:
         calib_images=opt("--calib-images"),
         threads=opt("--threads"),
         profile=opt("--profile"),
-        extra={"weights_source": opt("--weights-source")} if opt("--weights-source") else {},
+        extra={**({"weights_source": opt("--weights-source")} if opt("--weights-source") else {}),
+               **({"rescale_budgets": True} if opt("--rescale-budgets") else {})},
     )
 
 
@@ -87,7 +91,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "tier": settings.tier, "models": [c.id for c in lab.cards], "artifacts": settings.artifacts,
             "imagenet": settings.imagenet, "weights_dir": settings.weights_dir, "profile": settings.profile,
             "eval_images": settings.eval_images, "calib_images": settings.calib_images,
-            "threads": settings.threads, "shard": f"{shard[0]}/{shard[1]}" if shard else None})
+            "threads": settings.threads, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+            "rescale_budgets": bool(settings.extra.get("rescale_budgets"))})
         config.pluginmanager.register(_ResultsListener(config, config.stash[_collector_key]), "zooconform-results")
 
 
@@ -95,6 +100,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # here, not in pytest_configure: junitxml creates config._xml in its own pytest_configure,
     # which may run after ours (measured: no global property landed in the XML from there)
     config = session.config
+    if _collector_key in config.stash:  # the controller: the host facts that cost nothing, for snapshots
+        fp = host_fingerprint(config, measure_peaks=False)
+        config.stash[_collector_key].fingerprint = fp
+        _add_html_environment(config, fp)
     xml = _junit_xml(config)
     if xml is not None:  # JUnit: the test suite carries machine, versions and profile
         settings = lab_of(config).settings
@@ -104,6 +113,75 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                      "tier": settings.tier, "profile": settings.profile or "",
                      "data": str(settings.imagenet or "embedded"), "shard": shard or ""}.items():
             xml.add_global_property(k, str(v))
+
+
+# --- the host fingerprint (harness/host.py) -------------------------------------------------
+
+_fingerprint_key = pytest.StashKey[dict]()
+
+
+def fingerprint_threads(config: pytest.Config) -> int:
+    from .latencychecks import default_threads
+
+    return config.getoption("--threads") or default_threads()
+
+
+def host_fingerprint(config: pytest.Config, measure_peaks: bool) -> dict:
+    """This host's fingerprint as a dict (``one_line`` included). The peaks (fp32 and int8 ORT
+    GEMMs, ~3 s) are measured once, at the run's --threads, only when asked: at the end of a
+    run that ran tests (never for --help or --collect-only); the latency suite's own peaks are
+    the same measurement (cached per process)."""
+    cached = config.stash.get(_fingerprint_key, None)
+    if cached is not None and (cached.get("fp32_peak_gflops") or not measure_peaks):
+        return cached
+    from . import latencychecks
+
+    fp = latencychecks.host_figures(fingerprint_threads(config), measure_peaks=measure_peaks)
+    out = {**fp.as_dict(), "one_line": fp.one_line()}
+    config.stash[_fingerprint_key] = out
+    return out
+
+
+JUNIT_FINGERPRINT = ("host_class", "isa", "arch", "u8s8_saturates", "fp32_peak_gflops", "int8_peak_gops",
+                     "peak_threads", "peaks_quiet", "flags_source")
+
+
+def _junit_fingerprint(config: pytest.Config, fp: dict) -> None:
+    xml = _junit_xml(config)
+    if xml is None:
+        return
+    for k in JUNIT_FINGERPRINT:
+        v = fp.get(k)
+        xml.add_global_property(f"machine.{k}", " ".join(v) if isinstance(v, list) else ("" if v is None else str(v)))
+    xml.add_global_property("machine.fingerprint", fp.get("one_line", ""))
+
+
+def _add_html_environment(config: pytest.Config, fp: dict) -> None:
+    """pytest-html's Environment table (pytest-metadata) gets the host facts known at start."""
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    meta = config.stash.get(metadata_key, None)
+    if meta is None:
+        return
+    meta["Host class"] = fp.get("host_class")
+    meta["CPU"] = f"{fp.get('cpu')}, {fp.get('cores')} cores"
+    meta["ISA"] = " ".join(fp.get("isa") or []) or "no flags read"
+    meta["U8S8 kernels may saturate"] = str(fp.get("u8s8_saturates"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(prefix, summary, postfix, session) -> None:
+    """pytest-html's summary: the fingerprint with its peaks and the run's latency-budget line."""
+    config = session.config
+    fp = config.stash.get(_fingerprint_key, None)
+    if fp is None:
+        return
+    prefix.append(f"<p><b>Machine:</b> {html.escape(fp.get('one_line', ''))}</p>")
+    doc = config.stash.get(_doc_key, None)
+    for note in (doc or {}).get("notes") or []:
+        prefix.append(f"<p><b>Latency budgets:</b> {html.escape(note)}</p>")
 
 
 def _junit_xml(config: pytest.Config):
@@ -290,6 +368,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if isinstance(exc, ZooconformError):
             # a user-input problem: short, actionable message instead of a traceback
             report.longrepr = f"{type(exc).__name__}: {exc}"
+        if (report.when == "call" and report.skipped and isinstance(exc, pytest.skip.Exception)
+                and str(exc.msg).startswith(NOT_APPLICABLE_PREFIX)):
+            # a budget that does not hold on this host: its own outcome, "not applicable"
+            report.user_properties.append(("not_applicable", str(exc.msg)))
+            report.longrepr = (str(item.path), item.location[1] or 0, str(exc.msg))
     if report.when == "call":
         figs = [(k[len(FIGURE_PREFIX):], v) for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)]
         if figs:
@@ -307,10 +390,16 @@ def _attach_html(item, report, figs) -> None:
     report.extras = extras
 
 
+NOT_APPLICABLE_PREFIX = "not applicable:"  # harness/latencychecks.py NOT_APPLICABLE
+
+
 def pytest_report_teststatus(report, config):
     if any(n == "inconclusive" for n, _ in getattr(report, "user_properties", [])):
         if report.when == "call" or (report.when == "setup" and report.skipped):
             return "inconclusive", "I", "INCONCLUSIVE"
+    if report.when == "call" and report.skipped and any(n == "not_applicable" for n, _ in
+                                                        getattr(report, "user_properties", [])):
+        return "not applicable", "n", "NOT APPLICABLE"
     return None
 
 
@@ -380,12 +469,23 @@ def results_path(config: pytest.Config) -> Path:
     return Path(config.getoption("--report-dir")) / "results.json"
 
 
+@pytest.hookimpl(tryfirst=True)  # before junitxml and pytest-html write their files
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if _collector_key not in config.stash or config.getoption("--no-results"):
+    if _collector_key not in config.stash:
+        return
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop)
+    ran = bool(session.testscollected) and not config.getoption("collectonly")
+    collector = config.stash[_collector_key]
+    reported = (any("model" in t for t in collector.tests.values()) or _junit_xml(config) is not None
+                or bool(config.getoption("htmlpath", None)))
+    # the peaks only for a run that ran to its end and reports them: an interrupted one ends now
+    fp = host_fingerprint(config, measure_peaks=ran and reported and not interrupted)
+    collector.fingerprint = fp
+    _junit_fingerprint(config, fp)
+    if config.getoption("--no-results"):
         return
     listener = config.pluginmanager.get_plugin("zooconform-results")
-    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop)
     doc = listener.write(True, int(exitstatus), listener.incomplete_reasons(interrupted))
     if doc is not None:
         config.stash[_doc_key] = doc
@@ -403,4 +503,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.write_sep("=", "zooconform summary")
     for line in one_screen(doc):
         terminalreporter.write_line(line)
+    from .report.results import fingerprint_line
+
+    terminalreporter.write_line(f"machine: {fingerprint_line(doc.get('machine') or {})}")
     terminalreporter.write_line(f"results: {results_path(config)}")

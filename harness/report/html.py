@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from .plots import data_uri
+from .results import fingerprint_line
 from .views import COLUMNS, DASH, Cell, ModelView, Part, nodeid_digest, outcome_of, status_of
 
 CSS = """
@@ -121,13 +122,18 @@ def meta_table(doc: dict[str, Any], run_id: str) -> str:
         ("profile", settings.get("profile") or DASH),
         ("machine", f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, host {machine.get('hostname', '?')}"
                     + (f", accelerators {machine['gpu']}" if machine.get("gpu") else "")),
+        ("host fingerprint", fingerprint_line(machine)),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
         ("outcomes", ", ".join(f"{n} {k}" for k, n in sorted((doc.get("counts") or {}).items()))),
     ]
+    for note in doc.get("notes") or []:
+        rows.append(("latency budgets" if "budgets" in note else "note", note))
     for part in doc.get("parts") or []:
+        pm = part.get("machine") or {}
         rows.append(("part", f"{part.get('label')}: {part.get('tests')} tests, {part.get('wall_s')} s, "
                               f"{'complete' if part.get('complete') else 'INCOMPLETE'}"
-                              + (f" ({part.get('source')})" if part.get("source") else "")))
+                              + (f" ({part.get('source')})" if part.get("source") else "")
+                              + (f"; host {fingerprint_line(pm)}" if pm.get("fingerprint") else "")))
     if settings.get("manifest_error"):
         rows.append(("manifest error", settings["manifest_error"]))
     for p in (settings.get("data_problems") or [])[:10]:

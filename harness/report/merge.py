@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .results import run_notes
 from .views import OUTCOME_ORDER
+
+# what makes two parts' machines different machines (the fingerprint's peaks are measured
+# each run and differ a few per cent on one host)
+IDENTITY = ("hostname", "platform", "cpu", "cores", "gpu", "host_class", "isa")
 
 RESULTS = "results.json"
 
@@ -147,9 +152,23 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
     }
     if any(v != versions[0] for v in versions):
         doc["versions_differ"] = True
-    machines = {json.dumps(d.get("machine"), sort_keys=True) for _, d in parts}
+    # the same host measures slightly different peaks each run: machines differ by who they are
+    machines = {json.dumps({k: v for k, v in (d.get("machine") or {}).items() if k in IDENTITY}, sort_keys=True)
+                for _, d in parts}
     if len(machines) > 1:
-        doc["machines"] = [json.loads(m) for m in sorted(machines)]
+        doc["machines"] = [d.get("machine") for d in
+                           {json.dumps({k: v for k, v in (d.get("machine") or {}).items() if k in IDENTITY},
+                                       sort_keys=True): d for _, d in parts}.values()]
+    classes = {label: (d.get("machine") or {}).get("host_class") for label, d in parts}
+    known = {c for c in classes.values() if c}
+    notes = run_notes(doc["tests"])
+    if len(known) > 1:
+        notes.append("parts ran on different host classes (" + ", ".join(f"{label}: {c or 'unknown'}"
+                                                                          for label, c in classes.items())
+                     + "): latency figures and int8 kernel results differ by host class; compare each part with "
+                       "runs of its own class")
+        doc["host_classes_differ"] = True
+    doc["notes"] = notes
     if duplicates:
         doc["duplicates"] = duplicates[:100]
     return doc

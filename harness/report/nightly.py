@@ -19,7 +19,7 @@ from .history import append_records, previous_record, read_history
 from .merge import run_id_of
 from .plots import trend_png
 from .regress import find_regressions, thresholds
-from .results import atomic_write_text, jsonable
+from .results import atomic_write_text, fingerprint_line, jsonable
 from .views import BAD, DASH, Cell, ModelView, Part, build_views, model_record, outcome_of, short_name
 
 # A file carrying one of these markers was written by us and may be re-rendered in place;
@@ -178,6 +178,8 @@ def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: 
                   f"{_md(settings.get('tier'))}, data {_md(settings.get('imagenet') or 'embedded')}",
               f"- machine: {_md(machine.get('cpu'))}, {_md(machine.get('cores'))} cores; profile "
               f"{_md(settings.get('profile') or DASH)}",
+              f"- host fingerprint: {_md(fingerprint_line(machine))}",
+              *[f"- {_md(note)}" for note in doc.get("notes") or []],
               f"- outcomes: {_md(counts)}", f"- full report: [index.html](index.html)", ""]
     families: dict[str, list[ModelView]] = {}
     for v in views:

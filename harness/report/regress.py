@@ -5,7 +5,8 @@ reasoning):
 
 - latency: the spread the latency suite measured (CV, or IQR/1.349/median) in both runs,
   ``sigmas * sqrt(cv_prev^2 + cv_now^2)``, never below ``latency_min_rel``; compared only on
-  the same machine (cpu, cores, hostname), thread count and profile.
+  the same machine (cpu, cores, hostname, host class where both runs have one), thread count
+  and profile.
 - proportions (top-1, agreement): a two-proportion z-test on the images behind each figure
   (binomial noise of a finite eval set), compared only on the same data (embedded vs ImageNet).
 - errors vs a floor (export, re-param): growth by more than ``error_growth`` and above the floor.
@@ -30,7 +31,9 @@ def thresholds() -> dict[str, float]:
 
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
     ma, mb = a.get("machine") or {}, b.get("machine") or {}
-    return (all(ma.get(k) == mb.get(k) for k in ("hostname", "cpu", "cores"))
+    # one VM name can land on hosts of another class (DESIGN.md "Hosts differ"); older records have no class
+    classes_ok = not (ma.get("host_class") and mb.get("host_class")) or ma["host_class"] == mb["host_class"]
+    return (classes_ok and all(ma.get(k) == mb.get(k) for k in ("hostname", "cpu", "cores"))
             and a.get("threads") == b.get("threads") and a.get("profile") == b.get("profile"))
 
 

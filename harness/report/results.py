@@ -88,6 +88,41 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+NOT_APPLICABLE = "not applicable"  # an outcome: a budget that does not hold on this host, not judged
+# the host fingerprint's fields that go into results.json's machine section (cpu and cores are
+# machine_info's own; the rest is harness/host.py's Fingerprint)
+FINGERPRINT_KEYS = ("host_class", "isa", "arch", "u8s8_saturates", "fp32_peak_gflops", "int8_peak_gops",
+                    "peak_threads", "peaks_quiet", "flags_source")
+
+
+def machine_section(fingerprint: dict[str, Any] | None) -> dict[str, Any]:
+    """results.json's ``machine``: machine_info's keys (hostname, platform, cpu, cores, gpu; what
+    older readers and ``harness.budgets`` read) plus the host fingerprint and its one line."""
+    out = machine_info()
+    if fingerprint:
+        out.update({k: fingerprint.get(k) for k in FINGERPRINT_KEYS})
+        out["fingerprint"] = fingerprint.get("one_line") or ""
+    return out
+
+
+def fingerprint_line(machine: dict[str, Any]) -> str:
+    """One line for headers: the fingerprint's own, or what an older results.json has."""
+    if machine.get("fingerprint"):
+        return str(machine["fingerprint"])
+    return f"{machine.get('cpu') or '?'}, {machine.get('cores') or '?'} cores (no host fingerprint recorded)"
+
+
+def run_notes(tests: list[dict[str, Any]]) -> list[str]:
+    """Lines the whole run must say once: whether its absolute latency budgets applied to this
+    host (each absolute latency test records the run's line as ``budgets_line``)."""
+    notes: list[str] = []
+    for t in tests:
+        line = (t.get("figures") or {}).get("budgets_line")
+        if isinstance(line, str) and line not in notes:
+            notes.append(line)
+    return notes
+
+
 class ResultsCollector:
     """Gathers one record per test from the reports the controller sees."""
 
@@ -95,6 +130,7 @@ class ResultsCollector:
         self.started = time.time()
         self.settings = settings
         self.tests: dict[str, dict[str, Any]] = {}
+        self.fingerprint: dict[str, Any] | None = None  # set by the plugin (harness/host.py's Fingerprint)
 
     def add(self, report) -> None:
         rec = self.tests.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": None,
@@ -107,10 +143,10 @@ class ResultsCollector:
                 rec[name] = value
         outcome = _outcome(report)
         # the worst phase wins: a teardown error after a pass is an error
-        order = ["passed", "skipped", "xfailed", "xpassed", "inconclusive", "failed", "error"]
+        order = ["passed", "skipped", NOT_APPLICABLE, "xfailed", "xpassed", "inconclusive", "failed", "error"]
         if outcome and (rec["outcome"] is None or order.index(outcome) > order.index(rec["outcome"])):
             rec["outcome"] = outcome
-            if outcome in ("failed", "error", "skipped", "xfailed", "inconclusive"):
+            if outcome in ("failed", "error", "skipped", NOT_APPLICABLE, "xfailed", "inconclusive"):
                 rec["message"] = _short_message(report)
 
     def document(self, complete: bool, exitstatus: int | None) -> dict[str, Any]:
@@ -124,10 +160,11 @@ class ResultsCollector:
             "exitstatus": exitstatus,
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "wall_s": round(time.time() - self.started, 2),
-            "machine": machine_info(),
+            "machine": jsonable(machine_section(self.fingerprint)),
             "versions": library_versions(),
             "settings": jsonable(self.settings),
             "counts": counts,
+            "notes": run_notes(tests),
             "tests": tests,
         }
 
@@ -144,6 +181,8 @@ def _outcome(report) -> str | None:
         # failing or not (the plugin reports a non-failing one as skipped): its own outcome
         if any(n == "inconclusive" for n, _ in getattr(report, "user_properties", [])):
             return "inconclusive"
+        if report.skipped and any(n == "not_applicable" for n, _ in getattr(report, "user_properties", [])):
+            return NOT_APPLICABLE
         return report.outcome
     if report.failed:
         return "error"

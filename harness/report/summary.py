@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 _SYMBOL = {"passed": ".", "failed": "F", "error": "E", "skipped": "s", "xfailed": "x",
-           "xpassed": "X", "inconclusive": "I", None: "?"}
+           "xpassed": "X", "inconclusive": "I", "not applicable": "n", None: "?"}
 
 
 def one_screen(doc: dict[str, Any], width: int = 100) -> list[str]:
@@ -22,6 +22,8 @@ def one_screen(doc: dict[str, Any], width: int = 100) -> list[str]:
         lines.append(f"{model:<22}" + "".join(f"{''.join(cols.get(s, []))[:11]:<12}" for s in suites))
     counts = ", ".join(f"{n} {k}" for k, n in sorted(doc["counts"].items()))
     lines.append(f"{counts}; {doc['wall_s']} s; {'complete' if doc['complete'] else 'INCOMPLETE'}")
+    for note in doc.get("notes") or []:
+        lines.append(f"  {note}")
     failing = [t for t in doc["tests"] if t["outcome"] in ("failed", "error", "inconclusive")]
     for t in failing[:8]:
         lines.append(f"  {t['outcome'].upper()}: {t['nodeid']}: {str(t.get('message', ''))[:width]}")

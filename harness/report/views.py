@@ -21,7 +21,9 @@ DASH = "\u2014"
 # worst last: a model's verdict is its worst test
 # "unfinished": the test started but never reported its call (the run was interrupted in it)
 UNFINISHED = "unfinished"
-OUTCOME_ORDER = ["skipped", "passed", "xfailed", "xpassed", "inconclusive", UNFINISHED, "failed", "error"]
+# "not applicable": a budget recorded on another host class (or at other peaks): not judged
+NOT_APPLICABLE = "not applicable"
+OUTCOME_ORDER = ["skipped", NOT_APPLICABLE, "passed", "xfailed", "xpassed", "inconclusive", UNFINISHED, "failed", "error"]
 BAD = {"failed", "error"}
 
 
@@ -29,7 +31,7 @@ def outcome_of(test: dict[str, Any]) -> str:
     return test.get("outcome") or UNFINISHED
 
 
-DISPLAY_ORDER = ["passed", "failed", "error", "inconclusive", UNFINISHED, "xfailed", "xpassed", "skipped"]
+DISPLAY_ORDER = ["passed", "failed", "error", "inconclusive", UNFINISHED, "xfailed", "xpassed", NOT_APPLICABLE, "skipped"]
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -640,6 +642,7 @@ def model_view(model: str, tests: list[dict[str, Any]], card=None) -> ModelView:
 def _verdict_text(view: ModelView) -> str:
     label = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "inconclusive": "inconclusive",
              "xfailed": "pass (known failures)", "xpassed": "XPASS", "skipped": "skipped",
+             NOT_APPLICABLE: "not applicable",
              UNFINISHED: "unfinished"}[view.verdict]
     counts = counts_text(view.counts)
     return f"{label} ({counts})"
@@ -670,7 +673,7 @@ def model_record(view: ModelView, doc: dict[str, Any], run_id: str) -> dict[str,
         "family": view.family,
         "verdict": view.verdict,
         "counts": view.counts,
-        "machine": {k: machine.get(k) for k in ("hostname", "cpu", "cores", "gpu")},
+        "machine": {k: machine.get(k) for k in ("hostname", "cpu", "cores", "gpu", "host_class")},
         "threads": settings.get("threads"),
         "profile": settings.get("profile"),
         "data": "imagenet" if settings.get("imagenet") else "embedded",
