@@ -240,3 +240,16 @@ def test_disabled_benchmark_falls_back_to_the_plain_loop():
     bench = StubBenchmark()
     bench.disabled = True  # under xdist pytest-benchmark disables itself
     assert lc.pedantic_runner(bench) is None and lc.pedantic_runner(None) is None
+
+
+def test_a_contended_ratio_just_over_the_limit_is_inconclusive_not_a_fail():
+    """Measured: a neighbour's cache traffic took repvgg_a0 batch 8 / batch 1 from 0.91 (quiet) to
+    blocks 1.08-1.16 and CPU time 1.06-1.14 (contended); only beyond limit x 1.3 is it a fail."""
+    r = timing.Ratio("num", "den", 1.128, 1.078, 1.155, 1.111, 1.060, 1.144, 6, 0.97, False, ["num: only 0% clean"],
+                     [1.1] * 6, [1.1] * 6)
+    with pytest.raises(Inconclusive) as e:
+        lc.judge_ratio(r, 1.0, "batch8_per_image_over_batch1_max", Rec(), what="w", where="a vs b", cause="c")
+    assert e.value.failing is False and "a contended ratio fails only beyond 1.3 (limit x 1.3" in str(e.value)
+    far = timing.Ratio("num", "den", 1.5, 1.4, 1.6, 1.5, 1.4, 1.6, 6, 0.97, False, ["busy"], [1.5] * 6, [1.5] * 6)
+    with pytest.raises(CheckFailure, match=r"over the limit x 1.3 = 1.3, \[latency\] contended_ratio_margin"):
+        lc.judge_ratio(far, 1.0, "batch8_per_image_over_batch1_max", Rec(), what="w", where="a vs b", cause="c")
