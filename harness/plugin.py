@@ -15,6 +15,7 @@ import pytest
 
 from .compare import CheckFailure, Inconclusive
 from .errors import ConfigError, ZooconformError
+from .host import cpu_facts, host_class
 from .lab import Lab, Settings
 from .report.results import (FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions,
                              machine_info)
@@ -121,9 +122,14 @@ _fingerprint_key = pytest.StashKey[dict]()
 
 
 def fingerprint_threads(config: pytest.Config) -> int:
-    from .latencychecks import default_threads
+    """--threads, else what the latency suite uses (every CPU this process may run on)."""
+    import os
 
-    return config.getoption("--threads") or default_threads()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return config.getoption("--threads") or cpus
 
 
 def host_fingerprint(config: pytest.Config, measure_peaks: bool) -> dict:
@@ -134,9 +140,14 @@ def host_fingerprint(config: pytest.Config, measure_peaks: bool) -> dict:
     cached = config.stash.get(_fingerprint_key, None)
     if cached is not None and (cached.get("fp32_peak_gflops") or not measure_peaks):
         return cached
-    from . import latencychecks
+    if measure_peaks:
+        from . import latencychecks
 
-    fp = latencychecks.host_figures(fingerprint_threads(config), measure_peaks=measure_peaks)
+        fp = latencychecks.host_figures(fingerprint_threads(config))
+    else:  # CPU flags only: no onnxruntime, no measurement
+        from . import host
+
+        fp = host.fingerprint(fingerprint_threads(config), measure_peaks=False)
     out = {**fp.as_dict(), "one_line": fp.one_line()}
     config.stash[_fingerprint_key] = out
     return out
@@ -277,7 +288,10 @@ def only_tier(name: str):
 
 
 def _load_expectations() -> list[dict]:
-    """``[[xfail]]`` entries: ``test`` (function name glob), ``params`` (case id glob), ``reason``."""
+    """``[[xfail]]`` entries: ``test`` (function name glob), ``params`` (case id glob), ``reason``;
+    optional ``host_class`` (glob or list of globs: the entry holds only on those host classes,
+    ``harness/host.py``) and ``suite_artifacts_only`` (true: not when the manifest names files
+    of that model, whose findings are the user's to see)."""
     if not EXPECTATIONS.is_file():
         return []
     try:
@@ -289,7 +303,24 @@ def _load_expectations() -> list[dict]:
         for key in ("test", "params", "reason"):
             if not isinstance(e.get(key), str):
                 raise ConfigError(EXPECTATIONS, f"xfail[{i}].{key}", "expected a string", fix="see the file's header")
+        hc = e.get("host_class")
+        if hc is not None and not (isinstance(hc, str) or (isinstance(hc, list) and all(isinstance(h, str) for h in hc))):
+            raise ConfigError(EXPECTATIONS, f"xfail[{i}].host_class", f"expected a glob or a list of globs, got {hc!r}",
+                              fix='e.g. host_class = ["x86-avx2", "x86-avx512"] (harness/host.py lists the classes)')
+        if not isinstance(e.get("suite_artifacts_only", False), bool):
+            raise ConfigError(EXPECTATIONS, f"xfail[{i}].suite_artifacts_only", "expected true or false",
+                              fix="see the file's header")
     return entries
+
+
+def _expectation_applies(e: dict, this_host_class: str, lab: Lab, card) -> bool:
+    hc = e.get("host_class")
+    if hc is not None and not any(fnmatch.fnmatchcase(this_host_class, h) for h in ([hc] if isinstance(hc, str) else hc)):
+        return False
+    if e.get("suite_artifacts_only") and card is not None and lab.manifest_error is None \
+            and lab.manifest.for_model(card.id).paths:
+        return False
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -305,13 +336,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         entries = _load_expectations()
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
+    this_host_class = host_class(cpu_facts()) if any("host_class" in e for e in entries) else ""
+    lab = lab_of(config)
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None:
             continue
         name = item.originalname if hasattr(item, "originalname") else item.name
+        card = callspec.params.get("model_card")
         for e in entries:
-            if fnmatch.fnmatchcase(name, e["test"]) and fnmatch.fnmatchcase(callspec.id, e["params"]):
+            if (fnmatch.fnmatchcase(name, e["test"]) and fnmatch.fnmatchcase(callspec.id, e["params"])
+                    and _expectation_applies(e, this_host_class, lab, card)):
                 item.add_marker(pytest.mark.xfail(reason=e["reason"], strict=e.get("strict", True),
                                                   raises=CheckFailure))
                 break

@@ -108,7 +108,14 @@ def test_not_applicable_budgets_and_the_fingerprint_reach_every_report(pytester,
     assert "latency budgets" in index and "this host is x86-avx2 at 126 GFLOP/s" in index
 
 
-def test_collect_only_and_help_measure_no_peak(pytester, fake_host):
+def test_collect_only_and_help_measure_no_peak(pytester, fake_host, monkeypatch):
+    from harness import timing
+
+    def no(*a, **k):
+        raise AssertionError("a peak was measured")
+
+    monkeypatch.setattr(timing, "machine_peak", no)
+    monkeypatch.setattr(timing, "int8_peak", no)
     pytester.makepyfile(test_sim=SUITE.replace("{profile}", "none"))
     result = pytester.runpytest("-p", "harness.plugin", "--models", "repvgg_a0", "--collect-only",
                                 f"--report-dir={pytester.path / 'rep'}")
