@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import divergence
+from . import divergence, ortopt
 from . import runtime
 from .compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
 from .errors import InputError
@@ -404,3 +404,27 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
         cause += f": node '{found['node']}' mixes images across the batch (batch statistics? a BatchNorm in training mode?)"
     raise CheckFailure(message(f"max|rows at batch {b} - rows at batch {sizes[0]}| / scale of {label}", f"{e:.3g}",
                                f"<= {tol:g}", where, cause=cause), {"batch_errors": errs})
+
+
+# --- ORT's graph optimizer ------------------------------------------------------------------
+
+def fp32_file_under_test(lab, card: ModelCard) -> tuple[Path, str]:
+    """The manifest's ``onnx`` when given, else the export the int8 suite quantizes (legacy, opset 17)."""
+    from .quantize import fp32_source
+
+    user = lab.artifacts(card).get("onnx")
+    path = fp32_source(lab, card)
+    return Path(path), (f"manifest onnx {Path(user).name} of {card.id}" if user is not None
+                        else f"{card.id} (legacy exporter, opset 17)")
+
+
+def check_ort_optimizations(path: Path, model: nn.Module, lab, card: ModelCard, record, *, label: str,
+                            runner=None) -> None:
+    """ORT_ENABLE_ALL vs ORT_DISABLE_ALL on the same fp32 file, within the export tolerance
+    (k x the model's fp64 floor); ``runner`` replaces ORT (self-tests plant a faulty transformer)."""
+    x, _ = lab.inputs(card, "eval", limit=EXPORT_IMAGES)
+    ref32, ref64 = reference_and_floor(model, x)
+    floor = rel_max_error(ref32, ref64)
+    run = runner or ortopt.ort_runner(path, x.numpy(), threads=lab.settings.threads)
+    ortopt.check_optimizations_keep_function(run, record, tolerance=numerics_tolerance(floor), floor=floor,
+                                             label=label, where=str(path))

@@ -32,11 +32,15 @@ from . import quantize as qmod
 from . import runtime as rt
 from .compare import (CheckFailure, Inconclusive, binomial_halfwidth, check, cosine_rows, distinct_top1, message,
                       top1_agreement, topk_accuracy)
+from .host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
+from .lab import BoundedCache
 from .tolerances import tolerance
 
 SECTION = "quant"
 IMAGENET_VAL_IMAGES = 50_000
 EVAL_BATCH = 50
+FLOOR_DISTANCE_MIN = 1e-9  # below: fp32 does not respond to input noise at all
+KERNEL_IMAGES = 200  # images for the kernels-vs-simulation check (its cost is two int8 runs)
 REPORT_IMAGES = 4  # images for the per-tensor report: activations of every tensor are held
 WORST_SHOWN = 5
 DEPTH_BINS = 5
@@ -115,16 +119,28 @@ def judge_label_free(m: LabelFree, *, subject: str, where: str, explain=None) ->
     figs = m.figures()
     need = int(tolerance(SECTION, "min_distinct_classes"))
     levels = int(tolerance(SECTION, "noise_grey_levels"))
-    if m.distinct_fp32 < need:
-        raise Inconclusive(message(f"distinct fp32 top-1 classes over {m.images} eval images", m.distinct_fp32,
-                                   f">= {need}", where,
-                                   cause="degenerate fp32 model: it predicts (almost) one class for every image, so "
-                                         "int8 'agreement' proves nothing (a model calibrated on grey images agrees too)"),
+    floor_distance = 1.0 - m.floor_cosine
+    if not (np.isfinite(m.cosine) and np.isfinite(m.floor_cosine)) or floor_distance < FLOOR_DISTANCE_MIN:
+        # Nothing to judge against: fp32's logits do not move under input noise (or are not
+        # finite), so neither criterion has a scale. This is the one inconclusive outcome here.
+        raise Inconclusive(message(f"noise-floor centred-cosine distance over {m.images} eval images",
+                                   f"{floor_distance:.3g}", f">= {FLOOR_DISTANCE_MIN:g}", where,
+                                   cause="the fp32 model's logits do not respond to +-"
+                                         f"{levels} grey levels of input noise (constant or non-finite output): "
+                                         "neither top-1 agreement nor the logit cosine can be judged"),
                            figs, failing=True)
+    judge_agreement = m.distinct_fp32 >= need
+    figs["judged_on"] = "agreement and cosine" if judge_agreement else "cosine (agreement reported only)"
+    if not judge_agreement:
+        # A model that predicts a handful of classes makes top-1 agreement meaningless (a model
+        # calibrated on grey images agrees too), but the centred-logit cosine still measures how
+        # far int8 moves the logits: judge on it and report agreement as a figure.
+        figs["agreement_not_judged"] = (f"{m.distinct_fp32} distinct fp32 top-1 classes over {m.images} images "
+                                        f"(< {need}): agreement is reported, not judged")
     min_agree = tolerance(SECTION, "agreement_vs_floor_min")
     max_cos = tolerance(SECTION, "cosine_distance_vs_floor_max")
     bad = []
-    if m.agreement_vs_floor < min_agree:
+    if judge_agreement and m.agreement_vs_floor < min_agree:
         bad.append(("top-1 agreement / noise-floor agreement", f"{m.agreement_vs_floor:.3f} "
                     f"({m.agreement:.1%} vs floor {m.floor_agreement:.1%})", f">= {min_agree}"))
     if m.cosine_distance_vs_floor > max_cos:
@@ -234,11 +250,132 @@ def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
     return _FP32_RUNS[key]
 
 
-def int8_logits(lab, card, int8_path: Path) -> tuple[np.ndarray, float]:
-    sess = rt.session(int8_path, threads=lab.settings.threads)
-    t0 = time.perf_counter()
-    out = np.concatenate([rt.run(sess, x) for x, _ in _eval_batches(lab, card)])
-    return out, time.perf_counter() - t0
+_INT8_RUNS = BoundedCache(8, lambda entry: 1)  # int8 logits per file x optimization level (a model's checks run together)
+
+
+def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None) -> tuple[np.ndarray, float]:
+    """The int8 file's logits on the eval set: ``optimization="all"`` through this host's
+    integer kernels, ``"none"`` as a QDQ float simulation. ``run_int8(path, optimization, x)``
+    replaces ONNX Runtime (self-tests plant kernel faults through it)."""
+    key = (qmod.cached_file_digest(int8_path), card.id, lab.images("eval").digest(), optimization, run_int8)
+    if key not in _INT8_RUNS:
+        if run_int8 is None:
+            sess = rt.session(int8_path, threads=lab.settings.threads, optimization=optimization)
+
+            def run_int8(_path, _opt, x, sess=sess):
+                return rt.run(sess, x)
+        t0 = time.perf_counter()
+        out = np.concatenate([run_int8(int8_path, optimization, x) for x, _ in _eval_batches(lab, card)])
+        _INT8_RUNS[key] = (out, time.perf_counter() - t0)
+    return _INT8_RUNS[key]
+
+
+# --- what kind of int8 file it is -------------------------------------------------------
+
+# ops that run integer kernels even at ORT_DISABLE_ALL (QOperator format, dynamic quantization)
+INTEGER_KERNEL_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+    "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QGemm", "QAttention", "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+REDUCED_RANGE_MAX = 64  # ORT's reduce_range weights: 7 bits, [-64, 64]
+
+
+@dataclass
+class Int8Format:
+    """How an int8 file is quantized, read from its graph (not from how we made it)."""
+
+    integer_ops: list[str]
+    activation_type: str | None   # "uint8" | "int8": the dtype of the activations' zero points
+    weight_type: str | None       # the dtype of the quantized weight initializers
+    weight_max_abs: int | None    # largest |q| over the quantized weights
+
+    @property
+    def qdq(self) -> bool:
+        """Only Q/DQ pairs around float ops: ORT_DISABLE_ALL runs it as a float simulation."""
+        return not self.integer_ops
+
+    @property
+    def u8s8(self) -> bool:
+        return self.activation_type == "uint8" and self.weight_type == "int8"
+
+    @property
+    def reduced_range(self) -> bool:
+        return self.weight_max_abs is not None and self.weight_max_abs <= REDUCED_RANGE_MAX
+
+    def describe(self) -> str:
+        fmt = "QDQ" if self.qdq else f"QOperator ({', '.join(self.integer_ops[:4])})"
+        w = (f", weights {'7-bit (reduce_range)' if self.reduced_range else 'full int8 range'} "
+             f"(max |q| {self.weight_max_abs})") if self.weight_max_abs is not None else ""
+        return f"{fmt}, activations {self.activation_type}, weights {self.weight_type}{w}"
+
+    def figures(self) -> dict:
+        return {"int8_format": "QDQ" if self.qdq else "QOperator", "int8_activation_type": self.activation_type,
+                "int8_weight_type": self.weight_type, "int8_weight_max_abs": self.weight_max_abs,
+                "int8_integer_ops": ",".join(self.integer_ops)}
+
+
+_NP_NAMES = {np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8"}
+
+
+def int8_format(path: Path) -> Int8Format:
+    from onnx import numpy_helper
+
+    model = rt.load_checked(path)
+    inits = {i.name: i for i in model.graph.initializer}
+
+    def dtype_of(name: str) -> str | None:
+        if name in inits:
+            return _NP_NAMES.get(numpy_helper.to_array(inits[name]).dtype)
+        return None
+
+    integer_ops = sorted({n.op_type for n in model.graph.node if n.op_type in INTEGER_KERNEL_OPS})
+    act, weight, wmax = None, None, None
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and act is None:
+            act = dtype_of(n.input[2])
+        elif n.op_type == "QLinearConv" and act is None:
+            act = dtype_of(n.input[2])
+        weight_names = ([n.input[0]] if n.op_type == "DequantizeLinear" else
+                        [n.input[3]] if n.op_type in ("QLinearConv", "QLinearMatMul") else [])
+        for w in weight_names:
+            if w in inits and len(inits[w].dims) >= 2:
+                q = numpy_helper.to_array(inits[w])
+                if q.dtype in _NP_NAMES:
+                    weight = weight or _NP_NAMES[q.dtype]
+                    m = int(np.abs(q.astype(np.int32) - (128 if q.dtype == np.uint8 else 0)).max()) if q.size else 0
+                    wmax = m if wmax is None else max(wmax, m)
+    return Int8Format(integer_ops, act, weight, wmax)
+
+
+def reduced_range_copy(path: Path, out: Path) -> Path:
+    """The same QDQ file with every int8 weight re-quantized to ORT's 7-bit reduce_range
+    ([-64, 64], scale doubled): what ``quantize_static(..., reduce_range=True)`` would have
+    written for these weights, without a new calibration."""
+    from onnx import numpy_helper
+
+    import onnx
+
+    model = rt.load_checked(path)
+    inits = {i.name: i for i in model.graph.initializer}
+    done: set[str] = set()
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits or n.input[0] in done:
+            continue
+        q = numpy_helper.to_array(inits[n.input[0]])
+        if q.dtype != np.int8 or q.ndim < 2 or np.abs(q.astype(np.int32)).max() <= REDUCED_RANGE_MAX:
+            continue
+        half = np.clip(np.round(q.astype(np.float32) / 2), -REDUCED_RANGE_MAX, REDUCED_RANGE_MAX).astype(np.int8)
+        inits[n.input[0]].CopyFrom(numpy_helper.from_array(half, n.input[0]))
+        done.add(n.input[0])
+        scale = n.input[1]
+        if scale in inits and scale not in done:
+            sc = numpy_helper.to_array(inits[scale])
+            inits[scale].CopyFrom(numpy_helper.from_array((sc * 2).astype(sc.dtype), scale))
+            done.add(scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out
 
 
 def has_labels(lab, card) -> bool:
@@ -272,8 +409,13 @@ def subject_for(lab, card, method: str) -> Subject:
                    float_for_report=qmod.preprocessed(lab, fp32))
 
 
-def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | None = None) -> None:
-    """The tolerance: labelled accuracy when the run has labels and weights, else the noise floor."""
+def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | None = None, run_int8=None) -> None:
+    """Verdict (a), the model: the int8 file run as a QDQ float simulation (``ORT_DISABLE_ALL``:
+    Q/DQ and float ops, no integer kernels) against fp32, so that the verdict is the same on
+    every host; labelled accuracy when the run has labels and weights, else the noise floor.
+    Whether this host's integer kernels compute that simulation is verdict (b),
+    :func:`check_int8_kernels_match_simulation`. A QOperator file (QLinearConv ...) has no float
+    simulation in ORT: it is judged through this host's kernels and the message names the host."""
     subject = subject or subject_for(lab, card, method)
     if subject.quant is not None:
         q = subject.quant
@@ -282,12 +424,19 @@ def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | N
                **{f"calib_{k}": v for k, v in q.extra.items()})
     else:
         record(int8_source=str(subject.int8))
+    fmt = int8_format(subject.int8)
+    record(**fmt.figures())
+    if fmt.qdq:
+        optimization, judged_as = "none", "QDQ float simulation (ORT_DISABLE_ALL): the model, the same on every host"
+    else:
+        cls = host_class(cpu_facts())
+        optimization, judged_as = "all", f"this host's integer kernels ({cls}): no float simulation of a QOperator file"
     labelled = has_labels(lab, card)
     ref = fp32_run(lab, card, subject.fp32, with_noise=not labelled)
-    out, seconds_int8 = int8_logits(lab, card, subject.int8)
+    out, seconds_int8 = int8_logits(lab, card, subject.int8, optimization, run_int8)
     record(seconds_eval_fp32=round(ref.seconds_fp32, 2), seconds_eval_int8=round(seconds_int8, 2),
-           eval_origin=ref.origin, mode="labelled" if labelled else "noise-floor")
-    where = f"{subject.int8} vs fp32 {subject.fp32.name} on {len(out)} {ref.origin} images"
+           eval_origin=ref.origin, mode="labelled" if labelled else "noise-floor", int8_judged_as=judged_as)
+    where = f"{subject.int8} ({judged_as}) vs fp32 {subject.fp32.name} on {len(out)} {ref.origin} images"
 
     def explain() -> str:
         try:
@@ -307,6 +456,136 @@ def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | N
         m = label_free_figures(ref.fp32, out, ref.fp32_noisy)
         record(**m.figures())
         record(**judge_label_free(m, subject=subject.describe, where=where, explain=explain))
+
+
+# --- verdict (b): this host's kernels against the simulation ------------------------------
+
+@dataclass
+class KernelFigures:
+    kernel_vs_simulation: float     # centred-cosine distances
+    simulation_vs_fp32: float
+    kernels_vs_fp32: float
+    floor: float
+    agreement: float                # top-1 agreement kernels vs simulation
+
+    @property
+    def quantization_error(self) -> float:
+        """The denominator: the file's own error against fp32, at least a share of the
+        noise floor (a near-perfect int8 file must not make rounding noise look large)."""
+        return max(self.simulation_vs_fp32, tolerance(SECTION, "kernel_error_floor_share") * self.floor, 1e-12)
+
+    @property
+    def ratio(self) -> float:
+        return self.kernel_vs_simulation / self.quantization_error
+
+    def figures(self, prefix: str = "") -> dict:
+        return {f"{prefix}kernel_vs_simulation_cosine_distance": round(self.kernel_vs_simulation, 6),
+                f"{prefix}simulation_vs_fp32_cosine_distance": round(self.simulation_vs_fp32, 6),
+                f"{prefix}kernels_vs_fp32_cosine_distance": round(self.kernels_vs_fp32, 6),
+                f"{prefix}noise_floor_cosine_distance": round(self.floor, 6),
+                f"{prefix}kernel_error_over_quantization_error": round(self.ratio, 3),
+                f"{prefix}kernel_vs_simulation_top1_agreement": round(self.agreement, 4)}
+
+
+def kernel_figures(fp32: np.ndarray, noisy: np.ndarray, simulation: np.ndarray, kernels: np.ndarray) -> KernelFigures:
+    return KernelFigures(1.0 - centred_cosine(simulation, kernels), 1.0 - centred_cosine(fp32, simulation),
+                         1.0 - centred_cosine(fp32, kernels), 1.0 - centred_cosine(fp32, noisy),
+                         top1_agreement(simulation, kernels))
+
+
+def _kernel_inputs(lab, card, fp32_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, fp32 logits, fp32 logits under input noise) of the first KERNEL_IMAGES eval images."""
+    if not lab.uses_real_data:
+        x, _ = lab.inputs(card, "eval")
+        ref = fp32_run(lab, card, fp32_path, with_noise=True)
+        n = min(KERNEL_IMAGES, len(x))
+        return x.numpy()[:n], ref.fp32[:n], ref.fp32_noisy[:n]
+    xs, taken = [], 0
+    for x, _ in lab.iter_batches(card, "eval", batch_size=EVAL_BATCH):
+        xs.append(x.numpy())
+        taken += len(x)
+        if taken >= KERNEL_IMAGES:
+            break
+    x = np.concatenate(xs)[:KERNEL_IMAGES]
+    sess = rt.session(fp32_path, threads=lab.settings.threads)
+    levels = int(tolerance(SECTION, "noise_grey_levels"))
+    return x, rt.run(sess, x, EVAL_BATCH), rt.run(sess, grey_level_noise(x, card.preprocess.std, levels), EVAL_BATCH)
+
+
+def _default_run_int8(threads):
+    sessions: dict = {}
+
+    def run(path, optimization, x):
+        key = (str(path), optimization)
+        if key not in sessions:
+            sessions[key] = rt.session(path, threads=threads, optimization=optimization)
+        return rt.run(sessions[key], x, EVAL_BATCH)
+
+    return run
+
+
+def measure_kernels(path: Path, x: np.ndarray, fp32: np.ndarray, noisy: np.ndarray, run_int8) -> KernelFigures:
+    return kernel_figures(fp32, noisy, run_int8(path, "none", x), run_int8(path, "all", x))
+
+
+def check_int8_kernels_match_simulation(lab, card, method: str, record, subject: Subject | None = None,
+                                        run_int8=None, cpu: CpuFacts | None = None) -> str | None:
+    """Verdict (b), this host: ORT's integer kernels (``ORT_ENABLE_ALL``: QDQ fused into
+    QLinearConv and friends) compute what the QDQ graph says (its float simulation). The kernels
+    may add at most ``kernel_vs_simulation_max`` times the file's own quantization error.
+    Returns a reason when there is nothing to compare (a QOperator file has no simulation)."""
+    subject = subject or subject_for(lab, card, method)
+    cpu = cpu or cpu_facts()
+    cls = host_class(cpu)
+    fmt = int8_format(subject.int8)
+    record(host_class=cls, host_u8s8_saturates=u8s8_may_saturate(cpu), **fmt.figures())
+    if not fmt.qdq:
+        return (f"{subject.int8.name} is a QOperator int8 file ({', '.join(fmt.integer_ops[:4])}): ONNX Runtime has no "
+                "float simulation of it to compare this host's kernels with; test_int8_matches_fp32 judged it "
+                f"through the kernels of this host ({cls})")
+    run_int8 = run_int8 or _default_run_int8(lab.settings.threads)
+    x, fp32, noisy = _kernel_inputs(lab, card, subject.fp32)
+    m = measure_kernels(subject.int8, x, fp32, noisy, run_int8)
+    figs = {**m.figures(), "kernel_images": len(x)}
+    record(**figs)
+    limit = tolerance(SECTION, "kernel_vs_simulation_max")
+    if m.ratio <= limit:
+        return None
+    cause = kernel_cause(subject.int8, fmt, cpu, x, fp32, noisy, run_int8, record, limit)
+    raise CheckFailure(message(
+        f"centred-cosine distance of this host's int8 kernels from the QDQ float simulation of {subject.describe}, "
+        "in units of the file's quantization error", f"{m.ratio:.2f}x (kernels vs simulation {m.kernel_vs_simulation:.4f}; "
+        f"simulation vs fp32 {m.simulation_vs_fp32:.4f}; kernels vs fp32 {m.kernels_vs_fp32:.4f}; "
+        f"top-1 agreement kernels/simulation {m.agreement:.1%})", f"<= {limit}x",
+        f"{subject.int8} ({fmt.describe()}) on host {cls} ({' '.join(cpu.isa) or 'no ISA flags read'}), "
+        f"{len(x)} eval images", cause=cause), figs)
+
+
+def kernel_cause(path: Path, fmt: Int8Format, cpu: CpuFacts, x, fp32, noisy, run_int8, record, limit: float) -> str:
+    cls = host_class(cpu)
+    if u8s8_may_saturate(cpu) and fmt.u8s8 and not fmt.reduced_range:
+        head = (f"this host ({cls}, no VNNI) runs ONNX Runtime's uint8 x int8 GEMMs with VPMADDUBSW, which adds "
+                f"pairs of products in saturating int16, and the file's weights use the full int8 range (max |q| "
+                f"{fmt.weight_max_abs} > {REDUCED_RANGE_MAX}): activations near 255 times such weights overflow")
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                reduced = reduced_range_copy(path, Path(tmp) / "reduced_range.onnx")
+                r = measure_kernels(reduced, x, fp32, noisy, run_int8)
+        except Exception as e:  # the verdict stands; the demonstration of the fix is a diagnosis
+            return f"{head}; fix: re-quantize with quantize_static(..., reduce_range=True) or U8U8 " \
+                   f"(the 7-bit copy could not be measured: {type(e).__name__}: {str(e)[:120]})"
+        record(**r.figures("reduce_range_"))
+        verdict = "within" if r.ratio <= limit else "still beyond"
+        return (f"{head}. The same file with 7-bit weights (reduce_range) measures kernels vs simulation "
+                f"{r.kernel_vs_simulation:.4f} = {r.ratio:.2f}x its quantization error ({verdict} the {limit}x limit), "
+                f"simulation vs fp32 {r.simulation_vs_fp32:.4f} (noise floor {r.floor:.4f}); fix: re-quantize with "
+                "quantize_static(..., reduce_range=True), or U8U8 (activation and weight type QUInt8), for hosts "
+                "without VNNI")
+    why = ("this host has VNNI/AMX (no int16 saturation)" if not u8s8_may_saturate(cpu) else
+           "the file's weights are already 7-bit" if fmt.reduced_range else f"the file is not U8S8 ({fmt.describe()})")
+    return (f"the integer kernels ONNX Runtime selects on {cls} compute something other than the QDQ graph, and it "
+            f"is not the known U8S8 saturation ({why}); compare harness/ortopt.py's bisection of ORT's graph "
+            "transformers on this file and report it to onnxruntime with the host's fingerprint")
 
 
 def calibration_images_taken(lab) -> int:

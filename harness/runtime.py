@@ -59,9 +59,11 @@ def providers(prefer_gpu: bool = False) -> list[str]:
 
 
 def session(path: Path | str, threads: int | None = None, provider: str = "CPUExecutionProvider",
-            optimization: str = "all", spinning: bool = True):
+            optimization: str = "all", spinning: bool = True, disabled_optimizers=()):
     """An InferenceSession for a checked file. ``threads``: intra-op threads (None = ORT default).
-    ``spinning=False``: idle intra-op threads sleep instead of spin-waiting for work."""
+    ``spinning=False``: idle intra-op threads sleep instead of spin-waiting for work.
+    ``optimization="none"`` runs a QDQ int8 file as a float simulation (Q/DQ and float ops, no
+    integer kernels); ``disabled_optimizers``: ORT graph transformers to leave out."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -79,6 +81,9 @@ def session(path: Path | str, threads: int | None = None, provider: str = "CPUEx
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     try:
+        if disabled_optimizers:
+            return ort.InferenceSession(str(path), sess_options=so, providers=[provider],
+                                        disabled_optimizers=list(disabled_optimizers))
         return ort.InferenceSession(str(path), sess_options=so, providers=[provider])
     except Exception as e:
         raise InputError(path, f"ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:300]})",

@@ -119,3 +119,12 @@ def test_user_onnx_rows_independent_of_batch(model_card, lab, record):
     x, _ = lab.inputs(model_card, "eval", limit=EXPORT_IMAGES)
     exportchecks.check_batch_consistency(path, x, record, label=f"{path.name} ({model_card.id})", lab=lab,
                                          model=lab.reference(model_card))
+
+
+def test_ort_optimizations_keep_fp32_function(model_card, lab, record):
+    """ORT's graph optimizations (ORT_ENABLE_ALL) vs none (ORT_DISABLE_ALL) on the fp32 file
+    under test (the manifest's ``onnx`` or our default export): within the export tolerance;
+    on failure the responsible ORT graph transformer is named by bisecting
+    ``disabled_optimizers``."""
+    path, label = exportchecks.fp32_file_under_test(lab, model_card)
+    exportchecks.check_ort_optimizations(path, lab.reference(model_card), lab, model_card, record, label=label)

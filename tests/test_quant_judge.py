@@ -71,16 +71,39 @@ def test_label_free_fails_a_broken_int8_model_naming_the_floor():
     assert e.value.figures["top1_agreement"] < e.value.figures["floor_top1_agreement"]
 
 
-def test_degenerate_fp32_is_inconclusive_and_failing_even_when_int8_agrees():
-    # a model predicting one class: int8 "agrees" 100%, and the check must not pass
+def _one_class(fp32):
+    """The same logits with one class dominating: every image predicts class 7."""
+    out = fp32.copy()
+    out[:, 7] += 1000.0
+    return out
+
+
+def test_few_classes_judges_on_cosine_and_reports_agreement_only():
+    # a model predicting one class: int8 "agrees" 100% whatever it does, so agreement is not
+    # judged; the centred cosine still sees the logits move (issue 15: judge what can be judged)
     fp32 = _logits()
-    fp32[:, 7] += 1000.0
-    m = qc.label_free_figures(fp32, fp32.copy(), fp32.copy())
-    assert m.agreement == 1.0
+    broken = qc.label_free_figures(_one_class(fp32), _one_class(_perturb(fp32, 5.0, 1)),
+                                   _one_class(_perturb(fp32, 0.3, 2)))
+    assert broken.agreement == 1.0
+    with pytest.raises(CheckFailure) as e:
+        qc.judge_label_free(broken, subject="int8 test", where="synthetic")
+    msg = str(e.value)
+    assert "centred-logit cosine distance" in msg and "top-1 agreement /" not in msg
+    assert e.value.figures["judged_on"].startswith("cosine") and "agreement_not_judged" in e.value.figures
+    sound = qc.label_free_figures(_one_class(fp32), _one_class(_perturb(fp32, 0.3, 1)),
+                                  _one_class(_perturb(fp32, 0.3, 2)))
+    figs = qc.judge_label_free(sound, subject="int8 test", where="synthetic")
+    assert figs["judged_on"].startswith("cosine") and figs["fp32_distinct_top1"] == 1
+
+
+def test_fp32_that_ignores_its_input_is_inconclusive_and_failing():
+    # nothing can be judged: fp32 gives the same logits under input noise (a constant output)
+    fp32 = np.tile(_logits()[:1], (200, 1))
+    m = qc.label_free_figures(fp32, _perturb(fp32, 0.3, 1), fp32.copy())
     with pytest.raises(Inconclusive) as e:
         qc.judge_label_free(m, subject="int8 test", where="synthetic")
     assert e.value.failing
-    assert "degenerate" in str(e.value) and e.value.figures["fp32_distinct_top1"] == 1
+    assert "do not respond" in str(e.value) and "neither top-1 agreement nor the logit cosine" in str(e.value)
 
 
 # --- labelled accuracy ------------------------------------------------------------------
