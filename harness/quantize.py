@@ -220,7 +220,9 @@ def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
         raise ValueError("no calibration images")
     per_image = activation_bytes_per_image(preprocessed)
     n, stride, batch = calibration_plan(len(calib), per_image, options)
-    reader = ArrayCalibrationReader(calib[:n], batch=batch)
+    from .runtime import graph_input_name
+
+    reader = ArrayCalibrationReader(calib[:n], batch=batch, input_name=graph_input_name(preprocessed))
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[options.method]
     # percentile keeps ORT's 2048 histogram bins; entropy's bins are set in histogram_ranges

@@ -50,6 +50,31 @@ def load_checked(path: Path | str):
         raise InputError(path, f"cannot load ONNX ({type(e).__name__}: {str(e)[:200]})", fix="re-export the model") from None
 
 
+def graph_input_name(path: Path | str) -> str:
+    """The name of the file's first real input (not an initializer): exporters differ (timm's
+    ``onnx_export`` writes ``input0``, ours ``input``), so a user's file is fed by its own name."""
+    model = load_checked_header(path)
+    inits = {i.name for i in model.graph.initializer}
+    for i in model.graph.input:
+        if i.name not in inits:
+            return i.name
+    raise InputError(Path(path), "the graph has no input", fix="re-export the model with its image input")
+
+
+def load_checked_header(path: Path | str):
+    """The graph without its external weights (names and shapes only), after the external-data check."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "ONNX file not found", fix="check the path in the manifest")
+    check_external_data(path)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise InputError(path, f"cannot load ONNX ({type(e).__name__}: {str(e)[:200]})", fix="re-export the model") from None
+
+
 def providers(prefer_gpu: bool = False) -> list[str]:
     import onnxruntime as ort
 

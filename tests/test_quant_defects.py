@@ -144,7 +144,6 @@ def test_labelled_path_fails_int8_that_loses_correct_predictions_and_says_it_wid
     images as PNG, labelled with the fp32 model's own predictions (fp32 top-1 = 100% by
     construction; 10 go to calibration), so int8 top-1 is its agreement with fp32 (~80%):
     below 99% of fp32 even after widening by the binomial half-width of ~20 images."""
-    from PIL import Image
     from safetensors.torch import save_file
 
     from harness import runtime as rt
@@ -288,3 +287,26 @@ def test_model_verdict_is_the_float_simulation_for_qdq_files(qlab, card):
     rec = _recorder()
     qc.check_int8_matches_fp32(qlab, card, "percentile", rec)
     assert rec.figures["int8_format"] == "QDQ" and rec.figures["int8_judged_as"].startswith("QDQ float simulation")
+
+
+def _rename_input(src: Path, dst: Path, new: str = "input0") -> None:
+    """The same model with its image input named as timm's exporter names it."""
+    model = onnx.load(str(src))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = new
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            if name == old:
+                n.input[i] = new
+    onnx.save(model, str(dst))
+
+
+def test_layer_report_feeds_a_file_by_its_own_input_name(qlab, card, tmp_path):
+    """issue 18: timm's exporter names the input 'input0'; the report must not assume 'input'."""
+    int8 = tmp_path / "int8.onnx"
+    flt = tmp_path / "float.onnx"
+    _rename_input(qz.quantized(qlab, card, "minmax"), int8)
+    _rename_input(qz.preprocessed(qlab, qz.fp32_source(qlab, card)), flt)
+    x, _ = qlab.inputs(card, "eval", limit=2)
+    rep = qc.layer_report(flt, int8, x.numpy())
+    assert rep.activations() and rep.figures()["qdq_activation_pairs"] > 100
