@@ -371,20 +371,20 @@ _PEAKS: dict[tuple, Peak] = {}
 
 
 def machine_peak(threads: int | None, matrix: int = 2048, calls: int = 12, clocks: Clocks = REAL_CLOCKS,
-                 plan: Plan | None = None) -> Peak:
+                 plan: Plan | None = None, rounds: int = 1, pause_s: float = 1.0) -> Peak:
     """fp32 GFLOP/s of a ``matrix`` x ``matrix`` MatMul in ONNX Runtime (CPU EP, ``threads``
     intra-op threads): the best clean call of ``calls``. Measured once per process per
     thread count (a contended measurement is kept, marked ``quiet=False``, and retried once
     on the next request)."""
-    return _gemm_peak("fp32", threads, matrix, calls, clocks, plan)
+    return _gemm_peak("fp32", threads, matrix, calls, clocks, plan, rounds, pause_s)
 
 
 def int8_peak(threads: int | None, matrix: int = 2048, calls: int = 12, clocks: Clocks = REAL_CLOCKS,
-              plan: Plan | None = None) -> Peak:
+              plan: Plan | None = None, rounds: int = 1, pause_s: float = 1.0) -> Peak:
     """Integer GOP/s (2 x multiply-adds per second) of a uint8 x int8 ``MatMulInteger`` in ONNX
     Runtime's CPU EP: the U8S8 GEMM that quantized convs and matmuls run on. On x86 without
     VNNI it is the saturating VPMADDUBSW path, so this peak tells the host classes apart."""
-    return _gemm_peak("int8", threads, matrix, calls, clocks, plan)
+    return _gemm_peak("int8", threads, matrix, calls, clocks, plan, rounds, pause_s)
 
 
 def _gemm_model(kind: str, matrix: int):
@@ -412,7 +412,11 @@ def _gemm_model(kind: str, matrix: int):
     return model, a
 
 
-def _gemm_peak(kind: str, threads: int | None, matrix: int, calls: int, clocks: Clocks, plan: Plan | None) -> Peak:
+def _gemm_peak(kind: str, threads: int | None, matrix: int, calls: int, clocks: Clocks, plan: Plan | None,
+               rounds: int = 1, pause_s: float = 1.0) -> Peak:
+    """The best of ``rounds`` rounds of ``calls`` calls, ``pause_s`` apart: a peak is what the
+    host can do, and a VM's host slows it for seconds at a time without any sign inside the VM
+    (one quiet round measured 140 GFLOP/s where rounds before and after gave 184-199)."""
     key = (kind, threads, matrix)
     cached = _PEAKS.get(key)
     if cached is not None and (cached.quiet or cached.note.endswith("(retried)")):
@@ -433,16 +437,29 @@ def _gemm_peak(kind: str, threads: int | None, matrix: int, calls: int, clocks: 
     for _ in range(2):
         call()
     plan = (plan or Plan(threads=threads)).with_threads(threads)
-    neighbours = Neighbours(clocks)
-    measured = [timed_call(call, clocks) for _ in range(calls)]
-    attempt = Attempt(measured, plan, neighbours.share())
-    clean = attempt.clean_calls
-    best = min(c.wall_s for c in (clean or measured))
-    gflops = 2.0 * matrix ** 3 / best / 1e9
-    note = "" if clean else "no clean call: a contended figure (too low), roofline ratios too high"
+    best: tuple[float, bool] | None = None
+    figures = []
+    for r in range(max(1, rounds)):
+        if r:
+            clocks.sleep(pause_s)
+        neighbours = Neighbours(clocks)
+        measured = [timed_call(call, clocks) for _ in range(calls)]
+        attempt = Attempt(measured, plan, neighbours.share())
+        clean = attempt.clean_calls
+        wall = min(c.wall_s for c in (clean or measured))
+        figures.append(2.0 * matrix ** 3 / wall / 1e9)
+        quiet = bool(clean) and attempt.quiet
+        # a quiet round beats a contended one; among equals the faster
+        if best is None or (quiet, -wall) > (best[1], -best[0]):
+            best = (wall, quiet)
+    wall, quiet = best
+    gflops = 2.0 * matrix ** 3 / wall / 1e9
+    note = "" if quiet else "no quiet round: a contended figure (too low), roofline ratios too high"
+    if len(figures) > 1:
+        note = (note + f" best of {len(figures)} rounds: " + ", ".join(f"{g:.0f}" for g in figures)).strip()
     if cached is not None:
         note = (note + " (retried)").strip()
-    peak = Peak(gflops, threads, bool(clean) and attempt.quiet, matrix, calls, note)
+    peak = Peak(gflops, threads, quiet, matrix, calls, note)
     _PEAKS[key] = peak
     return peak
 

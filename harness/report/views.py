@@ -375,6 +375,12 @@ def _int8_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
         return Cell()
     cell = Cell()
     for t in tests:
+        ratio = num_figure(t, ("kernel_error_over_quantization_error",))
+        if ratio is not None:  # verdict (b): this host's kernels, not the model's agreement
+            host = (t.get("figures") or {}).get("host_class") or "this host"
+            cell.parts.append(Part(f"kernels on {host}: {ratio:.2f}x the quantization error", t["nodeid"],
+                                   status_of(t.get("outcome")), tooltip(t)))
+            continue
         agree = proportion(t, AGREEMENT_NAMES)
         top1 = proportion(t, INT8_TOP1_NAMES)
         if agree is None and top1 is None:
