@@ -58,6 +58,9 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     for line in one_screen(merged):
         print(line)
     print(f"report: {written.index}")
+    if written.history_error:
+        print(f"zooconform merge: {written.history_error}", file=sys.stderr)
+        return 6  # an input error (harness/commands/run.py INPUT_ERROR): the report is written
     if not args.no_history:
         print(f"history: {written.history} (+{written.appended} lines)")
     if not merged["complete"]:

@@ -44,4 +44,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     for line in one_screen(doc):
         print(line)
     print(f"report: {written.index}")
+    if written.history_error:
+        print(f"zooconform report: {written.history_error}", file=sys.stderr)
+        return 6  # an input error (harness/commands/run.py INPUT_ERROR): the report is written
     return 0

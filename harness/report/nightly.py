@@ -37,6 +37,7 @@ class Written:
     history: Path | None
     appended: int
     regressions: dict[str, list[Part]]
+    history_error: str = ""  # the history could not be read or appended to (the report is written anyway)
 
 
 def utc_stamp(t: float | None = None) -> str:
@@ -92,7 +93,17 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
     run_id = run_id_of(doc)
     doc = dict(doc, run_id=run_id)
     views, orphans = build_views(doc)
-    hist = read_history(history) if history else None
+    hist, history_error = None, ""
+    if history:
+        try:
+            hist = read_history(history)
+        except OSError as e:  # a folder, no read permission: the report is still written, without comparison
+            history_error = (f"{history}: cannot be read ({e.strerror or e}); regressions were not compared "
+                             f"(fix: make it a readable file, or pass --history FILE / --no-history)")
+    if hist is not None and hist.bad_lines:
+        doc["notes"] = list(doc.get("notes") or []) + [hist.bad_note(Path(history).name)]
+    if history_error:
+        doc["notes"] = list(doc.get("notes") or []) + [history_error]
     records = {v.model: model_record(v, doc, run_id) for v in views}
 
     limits = thresholds()
@@ -129,7 +140,7 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
         earlier = [r for r in hist.runs() if r != run_id]
         note = (f"Regressions compare with the previous run of each model in {Path(history).name}"
                 f" ({len(earlier)} other runs"
-                + (f"; {len(hist.bad_lines)} unreadable lines skipped" if hist.bad_lines else "") + ").")
+                + (f"; {hist.bad_note(Path(history).name)}" if hist.bad_lines else "") + ").")
     index, summary, results = folder / "index.html", folder / "summary.md", folder / "results.json"
     _refuse_foreign(index, HTML_MARKER)  # all checked before anything is written
     _refuse_foreign(summary, MD_MARKER)
@@ -141,9 +152,16 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
     if write_results:
         atomic_write_text(results, json.dumps(jsonable(doc), indent=1))
     appended = 0
-    if history and append_history and records:
-        appended = append_records(history, records.values())
-    return Written(folder, index, summary, results, Path(history) if history else None, appended, regressions)
+    if history and append_history and records and not history_error:
+        try:
+            appended = append_records(history, records.values())
+        except (OSError, TimeoutError) as e:  # read-only file or folder, a lock that never came
+            history_error = (f"{history}: this run's {len(records)} line(s) could not be appended "
+                             f"({getattr(e, 'strerror', None) or e}); the run's report is complete in {folder} "
+                             f"(fix: make the history writable and append it with `zooconform report {folder} "
+                             f"--append-history`, or pass --history FILE / --no-history)")
+    return Written(folder, index, summary, results, Path(history) if history else None, appended, regressions,
+                   history_error)
 
 
 # --- summary.md -------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""Bad inputs and faults (issue 21): each ends as a named error or a clean outcome, the rest of
+the run goes on, and no report or history line is lost. One test (or one row) per case of the
+issue, each made here from small files written at test time."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness import data, deploy_preprocess, errors, runtime
+from harness.commands import run as run_cmd
+from harness.errors import ConfigError, InputError
+from harness.lab import Lab, Settings
+from harness.report import history as hist
+from harness.report.nightly import write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def zooconform(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def pytest_run(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def report_doc(run_id="run2", started="2026-11-22T01:00:00Z", model="repvgg_a0") -> dict:
+    return {"schema": "zooconform.results/1", "complete": True, "exitstatus": 0, "run_id": run_id,
+            "started_utc": started, "wall_s": 1.0, "machine": {"cpu": "x", "cores": 2}, "versions": {},
+            "settings": {"tier": "smoke"}, "counts": {"passed": 1}, "notes": [],
+            "tests": [{"nodeid": f"suites/test_card.py::test_params[{model}]", "outcome": "passed",
+                       "duration_s": 0.1, "figures": {}, "model": model, "suite": "test_card"}]}
+
+
+# --- 1. history.jsonl: corrupt, mistyped and foreign lines ---------------------------------
+
+BAD_HISTORY_LINES = {
+    "mistyped started_utc": '{"model":"repvgg_a0","run_id":"x","started_utc":1}',
+    "mistyped run_id": '{"model":"repvgg_a0","run_id":["a"],"started_utc":"2026-11-20T01:00:00Z"}',
+    "mistyped metrics": '{"model":"repvgg_a0","run_id":"y","metrics":{"fp32.b1":{"value":"fast"}}}',
+    "mistyped machine": '{"model":"repvgg_a0","run_id":"z","machine":"a laptop"}',
+    "foreign schema": '{"schema":"someone.else/2","model":"repvgg_a0","run_id":"w"}',
+    "foreign object": '{"hello":"world"}',
+    "a JSON list": '[1, 2, 3]',
+    "torn line": '{"model":"repvgg_a0","run_',
+    "not UTF-8": '\udcff\udcfe',
+    "deeply nested": "[" * 100000 + "]" * 100000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HISTORY_LINES))
+def test_a_bad_history_line_never_stops_a_run_or_costs_a_line(tmp_path, case):
+    path = tmp_path / "history.jsonl"
+    good = {"schema": hist.SCHEMA, "model": "repvgg_a0", "run_id": "run1", "started_utc": "2026-11-21T01:00:00Z"}
+    bad = BAD_HISTORY_LINES[case].encode("utf-8", "surrogateescape")
+    path.write_bytes(json.dumps(good).encode() + b"\n" + bad + b"\n")
+    h = hist.read_history(path)
+    assert [r["run_id"] for r in h.records] == ["run1"] and h.bad_lines == [2]
+    assert h.bad_reasons[2] and "line 2:" in h.bad_note()
+    w = write_report(report_doc(), tmp_path / "run2", path)  # the issue's repro: a TypeError here
+    assert w.appended == 1 and not w.history_error
+    assert [r["run_id"] for r in hist.read_history(path).records] == ["run1", "run2"]
+    assert "compared with run run1" in w.index.read_text()
+    doc = json.loads((tmp_path / "run2" / "results.json").read_text())
+    assert any("history.jsonl: 1 line(s) skipped (line 2:" in n for n in doc["notes"])
+    assert "line(s) skipped" in w.summary.read_text()
+
+
+def test_the_issue_repro_line_is_named_with_its_reason(tmp_path):
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"model":"repvgg_a0","run_id":"x","started_utc":1}\n')
+    h = hist.read_history(path)
+    assert h.records == [] and h.bad_reasons == {1: "started_utc is int, expected a string"}
+    assert hist.previous_record(h, "repvgg_a0", "now", "2026-11-22T01:00:00Z") is None
+
+
+def test_an_unreadable_history_still_gives_the_report_and_says_why(tmp_path):
+    folder_not_file = tmp_path / "history.jsonl"
+    folder_not_file.mkdir()
+    w = write_report(report_doc(), tmp_path / "run", folder_not_file)
+    assert w.index.exists() and (tmp_path / "run" / "results.json").exists()
+    assert "history.jsonl: cannot be read" in w.history_error and "--no-history" in w.history_error
+
+
+def test_a_history_that_cannot_be_appended_keeps_the_report_and_names_the_fix(tmp_path, monkeypatch):
+    path = tmp_path / "history.jsonl"
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("harness.report.nightly.append_records", refuse)
+    w = write_report(report_doc(), tmp_path / "run", path)
+    assert w.index.exists() and w.appended == 0
+    assert "could not be appended (Permission denied)" in w.history_error
+    assert "zooconform report" in w.history_error and "--append-history" in w.history_error
