@@ -184,23 +184,42 @@ def embedded(split: str, count: int) -> ImageSet:
 # --- ImageNet folder --------------------------------------------------------------------
 
 def _open_rgb(path: Path) -> Image.Image:
+    """The image as RGB; every way a file can fail to decode is an InputError naming it (the
+    caller counts it and goes on with the other images)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; the warning is an
+            # error too (a header claiming 60000x60000 in a 633-byte file is a decompression bomb)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im.convert("RGB")
     except FileNotFoundError:
         raise InputError(path, "image file is missing", fix="restore it or remove its line from val_label.txt") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise InputError(path, f"image cannot be decoded ({e})", fix="replace the file with a valid JPEG") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, not an image", fix="remove it from val/ or from val_label.txt") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(path, f"image refused: its header claims more pixels than PIL decodes safely "
+                               f"(decompression bomb? {e})",
+                         fix="replace the file with the real validation image (ImageNet's are < 1 Mpixel)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise InputError(path, f"image cannot be decoded ({type(e).__name__}: {e})",
+                         fix="replace the file with a valid JPEG") from None
 
 
 def read_label_file(path: Path) -> list[tuple[str, int]]:
-    """``val_label.txt``: ``<file name> <class index>`` per line."""
+    """``val_label.txt``: ``<file name> <class index>`` per line (a UTF-8 byte-order mark is
+    fine; the same line twice counts once; one name with two classes is an error naming both)."""
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a label file",
+                         fix="val_label.txt must be a text file with '<file name> <class index>' per line")
     if not path.is_file():
         raise InputError(path, "label file not found",
                          fix="provide val_label.txt with '<file name> <class index>' per line")
     entries: list[tuple[str, int]] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    first: dict[str, tuple[int, int]] = {}  # file name -> (line, class) where it was first labelled
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first name
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -211,6 +230,13 @@ def read_label_file(path: Path) -> list[tuple[str, int]]:
         if not 0 <= idx < NUM_CLASSES:
             raise InputError(path, f"line {n}: class index {idx} outside 0..{NUM_CLASSES - 1}",
                              fix="class indices are 0-based ImageNet-1k indices")
+        if parts[0] in first:
+            m, earlier = first[parts[0]]
+            if earlier != idx:
+                raise InputError(path, f"line {n}: {parts[0]} is labelled {idx}, but line {m} labels it {earlier}",
+                                 fix="keep one line per image, with its right class")
+            continue  # the same line twice: the image is counted once
+        first[parts[0]] = (n, idx)
         entries.append((parts[0], idx))
     if not entries:
         raise InputError(path, "label file is empty", fix="one line per validation image")
@@ -218,7 +244,7 @@ def read_label_file(path: Path) -> list[tuple[str, int]]:
 
 
 def read_class_names(path: Path) -> list[str]:
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8-sig", errors="replace").splitlines() if ln.strip()]
     if len(names) != NUM_CLASSES:
         raise InputError(path, f"expected {NUM_CLASSES} class names (one per line), found {len(names)}",
                          fix="use the 1000-line ImageNet label.txt ('tench, Tinca tinca' ...)")
@@ -235,7 +261,8 @@ def imagenet(root: Path | str) -> ImageSet:
     root = Path(root)
     val = root / "val"
     if not val.is_dir():
-        raise InputError(val, "folder not found", fix="--imagenet DIR must contain val/ and val_label.txt")
+        raise InputError(val, "is a file, not a folder" if val.exists() else "folder not found",
+                         fix="--imagenet DIR must contain val/ and val_label.txt")
     label_path = root / "val_label.txt"
     entries = read_label_file(label_path)
     on_disk = {p.name for p in val.iterdir() if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png")}

@@ -110,3 +110,80 @@ def test_a_history_that_cannot_be_appended_keeps_the_report_and_names_the_fix(tm
     assert w.index.exists() and w.appended == 0
     assert "could not be appended (Permission denied)" in w.history_error
     assert "zooconform report" in w.history_error and "--append-history" in w.history_error
+
+
+# --- 2. a decompression bomb among the images ---------------------------------------------
+
+def bomb_jpeg(path: Path, side: int = 60000) -> Path:
+    """A tiny JPEG whose header claims side x side pixels (the issue's 633-byte file)."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, "JPEG")
+    raw = bytearray(buf.getvalue())
+    sof = raw.index(b"\xff\xc0")
+    raw[sof + 5:sof + 7] = side.to_bytes(2, "big")
+    raw[sof + 7:sof + 9] = side.to_bytes(2, "big")
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("side", [60000, 10000])  # 3.6 G pixels: PIL's error; 100 M: PIL's warning
+def test_a_decompression_bomb_is_an_input_error_and_the_others_are_scored(tmp_path, side):
+    val = tmp_path / "val"
+    val.mkdir()
+    names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
+    for name in names[:2]:
+        Image.new("RGB", (40, 30), (10, 50, 90)).save(val / name, "JPEG")
+    bomb = bomb_jpeg(val / names[2], side)
+    assert bomb.stat().st_size < 1000
+    (tmp_path / "val_label.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    images = data.imagenet(tmp_path)
+    decoded, kept, problems = data.load_images(images.samples)
+    assert len(decoded) == 2 and [s.name for s in kept] == names[:2]
+    [problem] = problems
+    assert names[2] in problem and "decompression bomb" in problem
+
+
+def test_a_directory_in_place_of_an_image_is_named(tmp_path):
+    (tmp_path / "x.JPEG").mkdir()
+    with pytest.raises(InputError, match="is a directory, not an image"):
+        data._open_rgb(tmp_path / "x.JPEG")
+
+
+# --- 10. label files -----------------------------------------------------------------------
+
+def labelled_folder(root: Path, n: int = 12, label_text: str | None = None, bom: bool = False) -> Path:
+    val = root / "val"
+    val.mkdir(parents=True)
+    lines = []
+    for i in range(1, n + 1):
+        name = f"ILSVRC2012_val_{i:08d}.JPEG"
+        Image.new("RGB", (40, 30), (10 * (i % 4), 50, 90)).save(val / name, "JPEG")
+        lines.append(f"{name} {i % 4}")
+    text = label_text if label_text is not None else "\n".join(lines) + "\n"
+    (root / "val_label.txt").write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return root
+
+
+def test_a_label_file_with_a_utf8_bom_is_read(tmp_path):
+    images = data.imagenet(labelled_folder(tmp_path, bom=True))
+    assert len(images) == 12 and images.samples[0].name == "ILSVRC2012_val_00000001.JPEG"
+
+
+def test_a_conflicting_duplicate_label_names_both_lines(tmp_path):
+    text = "ILSVRC2012_val_00000001.JPEG 1\nILSVRC2012_val_00000002.JPEG 2\nILSVRC2012_val_00000001.JPEG 7\n"
+    (tmp_path / "val_label.txt").write_text(text)
+    with pytest.raises(InputError, match="line 3: ILSVRC2012_val_00000001.JPEG is labelled 7, but line 1 labels it 1"):
+        data.read_label_file(tmp_path / "val_label.txt")
+
+
+def test_an_identical_duplicate_line_counts_the_image_once(tmp_path):
+    (tmp_path / "val_label.txt").write_text("a.JPEG 1\nb.JPEG 2\na.JPEG 1\n")
+    assert data.read_label_file(tmp_path / "val_label.txt") == [("a.JPEG", 1), ("b.JPEG", 2)]
+
+
+def test_a_label_path_that_is_a_directory_says_so(tmp_path):
+    (tmp_path / "val_label.txt").mkdir()
+    with pytest.raises(InputError, match="is a directory, not a label file"):
+        data.read_label_file(tmp_path / "val_label.txt")
