@@ -74,7 +74,9 @@ def export_onnx(model: torch.nn.Module, path: Path | str, *, input_size: int, op
     text_log = "\n".join(warned)[:2000] + ("\n" if warned else "") + log.getvalue()[-2000:]
     written = None
     with contextlib.suppress(Exception):
-        m = onnx.load(str(path), load_external_data=False)
+        from .runtime import load_checked_header
+
+        m = load_checked_header(path)
         written = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
     return ExportResult(path, exporter, opset, written, seconds, text_log)
 

@@ -168,18 +168,15 @@ _headers: dict[tuple, object] = {}
 def header(path: Path):
     """The file's graph without external weights (after the escaping-location check); memoised
     by path, size and mtime so a rewritten file is read again."""
-    import onnx
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "ONNX file not found", fix="check the path")
+    runtime.require_onnx_file(path)  # a folder or an empty file named as such
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _headers:
-        runtime.check_external_data(path)  # InputError naming the file when invalid or escaping
         if len(_headers) >= 8:
             _headers.clear()
-        _headers[key] = onnx.load(str(path), load_external_data=False)
+        # the one guarded loader: InputError naming the file when invalid or escaping its folder
+        _headers[key] = runtime.load_checked_header(path)
     return _headers[key]
 
 

@@ -164,7 +164,9 @@ def activation_bytes_per_image(model_path: Path) -> int:
     """
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
+    from .runtime import load_checked_header
+
+    model = load_checked_header(model_path)
     total = 0
     for vi in list(model.graph.value_info) + list(model.graph.output):
         tt = vi.type.tensor_type
@@ -193,13 +195,19 @@ def preprocess_for_quantization(fp32: Path, out: Path) -> float:
     """``quant_pre_process`` (shape inference + ORT basic optimizations); returns seconds."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from .runtime import load_checked_header
+
+    # the harness's guard first: quant_pre_process reads the file's external data itself, so a
+    # location escaping the model's folder (or a file that is no ONNX) is refused here, by name
+    load_checked_header(fp32)
     t0 = time.perf_counter()
     try:
         with _quiet():
             quant_pre_process(str(fp32), str(out), auto_merge=True, skip_symbolic_shape=False)
     except Exception as e:
         raise InputError(fp32, f"quant_pre_process failed ({type(e).__name__}: {str(e)[:300]})",
-                         fix="check the fp32 model with onnx.checker.check_model; re-export with opset >= 13") from None
+                         fix="check the fp32 model with onnx.checker.check_model (and its shapes with "
+                             "onnx.shape_inference.infer_shapes); re-export it if either fails") from None
     return time.perf_counter() - t0
 
 
@@ -388,7 +396,13 @@ def fp32_source(lab, card) -> Path:
 
 
 def preprocessed(lab, fp32: Path) -> Path:
-    """Cached ``quant_pre_process`` output of ``fp32`` (shared by every calibration method)."""
+    """Cached ``quant_pre_process`` output of ``fp32`` (shared by every calibration method).
+    The user's file passes the harness's external-data guard (``runtime.load_checked_header``,
+    in ``preprocess_for_quantization``) before quant_pre_process reads it; a directory or an
+    empty file is named before its digest is taken."""
+    from .runtime import require_onnx_file
+
+    require_onnx_file(Path(fp32))
     key = {"fp32": cached_file_digest(fp32), "auto_merge": True, **library_key()}
 
     def build(folder: Path) -> None:

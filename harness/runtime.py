@@ -15,10 +15,24 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
+def require_onnx_file(path: Path) -> None:
+    """A missing path, a directory and an empty file each get their own words (not "not found"
+    for a folder, not protobuf's "ir_version not set" for 0 bytes)."""
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an ONNX file", fix="name the .onnx file inside it")
+    if not path.is_file():
+        raise InputError(path, "ONNX file not found", fix="check the path in the manifest")
+    if path.stat().st_size == 0:
+        raise InputError(path, "is an empty file (0 bytes), not an ONNX model",
+                         fix="re-export the model; the export or the copy did not finish")
+
+
 def check_external_data(path: Path) -> None:
     """Refuse ONNX files whose external-data locations escape their folder (untrusted files)."""
     import onnx
 
+    path = Path(path)
+    require_onnx_file(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and friends
@@ -41,8 +55,6 @@ def load_checked(path: Path | str):
     import onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "ONNX file not found", fix="check the path in the manifest")
     check_external_data(path)
     try:
         return onnx.load(str(path))
@@ -66,8 +78,6 @@ def load_checked_header(path: Path | str):
     import onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "ONNX file not found", fix="check the path in the manifest")
     check_external_data(path)
     try:
         return onnx.load(str(path), load_external_data=False)

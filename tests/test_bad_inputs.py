@@ -151,6 +151,65 @@ def test_a_directory_in_place_of_an_image_is_named(tmp_path):
         data._open_rgb(tmp_path / "x.JPEG")
 
 
+# --- 3. one guarded loader for every ONNX --------------------------------------------------
+
+def escaping_onnx(path: Path) -> Path:
+    """An ONNX whose weight lives in external data outside its folder (../secret.bin)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1, 3, 1, 1), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 4, 4]) for n in ("input", "logits")]
+    graph = helper.make_graph([helper.make_node("Mul", ["input", "w"], ["logits"])], "g", io[:1], io[1:], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    (path.parent.parent / "secret.bin").write_bytes(np.ones(3, np.float32).tobytes())
+    assert onnx.load(str(path), load_external_data=False).graph.initializer[0].name == "w"
+    return path
+
+
+def test_quant_pre_process_never_reads_an_escaping_file(tmp_path, monkeypatch):
+    from harness import quantize
+
+    model = escaping_onnx(tmp_path / "deploy" / "m.onnx")
+    called = []
+    monkeypatch.setattr("onnxruntime.quantization.shape_inference.quant_pre_process",
+                        lambda *a, **k: called.append(a))
+    with pytest.raises(InputError, match=r"external data location '\.\./secret\.bin' of tensor 'w' escapes"):
+        quantize.preprocess_for_quantization(model, tmp_path / "out.onnx")
+    assert called == []
+
+
+def test_every_onnx_load_in_the_harness_goes_through_the_guard():
+    """No module but runtime.py calls onnx.load itself (grep): one guarded loader."""
+    offenders = []
+    for py in (ROOT / "harness").rglob("*.py"):
+        if py.name == "runtime.py":
+            continue
+        for n, line in enumerate(py.read_text().splitlines(), 1):
+            if "onnx.load(" in line or "onnx.load_model(" in line:
+                offenders.append(f"{py.relative_to(ROOT)}:{n}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("case", ["directory", "empty", "missing"])
+def test_onnx_paths_that_are_not_files_say_what_they_are(tmp_path, case):
+    path = tmp_path / "m.onnx"
+    if case == "directory":
+        path.mkdir()
+    elif case == "empty":
+        path.write_bytes(b"")
+    phrase = {"directory": "is a directory", "empty": "empty file (0 bytes)", "missing": "not found"}[case]
+    for load in (runtime.load_checked, runtime.load_checked_header, runtime.check_external_data):
+        with pytest.raises(InputError, match=re_escape(phrase)):
+            load(path)
+
+
 # --- 10. label files -----------------------------------------------------------------------
 
 def labelled_folder(root: Path, n: int = 12, label_text: str | None = None, bom: bool = False) -> Path:
