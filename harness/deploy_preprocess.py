@@ -144,12 +144,21 @@ def _choice(d, key, choices, file) -> str:
     return v
 
 
+# Largest crop / resize side accepted: 4096 px is 10x the largest card input (416 px) and
+# 64 MiB of float32 per image; a typo like 1000000 would otherwise allocate terabytes.
+MAX_SIDE = 4096
+
+
 def _positive_int(d, key, file) -> int:
     v = d[key]
     if not isinstance(v, int) or isinstance(v, bool):
         raise _type_error(file, key, "an integer (pixels)", v)
     if v < 1:
         raise ConfigError(file, key, f"expected an integer >= 1, got {v}", fix=f"write \"{key}\" as a pixel count >= 1")
+    if v > MAX_SIDE:
+        raise ConfigError(file, key, f"{v} px is larger than the {MAX_SIDE} px this harness accepts "
+                                     f"({v}x{v}x3 float32 is {v * v * 12 / 2**30:.3g} GiB per image)",
+                          fix=f"write \"{key}\" as the model's pixel count (224, 256, ...), at most {MAX_SIDE}")
     return v
 
 

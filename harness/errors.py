@@ -28,3 +28,16 @@ class InputError(ZooconformError):
         if fix:
             msg += f" (fix: {fix})"
         super().__init__(msg)
+
+
+class OptionError(ConfigError):
+    """A command-line option whose value cannot work (``--threads -1``, a ``--weights-dir`` that
+    does not exist): a usage error, raised before anything runs."""
+
+    def __init__(self, option: str, value, problem: str, fix: str = ""):
+        self.option, self.value = option, value
+        self.file, self.key, self.problem, self.fix = Path(option), option, problem, fix
+        msg = f"{option} {value}: {problem}"
+        if fix:
+            msg += f" (fix: {fix})"
+        Exception.__init__(self, msg)

@@ -16,7 +16,7 @@ from . import data as data_mod
 from . import manifest as manifest_mod
 from . import models as models_mod
 from .cache import ArtifactCache
-from .errors import ConfigError, ZooconformError
+from .errors import ConfigError, InputError, OptionError, ZooconformError
 from .preprocess import reference_batch, reference_transform
 from .zoo import ModelCard, load_zoo, select
 
@@ -43,12 +43,64 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
 
+MAX_THREADS = 4096
+
+
+def _count_option(option: str, value, hi: int | None = None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (hi is not None and value > hi):
+        raise OptionError(option, value, f"expected a whole number >= 1{f' and <= {hi}' if hi else ''}",
+                          fix=f"pass {option} N with N >= 1, or leave it out for the default")
+
+
+def _writable_folder(option: str, folder: Path, fix: str) -> None:
+    """``folder`` can hold our files (created if missing), tried rather than read from the
+    permission bits (root, read-only mounts and immutable folders defeat those)."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise OptionError(option, folder, "is not a directory", fix=fix)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OptionError(option, folder, f"cannot write there ({e.strerror or e})", fix=fix) from None
+
+
+def validate_settings(settings: Settings) -> None:
+    """Options that cannot work are usage errors naming the option, before anything runs."""
+    _count_option("--threads", settings.threads, MAX_THREADS)
+    _count_option("--eval-images", settings.eval_images)
+    _count_option("--calib-images", settings.calib_images)
+    wd = settings.weights_dir
+    if wd is not None and not Path(wd).is_dir():
+        raise OptionError("--weights-dir", wd, "does not exist" if not Path(wd).exists() else "is not a directory",
+                          fix="point it at the folder holding <model id>.pth / .safetensors "
+                              "(without --weights-dir the suite uses seeded random-init models)")
+    if settings.imagenet is not None and not Path(settings.imagenet).is_dir():
+        raise OptionError("--imagenet", settings.imagenet,
+                          "does not exist" if not Path(settings.imagenet).exists() else "is not a directory",
+                          fix="point it at the folder holding val/ and val_label.txt")
+
+
 class Lab:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, check_folders: bool = False):
+        """``check_folders``: also make sure the report and cache folders can be written (the
+        plugin asks for it, so a read-only folder is a usage error before the run, not an
+        INTERNALERROR after it that loses the results)."""
+        validate_settings(settings)
+        if check_folders:
+            _writable_folder("--report-dir", Path(settings.report_dir),
+                             "pass --report-dir DIR to a writable folder")
         self.settings = settings
         self.zoo = load_zoo(settings.zoo_dir) if settings.zoo_dir else load_zoo()
         self.cards: list[ModelCard] = select(self.zoo, settings.models, settings.tier)
         self.cache = ArtifactCache(settings.cache_dir)
+        if check_folders:
+            _writable_folder("--cache-dir", self.cache.root,
+                             "pass --cache-dir DIR (or set ZOOCONFORM_CACHE) to a writable folder")
         self.manifest_error: ZooconformError | None = None
         self.manifest = manifest_mod.empty()
         if settings.artifacts:
@@ -98,7 +150,16 @@ class Lab:
         if split not in self._images:
             if self.settings.imagenet:
                 full = data_mod.imagenet(self.settings.imagenet)
-                calib, rest = data_mod.calibration_subset(full, self.settings.calib_images or IMAGENET_CALIB_IMAGES)
+                asked = self.settings.calib_images or IMAGENET_CALIB_IMAGES
+                calib, rest = data_mod.calibration_subset(full, asked)
+                if not rest.samples:
+                    raise InputError(self.settings.imagenet,
+                                     f"the folder has {len(full)} labelled image(s) and calibration takes "
+                                     f"{len(calib)} of them (--calib-images {asked}"
+                                     f"{'' if self.settings.calib_images else ', the default'}), "
+                                     f"leaving 0 for evaluation",
+                                     fix=f"pass --calib-images N with N < {len(full)} (e.g. {max(1, len(full) // 2)}), "
+                                         f"or use a folder with more images")
                 if self.settings.eval_images:
                     rest.samples = _spread(rest.samples, self.settings.eval_images)
                 self._images = {"calib": calib, "eval": rest}

@@ -78,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): the cases of one model run on one xdist worker")
     settings = settings_from(config)
     try:
-        lab = Lab(settings)
+        lab = Lab(settings, check_folders=True)  # unusable options and folders: a usage error now
     except UnknownModelError as e:
         raise pytest.UsageError(f"--models: {e}") from None
     except ConfigError as e:

@@ -210,6 +210,66 @@ def test_onnx_paths_that_are_not_files_say_what_they_are(tmp_path, case):
             load(path)
 
 
+@pytest.mark.parametrize("option", ["--report-dir", "--cache-dir"])
+def test_an_unusable_report_or_cache_folder_is_named_before_the_run(tmp_path, option):
+    not_a_dir = tmp_path / "blocker"
+    not_a_dir.write_text("a file")
+    key = option.removeprefix("--").replace("-", "_")
+    settings = Settings(models=["repvgg_a0"], cache_dir=tmp_path / "cache", report_dir=tmp_path / "reports")
+    setattr(settings, key, not_a_dir / "sub" if option == "--cache-dir" else not_a_dir)
+    with pytest.raises(errors.OptionError, match=re_escape(option)) as e:
+        Lab(settings, check_folders=True)
+    assert "fix: pass " + option in str(e.value)
+
+
+def test_plain_pytest_with_an_unusable_report_dir_is_a_usage_error_not_an_internal_error(tmp_path):
+    not_a_dir = tmp_path / "reports"
+    not_a_dir.write_text("a file")
+    r = pytest_run("suites/test_card.py", "--collect-only", "-q", f"--report-dir={not_a_dir}",
+                   f"--cache-dir={tmp_path / 'cache'}", "--models", "repvgg_a0")
+    assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "INTERNALERROR" not in r.stdout + r.stderr and "--report-dir" in r.stderr and "is not a directory" in r.stderr
+
+
+# --- 8. bad numbers ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value,option", [
+    ("threads", -1, "--threads"), ("threads", 0, "--threads"), ("threads", 10 ** 6, "--threads"),
+    ("eval_images", 0, "--eval-images"), ("eval_images", -5, "--eval-images"),
+    ("calib_images", 0, "--calib-images"), ("calib_images", -5, "--calib-images"),
+])
+def test_bad_counts_are_option_errors_naming_the_option(tmp_path, key, value, option):
+    with pytest.raises(errors.OptionError, match=rf"^{re_escape(option)} {value}: expected a whole number >= 1"):
+        Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "c", **{key: value}))
+
+
+def test_threads_minus_one_is_a_usage_error_in_pytest_not_an_internal_error(tmp_path):
+    r = pytest_run("suites/test_card.py", "--collect-only", "-q", "--threads", "-1", "--models", "repvgg_a0",
+                   f"--report-dir={tmp_path}", f"--cache-dir={tmp_path / 'cache'}")
+    assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "--threads -1: expected a whole number >= 1" in r.stderr and "INTERNALERROR" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("key", ["crop", "resize"])
+def test_preprocess_sizes_are_bounded(key):
+    cfg = {"pipeline": "resize_then_crop", "resize": 256, "crop": 224, "interpolation": "bilinear",
+           "color": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+    deploy_preprocess.from_dict(dict(cfg, **{key: deploy_preprocess.MAX_SIDE}))
+    with pytest.raises(ConfigError, match=rf"\[{key}\] 1000000 px is larger than the 4096 px") as e:
+        deploy_preprocess.from_dict(dict(cfg, **{key: 1000000}), "pre.json")
+    assert e.value.key == key and "pre.json" in str(e.value)
+
+
+# --- 9. --weights-dir that does not exist --------------------------------------------------
+
+def test_a_weights_dir_that_does_not_exist_is_an_option_error(tmp_path):
+    with pytest.raises(errors.OptionError, match=r"--weights-dir .*wieghts: does not exist"):
+        Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "c", weights_dir=tmp_path / "wieghts"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(errors.OptionError, match="is not a directory"):
+        Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "c", weights_dir=tmp_path / "file"))
+
+
 # --- 10. label files -----------------------------------------------------------------------
 
 def labelled_folder(root: Path, n: int = 12, label_text: str | None = None, bom: bool = False) -> Path:
@@ -246,3 +306,15 @@ def test_a_label_path_that_is_a_directory_says_so(tmp_path):
     (tmp_path / "val_label.txt").mkdir()
     with pytest.raises(InputError, match="is a directory, not a label file"):
         data.read_label_file(tmp_path / "val_label.txt")
+
+
+def test_a_folder_too_small_for_the_calibration_split_says_so(tmp_path):
+    lab = Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "c", imagenet=labelled_folder(tmp_path / "in")))
+    with pytest.raises(InputError) as e:
+        lab.images("eval")
+    msg = str(e.value)
+    assert "12 labelled image(s)" in msg and "--calib-images 1000, the default" in msg
+    assert "leaving 0 for evaluation" in msg and "--calib-images N with N < 12" in msg
+    small = Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "c", calib_images=4,
+                         imagenet=tmp_path / "in"))
+    assert len(small.images("calib")) == 4 and len(small.images("eval")) == 8
