@@ -210,6 +210,98 @@ def test_onnx_paths_that_are_not_files_say_what_they_are(tmp_path, case):
             load(path)
 
 
+
+# --- 5 + 6. publishing the latest reports ---------------------------------------------------
+
+def run_folder(tmp_path: Path, tag: str, files=run_cmd.LATEST) -> Path:
+    folder = tmp_path / "smoke" / tag
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_text(f"{tag} {name} " + "x" * 20000)
+    return folder
+
+
+def phase(folder: Path) -> run_cmd.Phase:
+    return run_cmd.Phase("all", folder, None, [])
+
+
+def test_latest_reports_are_published_together_and_readable(tmp_path):
+    folder = run_folder(tmp_path, "run1")
+    out, why = run_cmd.publish_latest(folder, tmp_path, [(phase(folder), 0)])
+    assert why == "" and sorted(p.name for p in out) == sorted(run_cmd.LATEST)
+    for name in run_cmd.LATEST:
+        assert (tmp_path / name).read_text().startswith(f"run1 {name}")
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("case", ["usage error", "killed before junit"])
+def test_a_run_that_did_not_start_or_was_killed_publishes_nothing(tmp_path, case):
+    first = run_folder(tmp_path, "run1")
+    run_cmd.publish_latest(first, tmp_path, [(phase(first), 0)])
+    if case == "usage error":
+        second = run_folder(tmp_path, "run2", files=("results.json",))
+        out, why = run_cmd.publish_latest(second, tmp_path, [(phase(second), run_cmd.USAGE)])
+        assert "did not start" in why
+    else:
+        second = run_folder(tmp_path, "run2", files=("results.json",))  # the snapshot of a SIGKILLed pytest
+        out, why = run_cmd.publish_latest(second, tmp_path, [(phase(second), -9)])
+        assert "junit.xml, report.html" in why
+    assert out == []
+    for name in run_cmd.LATEST:  # the previous run's three files, all of them
+        assert (tmp_path / name).read_text().startswith(f"run1 {name}")
+
+
+def test_concurrent_publishes_never_fail_nor_mix_two_runs(tmp_path):
+    folders = [run_folder(tmp_path, f"run{i}") for i in range(4)]
+    errors: list[BaseException] = []
+
+    def publish(folder):
+        try:
+            for _ in range(15):
+                out, why = run_cmd.publish_latest(folder, tmp_path, [(phase(folder), 0)])
+                assert why == "" and len(out) == 3
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=(f,)) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    tags = {(tmp_path / name).read_text().split()[0] for name in run_cmd.LATEST}
+    assert len(tags) == 1  # the three latest files come from one run
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_results_files_are_written_0644(tmp_path):
+    from harness.report.results import atomic_write_text
+
+    atomic_write_text(tmp_path / "results.json", "{}")
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+
+
+# --- 7. unwritable report dir, history, cache ----------------------------------------------
+
+def test_run_with_a_report_dir_that_is_a_file_is_a_usage_error(tmp_path):
+    not_a_dir = tmp_path / "reports"
+    not_a_dir.write_text("a file")
+    r = zooconform("run", "--report-dir", not_a_dir, "--models", "repvgg_a0")
+    assert r.returncode == run_cmd.USAGE, r.stderr[-2000:]
+    assert f"--report-dir {not_a_dir}" in r.stderr and "fix: pass --report-dir" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_run_with_a_history_that_is_a_directory_is_a_usage_error_before_running(tmp_path):
+    history = tmp_path / "h.jsonl"
+    history.mkdir()
+    r = zooconform("run", "--report-dir", tmp_path / "reports", "--history", history, "--models", "repvgg_a0")
+    assert r.returncode == run_cmd.USAGE and f"history {history}: cannot be appended to (is a directory)" in r.stderr
+    assert "phase" not in r.stdout  # nothing ran
+    assert not any((tmp_path / "reports" / "smoke").iterdir())
+
+
 @pytest.mark.parametrize("option", ["--report-dir", "--cache-dir"])
 def test_an_unusable_report_or_cache_folder_is_named_before_the_run(tmp_path, option):
     not_a_dir = tmp_path / "blocker"
@@ -318,3 +410,54 @@ def test_a_folder_too_small_for_the_calibration_split_says_so(tmp_path):
     small = Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "c", calib_images=4,
                          imagenet=tmp_path / "in"))
     assert len(small.images("calib")) == 4 and len(small.images("eval")) == 8
+
+
+def doc_with(*outcomes_messages, complete=True) -> dict:
+    return {"complete": complete, "tests": [{"nodeid": f"t{i}", "outcome": o, "message": m}
+                                            for i, (o, m) in enumerate(outcomes_messages)]}
+
+
+@pytest.mark.parametrize("codes,doc,interrupted,expected", [
+    ([0], doc_with(("passed", "")), False, 0),
+    ([1], doc_with(("failed", "error = 3, but should be <= 1")), False, 1),
+    ([1], doc_with(("failed", "InputError: m.onnx: is an empty file"), ("passed", "")), False, 6),
+    ([1], doc_with(("error", "ConfigError: m.toml: [models.x] unknown"), ("failed", "x")), False, 6),
+    ([4], doc_with(), False, 4),
+    ([1], doc_with(("failed", "x"), complete=False), True, 2),
+    ([-9], doc_with(("passed", ""), complete=False), False, 2),
+    ([0], doc_with(("passed", ""), complete=False), False, 2),
+    ([3], doc_with(), False, 3),
+    ([5], doc_with(), False, 5),
+])
+def test_exit_codes_separate_the_outcomes(codes, doc, interrupted, expected):
+    assert run_cmd.exit_code(codes, doc, interrupted) == expected
+
+
+INPUT_ERROR_SUITE = '''
+from harness.errors import InputError
+
+def test_fine(model_card, record):
+    record(answer=42)
+
+def test_reads_your_file(model_card, record):
+    raise InputError("deploy/model.onnx", "is an empty file (0 bytes), not an ONNX model", fix="re-export it")
+'''
+
+
+def test_an_input_error_run_goes_on_writes_every_report_and_exits_6(tmp_path):
+    suites = tmp_path / "mysuite"
+    suites.mkdir()
+    (suites / "test_mine.py").write_text(INPUT_ERROR_SUITE)
+    reports = tmp_path / "reports"
+    r = zooconform("run", "--suites", suites, "--models", "repvgg_a0", "--report-dir", reports)
+    assert r.returncode == run_cmd.INPUT_ERROR, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "input errors: 1 test(s) could not judge your files" in r.stdout
+    [folder] = [p for p in (reports / "smoke").iterdir() if p.is_dir()]
+    doc = json.loads((folder / "results.json").read_text())
+    outcomes = {t["nodeid"].split("::")[-1]: t["outcome"] for t in doc["tests"]}
+    assert outcomes == {"test_fine[repvgg_a0]": "passed", "test_reads_your_file[repvgg_a0]": "failed"}
+    for name in ("index.html", "summary.md", "junit.xml", "report.html"):
+        assert (folder / name).exists(), name
+    for name in run_cmd.LATEST:
+        assert (reports / name).exists() and stat.S_IMODE((reports / name).stat().st_mode) == 0o644
+    assert len(hist.read_history(reports / "history.jsonl").records) == 1

@@ -15,6 +15,17 @@ folder is merged with the others by ``zooconform merge``, which appends the hist
 
 Ctrl-C (or SIGTERM) stops the run: the suite writes what it has, marked incomplete, and
 the report is rendered from it. Unknown options are passed to pytest (``-k export``, ``-x``).
+
+Exit codes (README "Exit codes"): 0 every check passed; 1 a check failed (your model); 2 the
+run is incomplete (interrupted, killed, a crashed worker); 3 an internal error of pytest or
+the harness; 4 a usage error (options, an unwritable report folder or history), nothing ran;
+5 no test was selected; 6 an input or configuration error (your manifest, weights, ONNX,
+images, label files or history): fix the input, the summary line says how many.
+
+The latest run's ``junit.xml``, ``report.html`` and ``results.json`` are copied to
+``<report-dir>/`` together or not at all: only after a run whose pytest started and wrote all
+three, each through a temp file of its own (``tempfile`` in that folder) and a rename, so
+concurrent runs never tear a file and never leave a mix of two runs' files.
 """
 from __future__ import annotations
 
@@ -28,8 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-INTERRUPTED = 2  # pytest's exit code for an interrupted session
+CHECKS_FAILED = 1
+INTERRUPTED = 2  # pytest's exit code for an interrupted session; ours for any incomplete run
+INTERNAL_ERROR = 3
+USAGE = 4
 NO_TESTS = 5
+INPUT_ERROR = 6  # an input or configuration error (InputError / ConfigError), not a failing check
+INPUT_ERROR_TYPES = ("InputError", "ConfigError")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -188,23 +204,100 @@ def merge_junit(files: list[tuple[str, Path]], out: Path) -> None:
 LATEST = ("junit.xml", "report.html", "results.json")
 
 
-def publish_latest(folder: Path, report_dir: Path, codes: list) -> list[Path]:
+def publish_latest(folder: Path, report_dir: Path, codes: list) -> tuple[list[Path], str]:
     """Copy the run's JUnit, pytest-html and results.json to ``<report-dir>/`` (the fixed paths
-    CI and users point at); the timestamped folder stays the record, never overwritten."""
-    import shutil
+    CI and users point at); the timestamped folder stays the record, never overwritten.
 
-    out = []
+    All three or none: a run that did not start (a usage error) or was killed before pytest
+    wrote its JUnit and HTML leaves the previous run's three files as they were, and the reason
+    is returned. Each file goes through its own temp file in ``report_dir`` (unique name, mode
+    0644) and ``os.replace``, so concurrent runs never see a torn file."""
+    import shutil
+    import tempfile
+
+    from filelock import FileLock, Timeout
+
+    sources = {}
     for name in LATEST:
         src = folder / name
         if not src.exists():  # -j: per-phase folders hold pytest-html's report
             src = next((p.folder / name for p, _ in codes if (p.folder / name).exists()), src)
-        if src.exists():
-            dst = report_dir / name
-            tmp = report_dir / f".{name}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-            out.append(dst)
-    return out
+        sources[name] = src
+    missing = [n for n, src in sources.items() if not src.is_file()]
+    if not codes or any(c == USAGE for _, c in codes):
+        return [], "the run did not start (usage error)"
+    if missing:
+        return [], f"this run wrote no {', '.join(missing)} (killed or stopped early?)"
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, src in sources.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=report_dir)
+            staged.append((name, Path(tmp)))
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the reports from a CI's other users
+        out_paths = []
+        # all three are complete on disk before the first replace; the lock keeps two runs'
+        # replaces from interleaving (else junit.xml of one run beside results.json of another)
+        with FileLock(str(report_dir / ".latest.lock"), timeout=120):
+            for name, tmp in staged:
+                os.replace(tmp, report_dir / name)
+                out_paths.append(report_dir / name)
+        return out_paths, ""
+    except (OSError, Timeout) as e:
+        return [], f"cannot write to {report_dir} ({getattr(e, 'strerror', None) or e})"
+    finally:
+        for _, tmp in staged:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def input_errors(doc: dict) -> list[dict]:
+    """The tests that ended on an input or configuration error (not a failing check)."""
+    return [t for t in doc.get("tests") or [] if t.get("outcome") in ("failed", "error")
+            and str(t.get("message") or "").startswith(tuple(f"{n}:" for n in INPUT_ERROR_TYPES))]
+
+
+def exit_code(codes: list[int], doc: dict, interrupted: bool, extra_input_error: bool = False) -> int:
+    """One code per kind of outcome (module docstring), in this order of precedence: a usage
+    error; a run stopped by a signal or killed; an internal error; input or configuration
+    errors; else pytest's own (a failing check 1, nothing selected 5), with a run that passed
+    but did not finish (a crashed worker) reported as incomplete (2)."""
+    real = [c for c in codes if c != NO_TESTS]
+    if USAGE in real:
+        return USAGE
+    if interrupted or any(c < 0 for c in real):
+        return INTERRUPTED
+    if INTERNAL_ERROR in real:
+        return INTERNAL_ERROR
+    if input_errors(doc) or extra_input_error:
+        return INPUT_ERROR
+    if not real:
+        return NO_TESTS
+    code = max(real)
+    return INTERRUPTED if code == 0 and not doc.get("complete") else code
+
+
+def _writable_file(path: Path) -> str:
+    """Why ``path`` cannot be appended to ("" when it can), trying it rather than trusting
+    permission bits (root, read-only mounts, immutable files)."""
+    import tempfile
+
+    if path.is_dir():
+        return "is a directory"
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        else:
+            parent = path.parent if str(path.parent) else Path(".")
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is not a directory"
+            parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return ""
 
 
 def main(args: argparse.Namespace, extra: list[str]) -> int:
@@ -215,7 +308,25 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     shard = _shard(args.shard)
     report_dir = Path(args.report_dir)
     name = utc_stamp() + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
-    folder = new_run_folder(report_dir / ("nightly" if args.tier == "full" else args.tier), name)
+    history = Path(args.history) if args.history else default_history(report_dir)
+    append = not args.no_history and shard is None
+    # before anything runs: a report folder or history we cannot write would lose the run's results
+    try:
+        folder = new_run_folder(report_dir / ("nightly" if args.tier == "full" else args.tier), name)
+    except OSError as e:
+        print(f"zooconform run: --report-dir {report_dir}: cannot create a run folder there "
+              f"({e.strerror or e}{': ' + str(e.filename) if getattr(e, 'filename', None) else ''}) "
+              f"(fix: pass --report-dir DIR to a writable folder)", file=sys.stderr)
+        return USAGE
+    why = _writable_file(history) if append else ""
+    if why:
+        print(f"zooconform run: history {history}: cannot be appended to ({why}) "
+              f"(fix: make it a writable file, pass --history FILE elsewhere, or --no-history)", file=sys.stderr)
+        try:
+            folder.rmdir()  # still empty: leave no trace of a run that did not start
+        except OSError:
+            pass
+        return USAGE
     forwarder = _Forwarder()
     old = {s: signal.signal(s, forwarder) for s in (signal.SIGINT, signal.SIGTERM)}
     codes: list[tuple[Phase, int]] = []
@@ -259,24 +370,27 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         for p, _ in codes:
             if (p.folder / "report.html").exists():
                 links[f"pytest-html ({p.label})"] = f"{p.folder.name}/report.html"
-    history = Path(args.history) if args.history else default_history(report_dir)
-    append = not args.no_history and shard is None
     written = write_report(doc, folder, history if (append or history.exists()) else None, append_history=append,
                            links=links)
     if len(codes) > 1:  # each phase printed its own summary; this is the whole run's
         for line in one_screen(doc):
             print(line)
-    latest = publish_latest(folder, report_dir, codes)
+    latest, not_published = publish_latest(folder, report_dir, codes)
     n_reg = sum(len(v) for v in written.regressions.values())
     print(f"report: {written.index}" + (f" ({n_reg} regression(s) flagged)" if n_reg else ""))
     if latest:
         print(f"latest: {', '.join(str(p) for p in latest)}")
-    if written.history and append:
+    elif doc.get("tests"):
+        print(f"latest: {report_dir}/{{{','.join(LATEST)}}} not replaced: {not_published}")
+    if written.history_error:
+        print(f"zooconform run: {written.history_error}", file=sys.stderr)
+    elif written.history and append:
         print(f"history: {written.history} (+{written.appended} lines)")
     elif shard:
         print(f"shard {shard[0]}/{shard[1]}: merge the shards' folders with `zooconform merge` to append the history")
-    real = [c for _, c in codes if c != NO_TESTS]
-    if forwarder.count or any(c < 0 for c in real):
-        return INTERRUPTED
-    code = max(real) if real else NO_TESTS
-    return INTERRUPTED if code == 0 and not doc.get("complete") else code
+    bad_inputs = input_errors(doc)
+    if bad_inputs:
+        print(f"input errors: {len(bad_inputs)} test(s) could not judge your files (InputError / ConfigError: "
+              f"fix the input, exit code {INPUT_ERROR}); first: {bad_inputs[0]['nodeid']}: "
+              f"{str(bad_inputs[0].get('message'))[:300]}")
+    return exit_code([c for _, c in codes], doc, bool(forwarder.count), bool(written.history_error))

@@ -77,9 +77,13 @@ def jsonable(value: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temp file of its own in the same folder and a rename: readers see
+    the old file or the new one, never a torn one, even with concurrent writers. Mode 0644 (a
+    report is for reading; mkstemp's 0600 would hide it from a CI's other users)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
