@@ -41,6 +41,9 @@ class ModelArtifacts:
         p = self.paths.get(key)
         if p is None:
             return None
+        if p.is_dir():
+            raise InputError(p, f"named by {self.manifest} [models.{self.model_id}] {key} but is a directory, "
+                                f"not a file", fix="name the file inside it")
         if not p.is_file():
             raise InputError(p, f"named by {self.manifest} [models.{self.model_id}] {key} but not found",
                              fix="fix the path (relative paths resolve against the manifest's folder)")
@@ -62,10 +65,26 @@ def empty() -> Manifest:
 
 def load(path: Path | str, valid_ids: list[str]) -> Manifest:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(path, "-", "is a directory, not a manifest file", fix="pass --artifacts PATH to the TOML file")
     if not path.is_file():
         raise ConfigError(path, "-", "manifest file not found", fix="pass --artifacts PATH to an existing TOML file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "-", f"not UTF-8 text ({e.reason} at byte {e.start})",
+                          fix="save the manifest as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(path, "-", f"cannot be read ({e.strerror or e})", fix="check the file's permissions") from None
+    return loads(text, path, valid_ids)
+
+
+def loads(text: str, path: Path | str, valid_ids: list[str]) -> Manifest:
+    """The manifest from its text (``path``: where it lives; relative paths resolve against its
+    folder). Any text gives a Manifest or a ConfigError naming the key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
     unknown_top = sorted(set(data) - {"models"})
@@ -90,7 +109,14 @@ def load(path: Path | str, valid_ids: list[str]) -> Manifest:
             if not isinstance(v, str):
                 raise ConfigError(path, f"models.{mid}.{k}", f"expected a path string, got {type(v).__name__}",
                                   fix=f'write {k} = "relative/or/absolute/path"')
-            p = Path(v).expanduser()
+            if not v.strip() or "\0" in v:
+                raise ConfigError(path, f"models.{mid}.{k}", f"expected a path, got {v!r}",
+                                  fix=f'write {k} = "relative/or/absolute/path"')
+            try:
+                p = Path(v).expanduser()
+            except RuntimeError as e:  # "~someone" with no such user
+                raise ConfigError(path, f"models.{mid}.{k}", f"cannot expand {v!r} ({e})",
+                                  fix="write the path without ~user, or relative to the manifest") from None
             paths[k] = p if p.is_absolute() else (path.parent / p).resolve()
         out[mid] = ModelArtifacts(mid, paths, path)
     return Manifest(path, out)

@@ -55,8 +55,13 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
     Common wrappers (``state_dict``, ``model``, ``module.`` prefixes) are unwrapped.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a checkpoint file", fix="name the .pth / .safetensors file inside it")
     if not path.is_file():
         raise InputError(path, "checkpoint file not found", fix="check the path in the manifest or --weights-dir")
+    if path.stat().st_size == 0:
+        raise InputError(path, "is an empty file (0 bytes), not a checkpoint",
+                         fix="save it again: torch.save(model.state_dict(), path) or safetensors")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -70,7 +75,7 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise InputError(
                 path,
-                f"refused to load: not a plain tensor checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                f"refused to load: not a plain tensor checkpoint ({type(e).__name__}: {refusal_reason(e)})",
                 fix="save only tensors: torch.save(model.state_dict(), path) or use .safetensors; "
                     "pickled objects are never unpickled") from None
         sd = obj
@@ -82,6 +87,20 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
             raise InputError(path, "checkpoint is not a mapping of parameter names to tensors",
                              fix="save model.state_dict()")
     return {re.sub(r"^module\.", "", k): v for k, v in sd.items()}
+
+
+def refusal_reason(e: BaseException, limit: int = 400) -> str:
+    """What ``torch.load(weights_only=True)`` objected to, in whole sentences: the line naming
+    the offending global ("Unsupported global: GLOBAL posix.system ...") rather than torch's
+    preamble advising ``weights_only=False`` (which the harness never does)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    telling = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "WeightsUnpickler" in ln]
+    text = " ".join(telling) if telling else (lines[0] if lines else type(e).__name__)
+    text = text.replace("WeightsUnpickler error: ", "")
+    if len(text) > limit:  # cut at a sentence end, never mid-sentence
+        cut = text.rfind(". ", 0, limit)
+        text = text[:cut + 1] if cut > 0 else text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def official_repvgg_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -412,6 +412,49 @@ def test_a_folder_too_small_for_the_calibration_split_says_so(tmp_path):
     assert len(small.images("calib")) == 4 and len(small.images("eval")) == 8
 
 
+# --- 11. messages and exit codes -----------------------------------------------------------
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_the_weights_only_refusal_keeps_the_offending_global_and_whole_sentences(tmp_path):
+    import torch
+
+    from harness.models import load_state_dict_file
+
+    path = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(1), "x": _Payload()}, path)
+    with pytest.raises(InputError) as e:
+        load_state_dict_file(path)
+    msg = str(e.value)
+    assert "GLOBAL posix.system" in msg or "GLOBAL os.system" in msg, msg
+    assert "weights_only` set to `False`" not in msg and "weights_only=False" not in msg.split("(fix:")[0]
+    problem = msg.split("refused to load: ", 1)[1].split(" (fix:")[0]
+    assert problem.endswith((".", ")")), problem
+
+
+@pytest.mark.parametrize("case", ["directory", "empty"])
+def test_checkpoint_paths_that_are_not_checkpoints_say_what_they_are(tmp_path, case):
+    from harness.models import load_state_dict_file
+
+    path = tmp_path / "w.pth"
+    path.mkdir() if case == "directory" else path.write_bytes(b"")
+    with pytest.raises(InputError, match="is a directory" if case == "directory" else r"empty file \(0 bytes\)"):
+        load_state_dict_file(path)
+
+
+def test_a_manifest_entry_naming_a_directory_says_so(tmp_path):
+    from harness import manifest
+
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "m.toml").write_text('[models.repvgg_a0]\nonnx = "deploy"\n')
+    m = manifest.load(tmp_path / "m.toml", ["repvgg_a0"])
+    with pytest.raises(InputError, match=r"\[models.repvgg_a0\] onnx but is a directory"):
+        m.for_model("repvgg_a0").get("onnx")
+
+
 def doc_with(*outcomes_messages, complete=True) -> dict:
     return {"complete": complete, "tests": [{"nodeid": f"t{i}", "outcome": o, "message": m}
                                             for i, (o, m) in enumerate(outcomes_messages)]}
