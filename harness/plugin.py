@@ -299,7 +299,11 @@ def _load_expectations() -> list[dict]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(EXPECTATIONS, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
     entries = data.get("xfail", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(EXPECTATIONS, "xfail", "expected [[xfail]] tables", fix="see the file's header")
     for i, e in enumerate(entries):
+        if not isinstance(e.get("strict", True), bool):
+            raise ConfigError(EXPECTATIONS, f"xfail[{i}].strict", "expected true or false", fix="see the file's header")
         for key in ("test", "params", "reason"):
             if not isinstance(e.get(key), str):
                 raise ConfigError(EXPECTATIONS, f"xfail[{i}].{key}", "expected a string", fix="see the file's header")
