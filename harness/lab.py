@@ -111,6 +111,7 @@ class Lab:
                 self.manifest_error = e
         self.data_problems: list[str] = []
         self._images: dict[str, data_mod.ImageSet] = {}
+        self._split_problem: InputError | None = None  # an --imagenet folder too small for its calibration split
         # Bounded by bytes, least recently used out first: one worker of the full tier met 12
         # models and kept every reference and input tensor (12.4 GB resident when the fp64 floor
         # of resnest269 at 416 px came; the kernel's OOM killer ended the worker). A dropped
@@ -152,14 +153,14 @@ class Lab:
                 full = data_mod.imagenet(self.settings.imagenet)
                 asked = self.settings.calib_images or IMAGENET_CALIB_IMAGES
                 calib, rest = data_mod.calibration_subset(full, asked)
-                if not rest.samples:
-                    raise InputError(self.settings.imagenet,
-                                     f"the folder has {len(full)} labelled image(s) and calibration takes "
-                                     f"{len(calib)} of them (--calib-images {asked}"
-                                     f"{'' if self.settings.calib_images else ', the default'}), "
-                                     f"leaving 0 for evaluation",
-                                     fix=f"pass --calib-images N with N < {len(full)} (e.g. {max(1, len(full) // 2)}), "
-                                         f"or use a folder with more images")
+                if not rest.samples:  # accuracy reads both splits; checks of the eval split raise this
+                    self._split_problem = InputError(
+                        self.settings.imagenet,
+                        f"the folder has {len(full)} labelled image(s) and calibration takes {len(calib)} of them "
+                        f"(--calib-images {asked}{'' if self.settings.calib_images else ', the default'}), "
+                        f"leaving 0 for evaluation",
+                        fix=f"pass --calib-images N with N < {len(full)} (e.g. {max(1, len(full) // 2)}), "
+                            f"or use a folder with more images")
                 if self.settings.eval_images:
                     rest.samples = _spread(rest.samples, self.settings.eval_images)
                 self._images = {"calib": calib, "eval": rest}
@@ -178,6 +179,8 @@ class Lab:
         key = (card.preprocess, split, limit)
         if key not in self._inputs:
             samples = self.images(split).samples[:limit] if limit else self.images(split).samples
+            if not samples and self._split_problem is not None:
+                raise self._split_problem  # not "the model predicts one class" on 0 images
             imgs, kept, problems = data_mod.load_images(samples)
             self.data_problems.extend(p for p in problems if p not in self.data_problems)
             self._inputs[key] = (reference_batch(imgs, card.preprocess), kept)

@@ -402,8 +402,9 @@ def test_a_label_path_that_is_a_directory_says_so(tmp_path):
 
 def test_a_folder_too_small_for_the_calibration_split_says_so(tmp_path):
     lab = Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "c", imagenet=labelled_folder(tmp_path / "in")))
+    assert len(lab.images("calib")) == 12 and len(lab.images("eval")) == 0  # accuracy reads both splits
     with pytest.raises(InputError) as e:
-        lab.images("eval")
+        lab.inputs(lab.cards[0], "eval")  # what the eval-split checks (int8, preprocessing effect) take
     msg = str(e.value)
     assert "12 labelled image(s)" in msg and "--calib-images 1000, the default" in msg
     assert "leaving 0 for evaluation" in msg and "--calib-images N with N < 12" in msg
