@@ -188,6 +188,32 @@ def declared_io(path: Path) -> dict:
             "outputs": [(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in proto.graph.output]}
 
 
+def elem_type_name(elem_type: int) -> str:
+    """``10`` -> ``float16`` (ONNX TensorProto's names, lower case)."""
+    import onnx
+
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        return f"element type {elem_type}"
+
+
+def run_failure_cause(path: Path, default: str) -> str:
+    """Why ORT may refuse the harness's float32 image batch: the file's declared inputs first
+    (an fp16 input, two inputs), else ``default``."""
+    try:
+        inputs = declared_io(path)["inputs"]
+    except Exception:  # the check that reads the header reports a bad file by itself
+        return default
+    if len(inputs) != 1:
+        return (f"the file declares {len(inputs)} graph inputs ({', '.join(n for n, _, _ in inputs)}); "
+                f"the harness feeds one float32 image batch")
+    name, itype, _ = inputs[0]
+    if itype != 1:
+        return f"input '{name}' is {elem_type_name(itype)}, not float32: the harness feeds float32 images"
+    return default
+
+
 def check_declared_io(path: Path, record, *, input_size: int, label: str, names: tuple[str, str] | None = (
         INPUT_NAME, OUTPUT_NAME), require_dynamic_batch: bool = True) -> None:
     """One float input [batch, 3, S, S], one output [batch, 1000]; batch symbolic."""
@@ -204,7 +230,7 @@ def check_declared_io(path: Path, record, *, input_size: int, label: str, names:
             problems.append(("graph input/output names", (iname, oname), names,
                              "exported without input_names/output_names"))
         if itype != 1:
-            problems.append((f"element type of input '{iname}'", itype, "1 (float32)", "not an fp32 file"))
+            problems.append((f"element type of input '{iname}'", elem_type_name(itype), "float32", "not an fp32 file"))
         want_in = ["batch", 3, input_size, input_size]
         if len(idims) != 4 or idims[1:] != want_in[1:]:
             problems.append((f"shape of input '{iname}'", idims, want_in,
@@ -304,7 +330,7 @@ def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, recor
     except Exception as e:
         raise CheckFailure(message(f"ONNX Runtime on {label}", f"{type(e).__name__}: {str(e)[:200]}",
                                    f"logits for {tuple(xn.shape)}", str(path),
-                                   cause="the file does not run on the card's input")) from None
+                                   cause=run_failure_cause(path, "the file does not run on the card's input"))) from None
     if out.shape != ref32.shape:
         raise CheckFailure(message(f"output shape of {label}", out.shape, ref32.shape, str(path),
                                    cause="the file does not compute the model's logits"))
@@ -380,7 +406,8 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
         except Exception as e:
             raise CheckFailure(message(f"ONNX Runtime on {label} at batch {b}", f"{type(e).__name__}: {str(e)[:200]}",
                                        "logits", str(path),
-                                       cause="a shape is fixed inside the graph (a Reshape to batch 1?)")) from None
+                                       cause=run_failure_cause(path, "a shape is fixed inside the graph "
+                                                                     "(a Reshape to batch 1?)"))) from None
     base = outs[sizes[0]]
     errs = {b: rel_max_error(outs[b], base) for b in sizes[1:]}
     record(**{f"batch{b}_vs_batch{sizes[0]}_rel": e for b, e in errs.items()}, batch_tolerance=tol)

@@ -505,3 +505,40 @@ def test_an_input_error_run_goes_on_writes_every_report_and_exits_6(tmp_path):
     for name in run_cmd.LATEST:
         assert (reports / name).exists() and stat.S_IMODE((reports / name).stat().st_mode) == 0o644
     assert len(hist.read_history(reports / "history.jsonl").records) == 1
+
+
+def odd_input_onnx(path: Path, case: str) -> Path:
+    """An fp16-input file, or one with two inputs: ORT refuses the harness's float32 batch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = ["N", 3, 4, 4]
+    if case == "fp16":
+        inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT16, shape)]
+        nodes = [helper.make_node("Cast", ["input"], ["logits"], to=TensorProto.FLOAT)]
+    else:
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("input", "mask")]
+        nodes = [helper.make_node("Add", ["input", "mask"], ["logits"])]
+    out = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", inputs, out),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("case,cause", [
+    ("fp16", "cause: input 'input' is float16, not float32: the harness feeds float32 images"),
+    ("two inputs", "cause: the file declares 2 graph inputs (input, mask); the harness feeds one float32 image batch"),
+])
+def test_a_file_ort_cannot_feed_is_blamed_on_its_inputs_not_a_fixed_shape(tmp_path, case, cause):
+    import torch
+
+    from harness import exportchecks
+    from harness.compare import CheckFailure
+
+    path = odd_input_onnx(tmp_path / "m.onnx", case)
+    with pytest.raises(CheckFailure) as e:
+        exportchecks.check_batch_consistency(path, torch.zeros(8, 3, 4, 4), lambda **k: None, label="your ONNX")
+    assert cause in str(e.value) and "Reshape to batch 1" not in str(e.value)
+    if case == "fp16":
+        with pytest.raises(CheckFailure, match=r"element type of input 'input' of your ONNX = float16, but should be float32"):
+            exportchecks.check_declared_io(path, lambda **k: None, input_size=4, label="your ONNX")
