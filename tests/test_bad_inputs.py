@@ -542,3 +542,41 @@ def test_a_file_ort_cannot_feed_is_blamed_on_its_inputs_not_a_fixed_shape(tmp_pa
     if case == "fp16":
         with pytest.raises(CheckFailure, match=r"element type of input 'input' of your ONNX = float16, but should be float32"):
             exportchecks.check_declared_io(path, lambda **k: None, input_size=4, label="your ONNX")
+
+
+# --- 12. a pytest killed outright ------------------------------------------------------------
+
+KILLED_SUITE = '''
+import os, signal
+
+def test_fast(model_card, record):
+    record(answer=42)
+
+def test_dies(model_card, record):
+    record(about_to_die=1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_after(model_card, record):
+    record(after=1)
+'''
+
+
+def test_a_killed_pytest_still_leaves_a_junit_naming_the_kill_and_publishes_nothing(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    suites = tmp_path / "mysuite"
+    suites.mkdir()
+    (suites / "test_mine.py").write_text(KILLED_SUITE)
+    reports = tmp_path / "reports"
+    r = zooconform("run", "--suites", suites, "--models", "repvgg_a0", "--report-dir", reports)
+    assert r.returncode == run_cmd.INTERRUPTED, r.stdout[-3000:] + r.stderr[-3000:]
+    [folder] = [p for p in (reports / "smoke").iterdir() if p.is_dir()]
+    suite = ET.parse(folder / "junit.xml").getroot()
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert "killed by signal 9" in props["incomplete"]
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert cases["test_fast[repvgg_a0]"].find("error") is None
+    assert cases["run-all-incomplete"].find("error") is not None
+    assert "latest:" in r.stdout and "not replaced" in r.stdout  # no report.html: the previous latest stay
+    assert not (reports / "results.json").exists()
+    assert len(hist.read_history(reports / "history.jsonl").records) == 1
