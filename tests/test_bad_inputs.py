@@ -580,3 +580,32 @@ def test_a_killed_pytest_still_leaves_a_junit_naming_the_kill_and_publishes_noth
     assert "latest:" in r.stdout and "not replaced" in r.stdout  # no report.html: the previous latest stay
     assert not (reports / "results.json").exists()
     assert len(hist.read_history(reports / "history.jsonl").records) == 1
+
+
+# --- 4. an xdist worker killed early ---------------------------------------------------------
+
+EARLY_DEATH_SUITE = '''
+import os, signal
+if os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+    os.kill(os.getpid(), signal.SIGKILL)  # a worker killed while collecting (OOM, a lost runner)
+
+def test_fast(model_card, record):
+    record(answer=42)
+'''
+
+
+def test_an_xdist_worker_killed_while_collecting_is_an_incomplete_run_not_no_tests(tmp_path):
+    suites = tmp_path / "mysuite"
+    suites.mkdir()
+    (suites / "test_mine.py").write_text(EARLY_DEATH_SUITE)
+    reports = tmp_path / "reports"
+    r = zooconform("run", "--suites", suites, "--models", "repvgg_a0,hrnet_w18_small_v1", "-j", "2",
+                   "--report-dir", reports)
+    assert r.returncode == run_cmd.INTERRUPTED, r.stdout[-3000:] + r.stderr[-3000:]
+    [folder] = [p for p in (reports / "smoke").iterdir() if p.is_dir()]
+    doc = json.loads((folder / "results.json").read_text())
+    assert doc["complete"] is False
+    assert any("an xdist worker died: [gw0] node down" in x for x in doc["incomplete_reasons"]), doc["incomplete_reasons"]
+    assert not any("no test ran" in x for x in doc["incomplete_reasons"])
+    assert "INCOMPLETE" in (folder / "index.html").read_text()
+    assert not (reports / "results.json").exists()  # nothing ran: the latest files are not replaced

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,9 +146,33 @@ class _Forwarder:
             pass
 
 
-def run_phase(cmd: list[str], forwarder: _Forwarder) -> int:
-    forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True)
+# what pytest-xdist prints when a worker dies ("[gw0] node down: Not properly terminated",
+# "worker gw0 crashed and worker restarting disabled"); the controller's results do not say it
+# when the worker died before it reported a test
+_CRASH = re.compile(rb"(\[gw\d+\] node down: [^\r\n]*|worker gw\d+ crashed[^\r\n=]*)")
+
+
+def run_phase(cmd: list[str], forwarder: _Forwarder, crashes: list[str] | None = None) -> int:
+    """Run one pytest phase; its output passes through unchanged. ``crashes`` (for -j) collects
+    the lines in which xdist reports a dead worker."""
+    if crashes is None:
+        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True)
+    else:
+        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT)
     try:
+        if crashes is not None:
+            out = getattr(sys.stdout, "buffer", None)
+            for line in iter(forwarder.proc.stdout.readline, b""):
+                if out is not None:
+                    out.write(line)
+                    out.flush()
+                else:
+                    sys.stdout.write(line.decode("utf-8", "replace"))
+                for m in _CRASH.finditer(line):
+                    text = m.group(1).decode("utf-8", "replace").strip()
+                    if text not in crashes:
+                        crashes.append(text)
         return forwarder.proc.wait()  # PEP 475: resumes after our handler runs
     finally:
         forwarder.proc = None
@@ -296,7 +321,8 @@ def input_errors(doc: dict) -> list[dict]:
             and str(t.get("message") or "").startswith(tuple(f"{n}:" for n in INPUT_ERROR_TYPES))]
 
 
-def exit_code(codes: list[int], doc: dict, interrupted: bool, extra_input_error: bool = False) -> int:
+def exit_code(codes: list[int], doc: dict, interrupted: bool, extra_input_error: bool = False,
+              worker_died: bool = False) -> int:
     """One code per kind of outcome (module docstring), in this order of precedence: a usage
     error; a run stopped by a signal or killed; an internal error; input or configuration
     errors; else pytest's own (a failing check 1, nothing selected 5), with a run that passed
@@ -304,7 +330,7 @@ def exit_code(codes: list[int], doc: dict, interrupted: bool, extra_input_error:
     real = [c for c in codes if c != NO_TESTS]
     if USAGE in real:
         return USAGE
-    if interrupted or any(c < 0 for c in real):
+    if interrupted or worker_died or any(c < 0 for c in real):
         return INTERRUPTED
     if INTERNAL_ERROR in real:
         return INTERNAL_ERROR
@@ -368,12 +394,16 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     forwarder = _Forwarder()
     old = {s: signal.signal(s, forwarder) for s in (signal.SIGINT, signal.SIGTERM)}
     codes: list[tuple[Phase, int]] = []
+    crashed: dict[str, list[str]] = {}  # phase label -> xdist's lines about dead workers
     try:
         for phase in phases(args, folder):
             phase.folder.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "pytest", *pytest_args(args, extra, phase)]
             print(f"zooconform run: phase {phase.label}: {' '.join(cmd[1:])}", flush=True)
-            codes.append((phase, run_phase(cmd, forwarder)))
+            crashes: list[str] | None = [] if args.jobs else None
+            codes.append((phase, run_phase(cmd, forwarder, crashes)))
+            if crashes:
+                crashed[phase.label] = crashes
             if forwarder.count:  # interrupted: no further phase
                 break
     finally:
@@ -392,6 +422,10 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
             reasons.append(f"pytest ({phase.label}) exited with {code} and wrote no results")
     if forwarder.count and len(codes) < len(phases(args, folder)):
         reasons.append("interrupted before the latency phase")
+    for label, lines in crashed.items():
+        # a worker that died before reporting any test appears nowhere else (xdist then ends the
+        # phase with 'no tests ran': not a run with nothing selected)
+        reasons.append(f"pytest ({label}): an xdist worker died: {'; '.join(lines[:3])}")
     if not docs:
         doc = empty_doc(args, reasons or ["no test ran (check -m / -k / --models)"])
     elif len(docs) == 1 and len(codes) == 1:
@@ -416,12 +450,15 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     if len(codes) > 1:  # each phase printed its own summary; this is the whole run's
         for line in one_screen(doc):
             print(line)
-    latest, not_published = publish_latest(folder, report_dir, codes)
+    if doc.get("tests"):
+        latest, not_published = publish_latest(folder, report_dir, codes)
+    else:  # nothing ran (a usage error, a worker that died while collecting): keep the previous latest
+        latest, not_published = [], "no test ran"
     n_reg = sum(len(v) for v in written.regressions.values())
     print(f"report: {written.index}" + (f" ({n_reg} regression(s) flagged)" if n_reg else ""))
     if latest:
         print(f"latest: {', '.join(str(p) for p in latest)}")
-    elif doc.get("tests"):
+    elif doc.get("tests") or crashed:
         print(f"latest: {report_dir}/{{{','.join(LATEST)}}} not replaced: {not_published}")
     if written.history_error:
         print(f"zooconform run: {written.history_error}", file=sys.stderr)
@@ -434,4 +471,5 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"input errors: {len(bad_inputs)} test(s) could not judge your files (InputError / ConfigError: "
               f"fix the input, exit code {INPUT_ERROR}); first: {bad_inputs[0]['nodeid']}: "
               f"{str(bad_inputs[0].get('message'))[:300]}")
-    return exit_code([c for _, c in codes], doc, bool(forwarder.count), bool(written.history_error))
+    return exit_code([c for _, c in codes], doc, bool(forwarder.count), bool(written.history_error),
+                     worker_died=bool(crashed))
