@@ -220,6 +220,11 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
         raise ConfigError(path, "-", "budget profile not found", fix=_available_fix(path.parent)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "-", f"not UTF-8 text ({e.reason} at byte {e.start})",
+                          fix="save the profile as UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "-", "is a directory, not a budget profile", fix=_available_fix(path.parent)) from None
     for top in data:
         if top not in ("profile", "models"):
             raise _unknown(path, top, top, ("profile", "models"), "table")

@@ -85,6 +85,19 @@ def validate_settings(settings: Settings) -> None:
                           fix="point it at the folder holding val/ and val_label.txt")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def _weights_dir_gaps(weights_dir: Path | None, cards: list[ModelCard]) -> list[str]:
+    """One line per selected model that --weights-dir holds no weights for: it is judged on the
+    seeded default, which a user who gave the folder must be told (issue 21)."""
+    if weights_dir is None:
+        return []
+    return [f"--weights-dir {weights_dir} has no {c.id}{'/'.join(WEIGHT_SUFFIXES)}: {c.id} uses the seeded "
+            "random-init default (its accuracy checks skip); add the file or leave the model out with --models"
+            for c in cards if not any((Path(weights_dir) / f"{c.id}{s}").is_file() for s in WEIGHT_SUFFIXES)]
+
+
 class Lab:
     def __init__(self, settings: Settings, check_folders: bool = False):
         """``check_folders``: also make sure the report and cache folders can be written (the
@@ -110,6 +123,7 @@ class Lab:
                 # reported by every check that consumes the manifest; the rest of the run goes on
                 self.manifest_error = e
         self.data_problems: list[str] = []
+        self.data_problems.extend(_weights_dir_gaps(settings.weights_dir, self.cards))
         self._images: dict[str, data_mod.ImageSet] = {}
         self._split_problem: InputError | None = None  # an --imagenet folder too small for its calibration split
         # Bounded by bytes, least recently used out first: one worker of the full tier met 12
@@ -135,7 +149,7 @@ class Lab:
             return ckpt
         wd = self.settings.weights_dir
         if wd:
-            for suffix in (".safetensors", ".pth", ".pt"):
+            for suffix in WEIGHT_SUFFIXES:
                 p = Path(wd) / f"{card.id}{suffix}"
                 if p.is_file():
                     return p

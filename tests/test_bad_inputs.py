@@ -609,3 +609,28 @@ def test_an_xdist_worker_killed_while_collecting_is_an_incomplete_run_not_no_tes
     assert not any("no test ran" in x for x in doc["incomplete_reasons"])
     assert "INCOMPLETE" in (folder / "index.html").read_text()
     assert not (reports / "results.json").exists()  # nothing ran: the latest files are not replaced
+
+
+def test_a_weights_dir_without_a_selected_models_file_says_so(tmp_path):
+    """A --weights-dir that holds some models' weights: the others are named, not silently seeded."""
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    (wd / "repvgg_a0.safetensors").write_bytes(b"")
+    lab = Lab(Settings(models=["repvgg_a0", "hrnet_w18_small_v1"], cache_dir=tmp_path / "c", weights_dir=wd))
+    gaps = [p for p in lab.data_problems if p.startswith("--weights-dir")]
+    assert len(gaps) == 1 and "has no hrnet_w18_small_v1.safetensors/.pth/.pt" in gaps[0]
+    assert "seeded random-init default" in gaps[0]
+
+
+@pytest.mark.parametrize("content, says", [(b"\xff\xfe[profile]\n", "not UTF-8 text"), (None, "is a directory")])
+def test_a_budget_profile_that_is_not_text_is_a_config_error(tmp_path, content, says):
+    from harness import budgets
+
+    p = tmp_path / "mine.toml"
+    if content is None:
+        p.mkdir()
+    else:
+        p.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        budgets.load_profile(p)
+    assert says in str(e.value) and str(p) in str(e.value)
