@@ -265,11 +265,7 @@ def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=
     replaces ONNX Runtime (self-tests plant kernel faults through it)."""
     key = (qmod.cached_file_digest(int8_path), card.id, lab.images("eval").digest(), optimization, run_int8)
     if key not in _INT8_RUNS:
-        if run_int8 is None:
-            sess = rt.session(int8_path, threads=lab.settings.threads, optimization=optimization)
-
-            def run_int8(_path, _opt, x, sess=sess):
-                return rt.run(sess, x)
+        run_int8 = run_int8 or _default_run_int8(lab.settings.threads)
         t0 = time.perf_counter()
         out = np.concatenate([run_int8(int8_path, optimization, x) for x, _ in _eval_batches(lab, card)])
         _INT8_RUNS[key] = (out, time.perf_counter() - t0)
@@ -358,9 +354,8 @@ def reduced_range_copy(path: Path, out: Path) -> Path:
     """The same QDQ file with every int8 weight re-quantized to ORT's 7-bit reduce_range
     ([-64, 64], scale doubled): what ``quantize_static(..., reduce_range=True)`` would have
     written for these weights, without a new calibration."""
-    from onnx import numpy_helper
-
     import onnx
+    from onnx import numpy_helper
 
     model = rt.load_checked(path)
     inits = {i.name: i for i in model.graph.initializer}
@@ -760,9 +755,9 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
         modify_model_output_intermediate_tensors(str(int8_path), str(aug_q))
         modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
         q_acts = collect_activations(str(aug_q), ArrayCalibrationReader(x, batch=batch,
-                                                                        input_name=rt.graph_input_name(int8_path)))
+                                                                        input_name=rt.input_name_of(int8_model, int8_path)))
         f_acts = collect_activations(str(aug_f), ArrayCalibrationReader(x, batch=batch,
-                                                                        input_name=rt.graph_input_name(float_path)))
+                                                                        input_name=rt.input_name_of(float_model, float_path)))
     # outputs of the models themselves (not saved by the augmentation): run both once
     out_f = rt.run(rt.session(float_path, optimization="basic"), x)
     out_q = rt.run(rt.session(int8_path, optimization="basic"), x)

@@ -27,8 +27,9 @@ def require_onnx_file(path: Path) -> None:
                          fix="re-export the model; the export or the copy did not finish")
 
 
-def check_external_data(path: Path) -> None:
-    """Refuse ONNX files whose external-data locations escape their folder (untrusted files)."""
+def check_external_data(path: Path):
+    """Refuse ONNX files whose external-data locations escape their folder (untrusted files);
+    returns the graph it read for that (without external weights)."""
     import onnx
 
     path = Path(path)
@@ -48,6 +49,7 @@ def check_external_data(path: Path) -> None:
             if os.path.isabs(loc) or base not in target.parents:
                 raise InputError(path, f"external data location {loc!r} of tensor {t.name!r} escapes {base}",
                                  fix="keep external data files beside the model (relative, no '..')")
+    return model
 
 
 def load_checked(path: Path | str):
@@ -62,10 +64,9 @@ def load_checked(path: Path | str):
         raise InputError(path, f"cannot load ONNX ({type(e).__name__}: {str(e)[:200]})", fix="re-export the model") from None
 
 
-def graph_input_name(path: Path | str) -> str:
-    """The name of the file's first real input (not an initializer): exporters differ (timm's
+def input_name_of(model, path: Path | str) -> str:
+    """The name of ``model``'s first real input (not an initializer): exporters differ (timm's
     ``onnx_export`` writes ``input0``, ours ``input``), so a user's file is fed by its own name."""
-    model = load_checked_header(path)
     inits = {i.name for i in model.graph.initializer}
     for i in model.graph.input:
         if i.name not in inits:
@@ -73,16 +74,15 @@ def graph_input_name(path: Path | str) -> str:
     raise InputError(Path(path), "the graph has no input", fix="re-export the model with its image input")
 
 
-def load_checked_header(path: Path | str):
-    """The graph without its external weights (names and shapes only), after the external-data check."""
-    import onnx
+def graph_input_name(path: Path | str) -> str:
+    """:func:`input_name_of` the file at ``path``."""
+    return input_name_of(load_checked_header(path), path)
 
-    path = Path(path)
-    check_external_data(path)
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise InputError(path, f"cannot load ONNX ({type(e).__name__}: {str(e)[:200]})", fix="re-export the model") from None
+
+def load_checked_header(path: Path | str):
+    """The graph without its external weights (names and shapes only), after the external-data
+    check, which reads exactly that."""
+    return check_external_data(Path(path))
 
 
 def providers(prefer_gpu: bool = False) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _kit import DIES, suite_dir
 from PIL import Image
 
 from harness import data, deploy_preprocess, errors, runtime
@@ -546,27 +547,12 @@ def test_a_file_ort_cannot_feed_is_blamed_on_its_inputs_not_a_fixed_shape(tmp_pa
 
 # --- 12. a pytest killed outright ------------------------------------------------------------
 
-KILLED_SUITE = '''
-import os, signal
-
-def test_fast(model_card, record):
-    record(answer=42)
-
-def test_dies(model_card, record):
-    record(about_to_die=1)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-def test_after(model_card, record):
-    record(after=1)
-'''
 
 
 def test_a_killed_pytest_still_leaves_a_junit_naming_the_kill_and_publishes_nothing(tmp_path):
     import xml.etree.ElementTree as ET
 
-    suites = tmp_path / "mysuite"
-    suites.mkdir()
-    (suites / "test_mine.py").write_text(KILLED_SUITE)
+    suites = suite_dir(tmp_path, DIES)
     reports = tmp_path / "reports"
     r = zooconform("run", "--suites", suites, "--models", "repvgg_a0", "--report-dir", reports)
     assert r.returncode == run_cmd.INTERRUPTED, r.stdout[-3000:] + r.stderr[-3000:]
@@ -595,9 +581,7 @@ def test_fast(model_card, record):
 
 
 def test_an_xdist_worker_killed_while_collecting_is_an_incomplete_run_not_no_tests(tmp_path):
-    suites = tmp_path / "mysuite"
-    suites.mkdir()
-    (suites / "test_mine.py").write_text(EARLY_DEATH_SUITE)
+    suites = suite_dir(tmp_path, EARLY_DEATH_SUITE)
     reports = tmp_path / "reports"
     r = zooconform("run", "--suites", suites, "--models", "repvgg_a0,hrnet_w18_small_v1", "-j", "2",
                    "--report-dir", reports)

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from _kit import DIES, suite_dir
 
 from harness.report import history as hist
 
@@ -140,26 +141,6 @@ def test_after(model_card, record):
     record(never=1)
 '''
 
-DIES = '''
-import os, signal
-
-def test_fast(model_card, record):
-    record(answer=42)
-
-def test_worker_dies(model_card, record):
-    record(about_to_die=1)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-def test_after(model_card, record):
-    record(after=1)
-'''
-
-
-def suite_dir(tmp_path: Path, source: str) -> Path:
-    d = tmp_path / "mysuite"
-    d.mkdir()
-    (d / "test_mine.py").write_text(source)
-    return d
 
 
 def test_ctrl_c_leaves_a_report_marked_incomplete(tmp_path):

@@ -5,18 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _kit import recorder as _recorder
+
 from harness import ortopt
 from harness.compare import CheckFailure
 
 
-def _recorder():
-    figures = {}
-
-    def record(**kw):
-        figures.update(kw)
-
-    record.figures = figures
-    return record
 
 
 def _planted_runner(culprit: str | None, error: float = 1e-3, calls=None):

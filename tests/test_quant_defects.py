@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _kit import recorder as _recorder
 from onnx import numpy_helper
 
 from harness import quantchecks as qc
@@ -45,14 +46,6 @@ def card(qlab):
     return qlab.zoo[MODEL]
 
 
-def _recorder():
-    figures = {}
-
-    def record(**kw):
-        figures.update(kw)
-
-    record.figures = figures
-    return record
 
 
 def flat_grey_images(card, levels=(16, 48, 80, 112, 144, 176, 208, 240, 128, 96)) -> np.ndarray:

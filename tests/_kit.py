@@ -1,0 +1,39 @@
+"""Shared pieces of the harness's own tests (imported as ``from _kit import ...``, like _latency_sim)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def recorder():
+    """A stand-in for the ``record`` fixture: ``record(**figures)``, figures kept in ``record.figures``."""
+    figures: dict = {}
+
+    def record(**kw):
+        figures.update(kw)
+
+    record.figures = figures
+    return record
+
+
+# a suite whose second test kills its own process (an OOM kill, a lost CI runner)
+DIES = '''
+import os, signal
+
+def test_fast(model_card, record):
+    record(answer=42)
+
+def test_worker_dies(model_card, record):
+    record(about_to_die=1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_after(model_card, record):
+    record(after=1)
+'''
+
+
+def suite_dir(tmp_path: Path, source: str) -> Path:
+    """A folder ``mysuite`` holding one suite file with ``source``, for ``zooconform run --suites``."""
+    d = tmp_path / "mysuite"
+    d.mkdir()
+    (d / "test_mine.py").write_text(source)
+    return d
