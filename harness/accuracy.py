@@ -246,7 +246,7 @@ def evaluation(lab, card: ModelCard) -> Evaluation:
     if card.id in per_lab:
         return per_lab[card.id]
     from . import runtime
-    from .export import exported
+    from .export.exporter import exported
 
     runners: dict[str, Runner] = {}
     errors: dict[str, ZooconformError] = {}

@@ -14,7 +14,7 @@ VERBS = {
     "report": ("harness.commands.report", "render the nightly report from results.json"),
     "merge": ("harness.commands.merge", "merge shard results into one report"),
     "prepare": ("harness.commands.prepare", "write preprocessed inputs (.npz) + reference outputs for an external runtime"),
-    "budgets": ("harness.budgets", "latency budget profiles: record from a run, check, summary, t4 table"),
+    "budgets": ("harness.commands.budgets", "latency budget profiles: record from a run, check, summary, t4 table"),
     "eval": ("harness.commands.evaluate", "score an external runtime's outputs against references and labels"),
 }
 

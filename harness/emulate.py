@@ -54,7 +54,7 @@ def qemu() -> str | None:
 
 
 def emulated_runner(cpu_model: str = "Haswell", threads: int = 2, timeout_s: float = 900):
-    """A ``run_int8(path, optimization, x) -> logits`` (the shape harness/quantchecks.py takes)
+    """A ``run_int8(path, optimization, x) -> logits`` (the shape harness/quant/checks.py takes)
     that runs ONNX Runtime under ``qemu-x86_64 -cpu <cpu_model>``."""
     binary = qemu()
     if binary is None:

@@ -169,7 +169,7 @@ def fingerprint(threads: int | None = None, measure_peaks: bool = True, versions
     cpu = cpu or cpu_facts()
     fp32 = int8 = quiet = None
     if measure_peaks:
-        from . import timing
+        from .latency import timing
 
         p32 = timing.machine_peak(threads)
         p8 = timing.int8_peak(threads)

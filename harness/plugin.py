@@ -141,7 +141,7 @@ def host_fingerprint(config: pytest.Config, measure_peaks: bool) -> dict:
     if cached is not None and (cached.get("fp32_peak_gflops") or not measure_peaks):
         return cached
     if measure_peaks:
-        from . import latencychecks
+        from .latency import checks as latencychecks
 
         fp = latencychecks.host_figures(fingerprint_threads(config))
     else:  # CPU flags only: no onnxruntime, no measurement
@@ -429,7 +429,7 @@ def _attach_html(item, report, figs) -> None:
     report.extras = extras
 
 
-NOT_APPLICABLE_PREFIX = "not applicable:"  # harness/latencychecks.py NOT_APPLICABLE
+NOT_APPLICABLE_PREFIX = "not applicable:"  # harness/latency/checks.py NOT_APPLICABLE
 
 
 def pytest_report_teststatus(report, config):

@@ -7,7 +7,6 @@ embedded default's ability to tell images apart.
 from __future__ import annotations
 
 import pytest
-import torch.nn as nn
 
 from harness import cardchecks
 from harness.plugin import family, only_tier, rows_with

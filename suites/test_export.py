@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness import exportchecks
+from harness.export import checks as exportchecks
 from harness import runtime
-from harness.exportchecks import CASES, EXPORT_IMAGES, ExportCase
+from harness.export.checks import CASES, EXPORT_IMAGES, ExportCase
 from harness.plugin import family
 
 pytestmark = pytest.mark.export

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import budgets
-from harness import latencychecks as lc
+from harness.latency import budgets
+from harness.latency import checks as lc
 from harness.plugin import family
 
 pytestmark = pytest.mark.latency
@@ -58,7 +58,7 @@ def test_latency_within_budget(model_card, precision, batch, lab, record, benchm
     m = lc.measure_latency(lab, model_card, precision, batch, record, benchmark=benchmark)
     threads = lc.threads_for(lab)
 
-    def remeasure():  # an over-budget quiet median must reproduce (harness/latencychecks.py judge_absolute)
+    def remeasure():  # an over-budget quiet median must reproduce (harness/latency/checks.py judge_absolute)
         return lc.measure_latency(lab, model_card, precision, batch, lambda **figures: None)
 
     _judge_or_skip(m, latency_profile, model_card, precision, batch, lc.CPU, threads, record,

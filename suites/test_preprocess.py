@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import preprocesschecks as pc
+from harness.preprocess import checks as pc
 from harness.plugin import family
 
 pytestmark = pytest.mark.preprocess

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import quantchecks
-from harness.quantize import DEFAULT_METHOD, METHODS
+from harness.quant import checks as quantchecks
+from harness.quant.quantize import DEFAULT_METHOD, METHODS
 
 pytestmark = pytest.mark.quant
 

@@ -1,7 +1,7 @@
 """RepVGG re-parameterization suite: the deploy form (one 3x3 conv per block) is the model.
 
 For every RepVGG variant: wrong fusions would be seen on this model (BN statistics are
-non-trivial), timm's deploy form and an independent fusion (harness/reparam.py) each equal
+non-trivial), timm's deploy form and an independent fusion (harness/reparam/fusion.py) each equal
 the training form within a float64 noise floor and write the same kernels, the deploy form
 is plain 3x3 convs with the published params and FLOPs, it exports to ONNX with the same
 output, and a user's deploy checkpoint (manifest ``deploy_checkpoint``) matches the training
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import reparamchecks
+from harness.reparam import checks as reparamchecks
 from harness.plugin import family, rows_with
 
 pytestmark = pytest.mark.reparam

@@ -9,7 +9,7 @@ a list of (calls, busy, neighbours) applied in order, the last one for ever.
 """
 from __future__ import annotations
 
-from harness.timing import Clocks
+from harness.latency.timing import Clocks
 
 
 class SimulatedMachine:

@@ -17,7 +17,7 @@ from PIL import Image
 from harness import accuracy, compare, runtime
 from harness.compare import CheckFailure
 from harness.errors import InputError
-from harness.export import export_onnx
+from harness.export.exporter import export_onnx
 from harness.lab import Lab, Settings
 from harness.zoo import ModelCard, Preprocess, PublishedRow, load_zoo
 

@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from harness import data, deploy_preprocess, manifest, models, runtime
+from harness import data, manifest, models, runtime
+from harness.preprocess import deploy as deploy_preprocess
 from harness.errors import ZooconformError
 from harness.report import history as hist
 from harness.report.nightly import write_report

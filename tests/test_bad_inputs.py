@@ -16,7 +16,8 @@ import pytest
 from _kit import DIES, suite_dir
 from PIL import Image
 
-from harness import data, deploy_preprocess, errors, runtime
+from harness import data, errors, runtime
+from harness.preprocess import deploy as deploy_preprocess
 from harness.commands import run as run_cmd
 from harness.errors import ConfigError, InputError
 from harness.lab import Lab, Settings
@@ -175,7 +176,7 @@ def escaping_onnx(path: Path) -> Path:
 
 
 def test_quant_pre_process_never_reads_an_escaping_file(tmp_path, monkeypatch):
-    from harness import quantize
+    from harness.quant import quantize
 
     model = escaping_onnx(tmp_path / "deploy" / "m.onnx")
     called = []
@@ -533,7 +534,7 @@ def odd_input_onnx(path: Path, case: str) -> Path:
 def test_a_file_ort_cannot_feed_is_blamed_on_its_inputs_not_a_fixed_shape(tmp_path, case, cause):
     import torch
 
-    from harness import exportchecks
+    from harness.export import checks as exportchecks
     from harness.compare import CheckFailure
 
     path = odd_input_onnx(tmp_path / "m.onnx", case)
@@ -608,7 +609,7 @@ def test_a_weights_dir_without_a_selected_models_file_says_so(tmp_path):
 
 @pytest.mark.parametrize("content, says", [(b"\xff\xfe[profile]\n", "not UTF-8 text"), (None, "is a directory")])
 def test_a_budget_profile_that_is_not_text_is_a_config_error(tmp_path, content, says):
-    from harness import budgets
+    from harness.latency import budgets
 
     p = tmp_path / "mine.toml"
     if content is None:

@@ -16,7 +16,7 @@ import pytest
 from harness import bridge
 from harness.cli import main as cli
 from harness.compare import CheckFailure
-from harness.export import exported
+from harness.export.exporter import exported
 from harness.lab import Lab, Settings
 
 from test_accuracy_checks import KNOWN, Rec, tiny_card, write_folder

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import budgets, deploy_preprocess, manifest, plugin
+from harness import manifest, plugin
+from harness.latency import budgets
+from harness.preprocess import deploy as deploy_preprocess
 from harness.errors import ConfigError, ZooconformError
 from harness.report import history as hist
 from harness.report.plots import _series

@@ -19,12 +19,12 @@ import torch
 import torch.nn as nn
 from onnx import helper, numpy_helper
 
-from harness import exportchecks
+from harness.export import checks as exportchecks
 from harness.cache import ArtifactCache
 from harness.compare import CheckFailure, Inconclusive
 from harness.errors import InputError
-from harness.export import ExportResult, export_onnx, exported
-from harness.exportchecks import ExportCase
+from harness.export.exporter import ExportResult, export_onnx, exported
+from harness.export.checks import ExportCase
 from harness.lab import Lab, Settings
 
 IMAGES = 4  # numerics self-tests: a few images keep each test to seconds
@@ -277,7 +277,7 @@ def test_truncated_cached_export_is_detected_and_rebuilt(repvgg, tmp_path):
 
 
 def test_export_case_failure_is_a_check_failure_naming_exporter_and_opset(repvgg, monkeypatch):
-    import harness.exportchecks as ec
+    import harness.export.checks as ec
 
     def boom(*a, **k):
         raise RuntimeError("Exporting the operator 'aten::foo' to ONNX opset version 7 is not supported")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import latencychecks as lc
+from harness.latency import checks as lc
 from harness.host import CpuFacts, fingerprint
 from harness.report.merge import merge_documents
 from harness.report.nightly import write_report
@@ -50,7 +50,8 @@ def fake_host(monkeypatch):
 
 SUITE = '''
 import pytest
-from harness import budgets, latencychecks as lc
+from harness.latency import budgets
+from harness.latency import checks as lc
 
 def test_latency(model_card, record):
     host = lc.host_figures(2)
@@ -109,7 +110,7 @@ def test_not_applicable_budgets_and_the_fingerprint_reach_every_report(pytester,
 
 
 def test_collect_only_and_help_measure_no_peak(pytester, fake_host, monkeypatch):
-    from harness import timing
+    from harness.latency import timing
 
     def no(*a, **k):
         raise AssertionError("a peak was measured")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import budgets
+from harness.commands import budgets as budgets_cmd
+from harness.latency import budgets, recording
 from harness.errors import ConfigError
 from harness.zoo import load_zoo
 
@@ -124,7 +125,7 @@ def test_t4_tensorrt_profile_is_the_registrys_seed_002_table():
             assert prof.budget(model, "fp16", batch).ms == row.latency_ms["t4_trt_fp16"][i]
     # the seed's own figure, read independently of the registry: HRNet_W18_C FP32 bs=8 is 23.33445 ms
     assert prof.budget("hrnet_w18", "fp32", 8).ms == 23.33445
-    assert (budgets.BUDGETS / "t4-tensorrt.toml").read_text() == budgets.t4_tensorrt_text(ZOO)
+    assert (budgets.BUDGETS / "t4-tensorrt.toml").read_text() == recording.t4_tensorrt_text(ZOO)
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def test_record_takes_the_slowest_quiet_median_times_headroom(tmp_path):
                      ("repvgg_a0", "int8", 1): (3.0, False)}, ips=200.0),
             run_doc({("repvgg_a0", "fp32", 1): (6.6, True), ("repvgg_a0", "fp32", 8): (38.0, True),
                      ("repvgg_a0", "int8", 1): (3.5, False)}, ips=190.0)]
-    text, report = budgets.profile_text(docs, "cpu-rec", 1.25, sources=["r1.json", "r2.json"])
+    text, report = recording.profile_text(docs, "cpu-rec", 1.25, sources=["r1.json", "r2.json"])
     prof = budgets.load_profile(write(tmp_path, text, "cpu-rec"), IDS)
     assert prof.budget("repvgg_a0", "fp32", 1).ms == pytest.approx(6.6 * 1.25, rel=1e-3)
     assert prof.budget("repvgg_a0", "fp32", 8).ms == pytest.approx(40.0 * 1.25, rel=1e-3)
@@ -163,26 +164,26 @@ def test_record_takes_the_slowest_quiet_median_times_headroom(tmp_path):
 
 def test_record_refuses_mixed_thread_counts_and_runs_without_latency():
     with pytest.raises(ValueError, match="mix"):
-        budgets.profile_text([run_doc({("repvgg_a0", "fp32", 1): (6.0, True)}),
+        recording.profile_text([run_doc({("repvgg_a0", "fp32", 1): (6.0, True)}),
                               run_doc({("repvgg_a0", "fp32", 1): (4.0, True)}, threads=4)], "x", 1.2)
     with pytest.raises(ValueError, match="no absolute latency"):
-        budgets.profile_text([{"tests": []}], "x", 1.2)
+        recording.profile_text([{"tests": []}], "x", 1.2)
 
 
 def test_record_command_writes_a_valid_profile(tmp_path, capsys):
     src = tmp_path / "results.json"
     src.write_text(json.dumps(run_doc({("resnest50", "fp32", 1): (32.0, True)})))
     out = tmp_path / "rec.toml"
-    assert budgets.cli(["record", str(src), "--profile", "rec", "--headroom", "1.3", "--out", str(out)]) == 0
+    assert budgets_cmd.cli(["record", str(src), "--profile", "rec", "--headroom", "1.3", "--out", str(out)]) == 0
     assert budgets.load_profile(out, IDS).budget("resnest50", "fp32", 1).ms == pytest.approx(41.6)
     assert "wrote" in capsys.readouterr().out
     bench = tmp_path / "bench.json"  # pytest-benchmark's --benchmark-json: the figures are in extra_info
     bench.write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "AMD EPYC 7763", "count": 2}},
                                  "benchmarks": [{"extra_info": t["figures"]} for t in run_doc(
                                      {("resnest50", "int8", 8): (90.0, True)})["tests"]]}))
-    assert budgets.cli(["record", str(bench), "--profile", "rec2", "--headroom", "1.1", "--out", str(out)]) == 0
+    assert budgets_cmd.cli(["record", str(bench), "--profile", "rec2", "--headroom", "1.1", "--out", str(out)]) == 0
     assert budgets.load_profile(out, IDS).budget("resnest50", "int8", 8).ms == pytest.approx(99.0)
-    assert budgets.cli(["check", str(out)]) == 0
+    assert budgets_cmd.cli(["check", str(out)]) == 0
 
 
 def test_the_suite_reports_a_profile_typo_before_measuring(pytester, tmp_path):
@@ -207,7 +208,7 @@ def test_runs_summary_gives_outcomes_figures_and_spread_per_test():
             {"nodeid": "suites/test_latency.py::test_int8_faster_than_fp32[m-b1]", "outcome": "passed",
              "figures": {"ratio": ratio, "quiet": True}},
             {"nodeid": "suites/test_card.py::test_params_match_published[m-x]", "outcome": "passed", "figures": {}}]}
-    lines = budgets.runs_summary([doc(10.0, 0.5), doc(11.0, 0.52, quiet=False)], ["a", "b"])
+    lines = recording.runs_summary([doc(10.0, 0.5), doc(11.0, 0.52, quiet=False)], ["a", "b"])
     assert lines[1] == "test_latency_within_budget[m-fp32-b1]: passed 10 / passed 11* ms; spread 10.0%"
     assert lines[2] == "test_int8_faster_than_fp32[m-b1]: passed 0.5 / passed 0.52 x; spread 4.0%"
     assert len(lines) == 3  # other suites are not listed
@@ -243,7 +244,7 @@ def test_a_profile_applies_on_its_host_class_within_the_peak_tolerance(tmp_path)
     assert "fp32 peak -4% within +-15%" in app.line
     choice = budgets.Choice(prof, "--profile", "--profile cpu-test", app, host=fake_host(fp32=190.0))
     card = ZOO["repvgg_a0"]
-    from harness import latencychecks as lc
+    from harness.latency import checks as lc
 
     assert lc.budget_for(choice, card, "fp32", 1, lc.CPU, 2).ms == 9.0  # judged as recorded
     figs = choice.figures()
@@ -252,7 +253,7 @@ def test_a_profile_applies_on_its_host_class_within_the_peak_tolerance(tmp_path)
 
 
 def test_on_another_host_class_absolute_budgets_are_not_applicable_with_both_figures(tmp_path):
-    from harness import latencychecks as lc
+    from harness.latency import checks as lc
 
     prof = bound(tmp_path)
     avx2 = fake_host("x86-avx2", fp32=126.0, int8=400.0)
@@ -298,7 +299,7 @@ def test_a_profile_without_host_class_or_peak_applies_nowhere(tmp_path):
 
 
 def test_rescale_budgets_scales_by_recorded_over_measured_peak(tmp_path):
-    from harness import latencychecks as lc
+    from harness.latency import checks as lc
 
     card = ZOO["repvgg_a0"]
     prof = bound(tmp_path, "\nint8_peak_gops = 840.0")
@@ -327,7 +328,7 @@ def test_rescale_budgets_scales_by_recorded_over_measured_peak(tmp_path):
 
 
 def test_a_rescaled_budget_failure_shows_both_peaks_and_the_factor():
-    from harness import latencychecks as lc
+    from harness.latency import checks as lc
     from harness.compare import CheckFailure
 
     b = budgets.Budget("cpu-test", "repvgg_a0", "fp32", 1, 9.0, Path("cpu-test.toml"), False).rescaled(
@@ -390,23 +391,23 @@ def test_record_writes_the_host_class_and_both_peaks_of_the_runs(tmp_path):
         d = run_doc({("repvgg_a0", "fp32", 1): (6.0, True)})
         d["machine"].update(host_class="x86-avx512-vnni", fp32_peak_gflops=fp32, int8_peak_gops=int8, peaks_quiet=True)
         docs.append(d)
-    text, report = budgets.profile_text(docs, "cpu-rec", 1.2)
+    text, report = recording.profile_text(docs, "cpu-rec", 1.2)
     prof = budgets.load_profile(write(tmp_path, text, "cpu-rec"), IDS)
     assert prof.host_class == "x86-avx512-vnni" and prof.int8_peak_gops == 845.0
     assert prof.peak_gflops == 540.0  # the absolute tests' own quiet peak figures count too (run_doc: 540)
     assert any(line.startswith("int8 peak: 820.0, 845.0 GOP/s (quiet): 845.0 recorded") for line in report)
     docs[1]["machine"]["host_class"] = "x86-avx2"
     with pytest.raises(ValueError, match="different classes"):
-        budgets.profile_text(docs, "x", 1.2)
+        recording.profile_text(docs, "x", 1.2)
     old = run_doc({("repvgg_a0", "fp32", 1): (6.0, True)})  # a results.json from before the fingerprint
-    text, report = budgets.profile_text([old], "cpu-old", 1.2)
+    text, report = recording.profile_text([old], "cpu-old", 1.2)
     assert "host_class" not in text and any("no host class in these runs" in line for line in report)
 
 
 def test_record_reads_the_host_from_benchmark_json_figures(tmp_path):
     figs = run_doc({("resnest50", "int8", 8): (90.0, True)})["tests"][0]["figures"]
     figs.update(host_class="x86-avx2", host_int8_peak_gops=400.0, host_peaks_quiet=True)
-    text, _ = budgets.profile_text([{"machine_info": {"cpu": {"brand_raw": "AMD EPYC", "count": 2}},
+    text, _ = recording.profile_text([{"machine_info": {"cpu": {"brand_raw": "AMD EPYC", "count": 2}},
                                      "benchmarks": [{"extra_info": figs}]}], "b", 1.1)
     prof = budgets.load_profile(write(tmp_path, text, "b"), IDS)
     assert prof.host_class == "x86-avx2" and prof.int8_peak_gops == 400.0
@@ -430,8 +431,8 @@ def test_ratio_limits_are_chosen_by_host_class():
 
 
 def test_a_ratio_message_names_the_host_class_whose_limit_applied():
-    from harness import latencychecks as lc
-    from harness import timing
+    from harness.latency import checks as lc
+    from harness.latency import timing
     from harness.compare import CheckFailure
 
     r = timing.Ratio("num", "den", 1.10, 1.08, 1.12, 1.10, 1.08, 1.12, 6, 0.97, True, [], [1.1] * 6, [1.1] * 6)
@@ -474,7 +475,7 @@ def _measurement(median_s: float, quiet: bool = True):
 
 
 def test_an_over_budget_median_that_does_not_reproduce_is_judged_on_the_re_measurement():
-    from harness import latencychecks as lc
+    from harness.latency import checks as lc
 
     b = budgets.Budget("cpu-test", "hrnet_w18_small_v1", "fp32", 1, 27.45, Path("cpu-test.toml"), False)
     figs = {}
@@ -485,7 +486,7 @@ def test_an_over_budget_median_that_does_not_reproduce_is_judged_on_the_re_measu
 
 
 def test_a_slow_model_fails_even_after_the_re_measurement():
-    from harness import latencychecks as lc
+    from harness.latency import checks as lc
     from harness.compare import CheckFailure
 
     b = budgets.Budget("cpu-test", "hrnet_w18_small_v1", "fp32", 1, 27.45, Path("cpu-test.toml"), False)

@@ -17,9 +17,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness import latencychecks as lc
-from harness import timing
-from harness.budgets import Choice, load_profile
+from harness.latency import checks as lc
+from harness.latency import timing
+from harness.latency.budgets import Choice, load_profile
 from harness.compare import CheckFailure, Inconclusive
 from harness.zoo import load_zoo
 
@@ -168,8 +168,9 @@ def test_plugin_reports_a_busy_machine_as_inconclusive_not_failed(pytester):
         from pathlib import Path
         import pytest
         from _latency_sim import SimulatedMachine
-        from harness import latencychecks as lc, timing
-        from harness.budgets import Budget
+        from harness.latency import checks as lc
+        from harness.latency import timing
+        from harness.latency.budgets import Budget
 
         @pytest.mark.parametrize("busy", [0.75, 0.0], ids=["busy", "quiet"])
         def test_latency(model_card, busy, record):

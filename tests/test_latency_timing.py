@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from _latency_sim import SimulatedMachine
 
-from harness import latencychecks as lc
-from harness import timing
-from harness.budgets import Budget
+from harness.latency import checks as lc
+from harness.latency import timing
+from harness.latency.budgets import Budget
 from harness.compare import CheckFailure, Inconclusive
 
 PLAN = timing.plan_from_tolerances(2)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness import deploy_preprocess as dp
-from harness import preprocesschecks as pc
+from harness.preprocess import deploy as dp
+from harness.preprocess import checks as pc
 from harness.compare import CheckFailure, Inconclusive
-from harness.preprocess import ECenterCrop, reference_transform
+from harness.preprocess.reference import ECenterCrop, reference_transform
 from harness.zoo import load_zoo
 
 ZOO = load_zoo()
@@ -124,7 +124,7 @@ def test_implementation_defect_without_differing_key_blames_the_implementation(m
     # half-up offsets planted in the implementation itself, the config untouched
     monkeypatch.setattr(dp, "round_offset", lambda x, rounding: int(np.floor(x + 0.5)))
     msg, rec = fail_message(HRNET, dp.config_from_card(HRNET))
-    assert "harness/deploy_preprocess.py" in msg and "equals the card-derived config" in msg
+    assert "harness/preprocess/deploy.py" in msg and "equals the card-derived config" in msg
     assert rec["differing_keys"] == []
 
 

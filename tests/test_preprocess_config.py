@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import deploy_preprocess as dp
+from harness.preprocess import deploy as dp
 from harness import manifest as manifest_mod
-from harness import preprocesschecks as pc
+from harness.preprocess import checks as pc
 from harness.errors import ConfigError, InputError
 from harness.zoo import load_zoo
 

@@ -1,4 +1,4 @@
-"""The documented decisions of harness/deploy_preprocess.py (small images, alpha, EXIF, modes)
+"""The documented decisions of harness/preprocess/deploy.py (small images, alpha, EXIF, modes)
 and planted defects for the any-image property check."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import deploy_preprocess as dp
-from harness import preprocesschecks as pc
+from harness.preprocess import deploy as dp
+from harness.preprocess import checks as pc
 from harness.compare import CheckFailure
 from harness.zoo import Preprocess, load_zoo
 

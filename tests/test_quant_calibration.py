@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from harness import quantchecks as qc
-from harness import quantize as qz
-from harness.export import export_onnx
+from harness.quant import checks as qc
+from harness.quant import quantize as qz
+from harness.export.exporter import export_onnx
 
 SIZE = 32
 
@@ -157,7 +157,7 @@ def test_layer_report_of_a_foreign_int8_file_judges_folded_relus_by_zero_point(t
 
 
 def test_ort_entropy_in_one_pass_is_minmax(tiny):
-    """Why Entropy's figures move with the stride and the image order (harness/quantize.py):
+    """Why Entropy's figures move with the stride and the image order (harness/quant/quantize.py):
     with ORT's 128 / 128 bins the KL search has a single candidate, the histogram's range.
     In one pass that is the data's min/max, so the ranges are MinMax's; strided, later passes
     add bins beyond the first pass's max and KL picks among those. If ORT changes this, this

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from harness import emulate
-from harness import quantchecks as qc
+from harness.quant import checks as qc
 from harness.host import cpu_facts, u8s8_may_saturate
 from harness.tolerances import tolerance
 

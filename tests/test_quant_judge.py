@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from harness import quantchecks as qc
-from harness import quantize as qz
+from harness.quant import checks as qc
+from harness.quant import quantize as qz
 from harness.compare import CheckFailure, Inconclusive, binomial_halfwidth
 from harness.data import ImageSet, Sample
 from harness.tolerances import tolerance

@@ -1,7 +1,7 @@
 """Planted defects for the RepVGG re-parameterization checks.
 
 Each bug is planted in a *copy* of the independent fusion (a subclass of
-harness.reparam.Fusion overriding one step) or in a deploy artifact, and the check must
+harness.reparam.fusion.Fusion overriding one step) or in a deploy artifact, and the check must
 fail with a message naming the block it breaks. The model is a real timm ByobNet RepVGG
 (same block code as the zoo's), narrow and small so the file runs in seconds: widths
 16-128, 64x64 inputs, stage depths (2, 3, 6, 1) so that ``stages.2.5`` exists, groups=2 on
@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import reparam, reparamchecks
+from harness.reparam import fusion as reparam
+from harness.reparam import checks as reparamchecks
 from harness.cache import ArtifactCache
 from harness.compare import CheckFailure
 from harness.errors import ConfigError, InputError
@@ -104,7 +105,7 @@ def fails(check, *args, **kwargs) -> tuple[str, dict]:
     return str(e.value), rec
 
 
-# --- the planted fusion bugs (copies of harness.reparam.Fusion with one step wrong) ----------
+# --- the planted fusion bugs (copies of harness.reparam.fusion.Fusion with one step wrong) ----------
 
 class RunningMeanIgnored(reparam.Fusion):
     def fold_bn(self, kernel, bn):
@@ -261,7 +262,7 @@ def test_fusions_disagreeing_are_named(lab, monkeypatch):
                         lambda t, fusion=None: OffCentreInOneBlock("stages.2.3").fuse(t))
     reparamchecks._studies.clear()
     msg, _ = fails(reparamchecks.check_fusions_agree, CARD, lab)
-    assert "block stages.2.3" in msg and "timm vs harness/reparam.py" in msg
+    assert "block stages.2.3" in msg and "timm vs harness/reparam/fusion.py" in msg
     reparamchecks._studies.clear()
 
 

@@ -101,7 +101,7 @@ FINGERPRINT_KEYS = ("host_class", "isa", "arch", "u8s8_saturates", "fp32_peak_gf
 
 def machine_section(fingerprint: dict[str, Any] | None) -> dict[str, Any]:
     """results.json's ``machine``: machine_info's keys (hostname, platform, cpu, cores, gpu; what
-    older readers and ``harness.budgets`` read) plus the host fingerprint and its one line."""
+    older readers and ``harness.latency.budgets`` read) plus the host fingerprint and its one line."""
     out = machine_info()
     if fingerprint:
         out.update({k: fingerprint.get(k) for k in FINGERPRINT_KEYS})

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import runtime as rt
-from .compare import CheckFailure, message, rel_max_error
+from .. import runtime as rt
+from ..compare import CheckFailure, message, rel_max_error
 
 # onnxruntime/core/optimizer/graph_transformer_utils.cc (level 1-3, CPU EP), plus rewrite rules
 ORT_TRANSFORMERS: tuple[str, ...] = (

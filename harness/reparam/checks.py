@@ -5,7 +5,7 @@ Plain functions of (card, lab, record) that know nothing of pytest; each raises
 :class:`CheckFailure` with the one message shape.
 
 How "equal" is judged. Every deploy form under test (timm's ``reparameterize_model``, the
-independent :mod:`harness.reparam`, the ONNX export, a user's deploy checkpoint) runs in
+independent :mod:`harness.reparam.fusion`, the ONNX export, a user's deploy checkpoint) runs in
 float32 and is compared with the training form run in **float64** (the truth). Its
 ``rel_max_error`` must stay within ``deploy_over_floor`` times the float64 noise floor: the
 error of the float32 training form itself. Top-1 agreement is recorded but never judged:
@@ -30,19 +30,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import flops as flops_mod
-from . import reparam
-from .cardchecks import within_published
-from .compare import CheckFailure, check, message, min_cosine, rel_max_error, top1_agreement
-from .errors import ConfigError, InputError
-from .models import count_params, deploy_form, load_state_dict_file, official_repvgg_to_timm
-from .tolerances import tolerance
-from .zoo import ModelCard, PublishedRow
+from .. import flops as flops_mod
+from . import fusion as reparam
+from ..cardchecks import within_published
+from ..compare import CheckFailure, check, message, min_cosine, rel_max_error, top1_agreement
+from ..errors import ConfigError, InputError
+from ..models import count_params, deploy_form, load_state_dict_file, official_repvgg_to_timm
+from ..tolerances import tolerance
+from ..zoo import ModelCard, PublishedRow
 
 SECTION = "reparam"
 FUSION_CODE = {"timm": "timm.utils.reparameterize_model (RepVggBlock._get_kernel_bias)",
-               "independent": "harness/reparam.py Fusion",
-               "onnx": "harness/export.py export of timm's deploy form",
+               "independent": "harness/reparam/fusion.py Fusion",
+               "onnx": "harness/export/exporter.py export of timm's deploy form",
                "checkpoint": "the manifest's deploy_checkpoint"}
 
 
@@ -310,7 +310,7 @@ def independent_deploy(train: nn.Module, fusion: reparam.Fusion | None = None) -
 
 
 def study(card: ModelCard, lab) -> Study:
-    from .models import state_digest
+    from ..models import state_digest
 
     train = lab.reference(card)
     digest = state_digest(train)
@@ -416,7 +416,7 @@ def check_timm_deploy(card: ModelCard, lab, record) -> None:
 
 
 def check_independent_deploy(card: ModelCard, lab, record, fusion: reparam.Fusion | None = None) -> None:
-    """``fusion``: the fusion under test (default harness.reparam.Fusion; self-tests plant bugs)."""
+    """``fusion``: the fusion under test (default harness.reparam.fusion.Fusion; self-tests plant bugs)."""
     train = lab.reference(card)
     if fusion is None:
         form = study(card, lab).forms["independent"]
@@ -452,7 +452,7 @@ def check_fusions_agree(card: ModelCard, lab, record) -> None:
            worst_kernel_rel=worst[1] if worst else None, worst_bias_rel=worst[2] if worst else None,
            logits_rel_max_error=logits, blocks_differing=len(bad))
     if missing:
-        raise CheckFailure(message(f"blocks fused by timm and harness/reparam.py for {card.id}",
+        raise CheckFailure(message(f"blocks fused by timm and harness/reparam/fusion.py for {card.id}",
                                    f"{len(missing)} only in one", "the same blocks", FUSION_CODE["timm"],
                                    cause=f"blocks {missing[:4]} fused by one implementation only"))
     over = tolerance(SECTION, "deploy_over_floor")
@@ -461,12 +461,12 @@ def check_fusions_agree(card: ModelCard, lab, record) -> None:
     if bad:
         name, w, b, shape_ok = bad[0]
         raise CheckFailure(message(
-            f"fused kernel/bias of {card.id} block {name}: timm vs harness/reparam.py (rel max diff)",
+            f"fused kernel/bias of {card.id} block {name}: timm vs harness/reparam/fusion.py (rel max diff)",
             f"kernel {w:.3g}, bias {b:.3g}", f"<= {limit:g}",
             f"{FUSION_CODE['timm']} vs {FUSION_CODE['independent']}; block {name} (first of {len(bad)})",
             cause="conv geometry differs (shape/groups/stride/padding)" if not shape_ok else
                   "the two fusions disagree: the deploy-vs-training checks say which one is wrong"))
-    check(logits <= over * floor, f"logits of {card.id}: timm deploy form vs harness/reparam.py (rel max diff)",
+    check(logits <= over * floor, f"logits of {card.id}: timm deploy form vs harness/reparam/fusion.py (rel max diff)",
           f"{logits:.3g} ({logits / floor:.3g}x the fp64 noise floor {floor:.2g})", f"<= {over:g}x floor",
           f"{FUSION_CODE['timm']} vs {FUSION_CODE['independent']}",
           cause="the same kernels in both forms, yet different outputs: the deploy forward passes differ "
@@ -511,7 +511,7 @@ def check_deploy_params(card: ModelCard, row: PublishedRow, lab, record) -> None
                                    tolerance("card", "params_last_digit_units"))
     record(params_m_independent=round(measured, 4), params_m_timm_deploy=round(theirs / 1e6, 4),
            params_m_published=row.params_m, params_rel_diff=round((measured - row.params_m) / row.params_m, 6))
-    check(ours == theirs, f"deploy params of {card.id}: harness/reparam.py vs timm", ours, theirs,
+    check(ours == theirs, f"deploy params of {card.id}: harness/reparam/fusion.py vs timm", ours, theirs,
           FUSION_CODE["independent"], cause="the two deploy forms differ in size")
     check(ok, f"deploy params of {card.id}", f"{measured:.4f}M", f"{row.params_m}M +-{allowed:.4g}M",
           _where_row(card, row), cause=f"the deploy form differs from '{row.name}' by "
@@ -534,7 +534,8 @@ def check_deploy_flops(card: ModelCard, row: PublishedRow, lab, record) -> None:
 
 def check_deploy_onnx(card: ModelCard, lab, record) -> None:
     """timm's deploy form exported to ONNX; ONNX Runtime's output vs the float64 training form."""
-    from . import export, runtime
+    from .. import runtime
+    from ..export import exporter as export
 
     s = study(card, lab)
     train = lab.reference(card)

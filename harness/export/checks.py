@@ -25,15 +25,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import divergence, ortopt
-from . import runtime
-from .compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
-from .errors import InputError
-from .export import TWO_GB, ExportResult, exported
-from .lab import BoundedCache, torch_logits
-from .runtime import INPUT_NAME, OUTPUT_NAME
-from .tolerances import tolerance
-from .zoo import ModelCard
+from .. import divergence
+from . import ortopt
+from .. import runtime
+from ..compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
+from ..errors import InputError
+from .exporter import TWO_GB, ExportResult, exported
+from ..lab import BoundedCache, torch_logits
+from ..runtime import INPUT_NAME, OUTPUT_NAME
+from ..tolerances import tolerance
+from ..zoo import ModelCard
 
 SECTION = "export"
 EXPORT_IMAGES = 16  # eval images per numerics check: enough for a max over images, seconds on 2 cores
@@ -77,7 +78,7 @@ def export_case(lab, card: ModelCard, case: ExportCase, *, model: nn.Module | No
         first = (str(e).strip().splitlines() or [""])[0][:300]
         fail = CheckFailure(message(
             f"{case.exporter} export of {card.id} ({tag}) at opset {case.opset}", f"{type(e).__name__}: {first}",
-            "an ONNX file", "harness/export.py export_onnx -> torch.onnx.export",
+            "an ONNX file", "harness/export/exporter.py export_onnx -> torch.onnx.export",
             cause=f"the {case.exporter} exporter cannot express this model at opset {case.opset}"),
             {"export_error": f"{type(e).__name__}: {first}"})
         _failed_exports[key] = fail
@@ -225,7 +226,7 @@ def check_declared_io(path: Path, record, *, input_size: int, label: str, names:
         problems.append(("number of graph inputs/outputs", (len(io["inputs"]), len(io["outputs"])), (1, 1),
                          "a classifier file takes one image batch and returns one logits tensor"))
     else:
-        (iname, itype, idims), (oname, otype, odims) = io["inputs"][0], io["outputs"][0]
+        (iname, itype, idims), (oname, _otype, odims) = io["inputs"][0], io["outputs"][0]
         if names is not None and (iname, oname) != names:
             problems.append(("graph input/output names", (iname, oname), names,
                              "exported without input_names/output_names"))
@@ -434,7 +435,7 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
 
 def fp32_file_under_test(lab, card: ModelCard) -> tuple[Path, str]:
     """The manifest's ``onnx`` when given, else the export the int8 suite quantizes (legacy, opset 17)."""
-    from .quantize import fp32_source
+    from ..quant.quantize import fp32_source
 
     user = lab.artifacts(card).get("onnx")
     path = fp32_source(lab, card)

@@ -2,9 +2,9 @@
 
 Three views of one card's preprocessing:
 
-- the card's reference (:mod:`harness.preprocess`, torchvision exactly as the seed's code);
+- the card's reference (:mod:`harness.preprocess.reference`, torchvision exactly as the seed's code);
 - timm's own eval transform for the architecture (``resolve_data_config`` + ``create_transform``);
-- a deploy-side config under test (:mod:`harness.deploy_preprocess`: the manifest's
+- a deploy-side config under test (:mod:`harness.preprocess.deploy`: the manifest's
   ``preprocess`` JSON, or else the config derived from the card, so the implementation
   itself is under test).
 
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import deploy_preprocess as dp
-from .compare import CheckFailure, Inconclusive, binomial_halfwidth, check, message, top1_agreement
-from .errors import ConfigError
-from .preprocess import reference_batch, reference_transform
-from .tolerances import tolerance
-from .zoo import ModelCard, Preprocess
+from . import deploy as dp
+from ..compare import CheckFailure, Inconclusive, binomial_halfwidth, check, message, top1_agreement
+from ..errors import ConfigError
+from .reference import reference_batch, reference_transform
+from ..tolerances import tolerance
+from ..zoo import ModelCard, Preprocess
 
 # Natural images in a parity set (besides the geometry probes) and images run through a model
 # for the effect on predictions: enough to see every resize path, few enough that resnest269
@@ -69,7 +69,7 @@ def parity_set(natural: Sequence[Image.Image], pre: Preprocess, names: Sequence[
 
 def natural_images(lab=None, count: int = PARITY_NATURAL_IMAGES) -> tuple[list[Image.Image], list[str]]:
     """The lab's evaluation images (ImageNet when given, else embedded), or embedded without a lab."""
-    from . import data as data_mod
+    from .. import data as data_mod
 
     samples = lab.images("eval").samples[:count] if lab is not None else data_mod.embedded("eval", count).samples
     imgs, kept, problems = data_mod.load_images(samples)
@@ -147,7 +147,7 @@ def _model_of(model) -> torch.nn.Module | None:
 
 
 def logits_of(model: torch.nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 16) -> np.ndarray:
-    from .lab import torch_logits
+    from ..lab import torch_logits
 
     return torch_logits(model, torch.as_tensor(np.asarray(x, dtype=np.float32)), batch_size=batch_size)
 
@@ -285,9 +285,9 @@ def _fmt(v: Any) -> str:
 def _diagnosis_text(diag: dict[str, Any], cfg: dp.DeployConfig, good: dp.DeployConfig) -> tuple[str, str]:
     """(the key(s) to look at, the named cause)."""
     if not diag["differing_keys"]:
-        return ("harness/deploy_preprocess.py (the config equals the card-derived one)",
+        return ("harness/preprocess/deploy.py (the config equals the card-derived one)",
                 "the config equals the card-derived config, yet its output differs: a defect in the "
-                "implementation (harness/deploy_preprocess.py) or in the reference (harness/preprocess.py)")
+                "implementation (harness/preprocess/deploy.py) or in the reference (harness/preprocess/reference.py)")
     if diag["restoring"]:
         best = diag["restoring"]
         keys = sorted({k for ks in best for k in ks}, key=dp.SEMANTIC_KEYS.index)
@@ -355,7 +355,7 @@ def _effect(model, card: ModelCard, cfg: dp.DeployConfig, imgs: Sequence[Image.I
 
 
 def timm_data_config(card: ModelCard) -> dict:
-    from .cardchecks import timm_data_config as cfg_of
+    from ..cardchecks import timm_data_config as cfg_of
 
     return cfg_of(card)
 
@@ -394,7 +394,7 @@ def check_timm_transform(card: ModelCard, images: Sequence[tuple[str, Image.Imag
         own = pixel_stats(config_outputs(timm_cfg, imgs), timm_out, dc["std"])
         record(timm_as_config_max_grey_levels=round(own["max_grey"], 4))
         check(own["max_grey"] <= tol, f"max |harness config - timm transform| for {card.timm_arch}",
-              _stats_text(own), f"<= {tol:g} grey level", "harness/deploy_preprocess.py config_from_timm",
+              _stats_text(own), f"<= {tol:g} grey level", "harness/preprocess/deploy.py config_from_timm",
               cause="the harness misreads timm's data config (timm/data/transforms_factory.py changed?)")
     if stats["max_grey"] <= tol:
         return
@@ -446,7 +446,7 @@ def check_ecenter_square_identity(card: ModelCard, natural: Sequence[Image.Image
            square_max_normalised=stats["max_norm"])
     check(all(equal), f"ECenterCrop({pre.crop}) vs Resize({side})+CenterCrop({pre.crop}) on {side}x{side} images",
           f"{equal.count(False)}/{len(equal)} differ ({_stats_text(stats)})", "bit-identical",
-          f"harness/preprocess.py ECenterCrop / {card.file.name} models.{card.id}.preprocess",
+          f"harness/preprocess/reference.py ECenterCrop / {card.file.name} models.{card.id}.preprocess",
           cause=f"on a square of side S+32 both crop the centred {pre.crop}x{pre.crop} pixels without resampling; "
                 "a difference means the crop fraction or the crop offsets are not what the seed's code computes")
 
@@ -537,7 +537,7 @@ def check_same_output(pre: Preprocess, a: Image.Image, b: Image.Image, what: str
     for label, x, y in (("reference", ra, rb), ("config", ca, cb)):
         check(x.shape == y.shape and np.array_equal(x, y), f"max |{label}({what}) - {label}(without)|",
               float(np.max(np.abs(x - y))) if x.shape == y.shape else f"shapes {x.shape} vs {y.shape}", 0.0, where,
-              cause=f"{what} changes the {label}'s output (harness/deploy_preprocess.py documents it as ignored)")
+              cause=f"{what} changes the {label}'s output (harness/preprocess/deploy.py documents it as ignored)")
 
 
 # --- test images of any mode (used by the property tests and their self-tests) -------------

@@ -1,11 +1,11 @@
 """Latency checks: plain functions that know nothing of pytest parametrization.
 
-What is measured (ONNX Runtime, CPU EP unless named; ``harness/timing.py`` does the timing):
+What is measured (ONNX Runtime, CPU EP unless named; ``harness/latency/timing.py`` does the timing):
 
 - **absolute**: each model x precision (fp32: the manifest's ``onnx`` or the suite's export;
   int8: the manifest's ``int8_onnx`` or the suite's quantized model) x batch 1/4/8 at the
   card's input size, on real (embedded or ImageNet) images. Judged against the active
-  budget profile (``harness/budgets.py``); with none, recorded only.
+  budget profile (``harness/latency/budgets.py``); with none, recorded only.
 - **ratios**, measured interleaved in the same run, so they hold on any machine
   (limits: [latency] in fixtures/tolerances.toml): int8 / fp32 at batch 1 and 8, batch-8
   per image / batch 1, RepVGG deploy / train form, the user's ONNX / the suite's export.
@@ -39,12 +39,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import runtime
+from .. import runtime
 from . import timing
 from .budgets import Budget, Choice
-from .compare import CheckFailure, Inconclusive, check, message
-from .tolerances import Limit, tolerance
-from .zoo import ModelCard
+from ..compare import CheckFailure, Inconclusive, check, message
+from ..tolerances import Limit, tolerance
+from ..zoo import ModelCard
 
 SECTION = "latency"
 CPU = "CPUExecutionProvider"
@@ -90,7 +90,7 @@ def host_figures(threads: int, measure_peaks: bool = True):
     the same measurements (cached per process) the roofline figures use."""
     from dataclasses import replace
 
-    from . import host
+    from .. import host
 
     fp = host.fingerprint(threads, measure_peaks=False)
     if not measure_peaks:
@@ -108,7 +108,7 @@ def host_figures(threads: int, measure_peaks: bool = True):
 @lru_cache(maxsize=1)
 def this_host_class() -> str:
     """This machine's host class (harness/host.py): which per-class ratio limits apply."""
-    from . import host
+    from .. import host
 
     return host.host_class(host.cpu_facts())
 
@@ -116,7 +116,7 @@ def this_host_class() -> str:
 def ratio_limit(limit_key: str, host_class: str | None = None):
     """The [latency] ratio limit for this host class (``[latency.by_host_class."<class>"]``
     overrides the default): a :class:`harness.tolerances.Limit`."""
-    from .tolerances import limit
+    from ..tolerances import limit
 
     return limit(SECTION, limit_key, host_class if host_class is not None else this_host_class())
 
@@ -126,20 +126,20 @@ def ratio_limit(limit_key: str, host_class: str | None = None):
 def int8_method() -> str:
     """The calibration method of the int8 model timed: the quantization suite's default, so
     its cached model is reused (latency does not depend on the method: same QDQ graph)."""
-    from . import quantize
+    from ..quant import quantize
 
     return getattr(quantize, "DEFAULT_METHOD", "percentile")
 
 
 def own_export(lab, card: ModelCard) -> Path:
-    from .export import exported
+    from ..export.exporter import exported
 
     return exported(lab, card).path
 
 
 def deploy_export(lab, card: ModelCard) -> Path:
-    from .export import exported
-    from .models import deploy_form
+    from ..export.exporter import exported
+    from ..models import deploy_form
 
     return exported(lab, card, model=deploy_form(lab.reference(card)), tag="deploy").path
 
@@ -153,7 +153,7 @@ def artifact(lab, card: ModelCard, precision: str) -> tuple[Path, str]:
         user = lab.artifacts(card).get("int8_onnx")
         if user:
             return user, f"manifest int8_onnx {user}"
-        from .quantize import quantized
+        from ..quant.quantize import quantized
 
         method = int8_method()
         return quantized(lab, card, method=method), f"zooconform int8 ({method}) of {card.id}"
@@ -182,7 +182,7 @@ def call_of(sess, x: np.ndarray) -> Callable[[], Any]:
 def _macs(path: str, mtime_ns: int, size: int) -> tuple[int | None, int]:
     import onnx
 
-    from .runtime import load_checked_header
+    from ..runtime import load_checked_header
 
     try:
         model = load_checked_header(path)

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .runtime import INPUT_NAME
+from ..errors import InputError
+from ..runtime import INPUT_NAME
 
 METHODS = ("minmax", "percentile", "entropy")
 # Smoke tier on the embedded set: every other image of the 200-image calibration split.
@@ -164,7 +164,7 @@ def activation_bytes_per_image(model_path: Path) -> int:
     """
     import onnx
 
-    from .runtime import load_checked_header
+    from ..runtime import load_checked_header
 
     model = load_checked_header(model_path)
     total = 0
@@ -195,7 +195,7 @@ def preprocess_for_quantization(fp32: Path, out: Path) -> float:
     """``quant_pre_process`` (shape inference + ORT basic optimizations); returns seconds."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .runtime import load_checked_header
+    from ..runtime import load_checked_header
 
     # the harness's guard first: quant_pre_process reads the file's external data itself, so a
     # location escaping the model's folder (or a file that is no ONNX) is refused here, by name
@@ -228,7 +228,7 @@ def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
         raise ValueError("no calibration images")
     per_image = activation_bytes_per_image(preprocessed)
     n, stride, batch = calibration_plan(len(calib), per_image, options)
-    from .runtime import graph_input_name
+    from ..runtime import graph_input_name
 
     reader = ArrayCalibrationReader(calib[:n], batch=batch, input_name=graph_input_name(preprocessed))
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -390,7 +390,7 @@ def fp32_source(lab, card) -> Path:
     user = lab.artifacts(card).get("onnx")
     if user is not None:
         return user
-    from .export import exported
+    from ..export.exporter import exported
 
     return exported(lab, card, exporter="legacy", opset=17).path
 
@@ -400,7 +400,7 @@ def preprocessed(lab, fp32: Path) -> Path:
     The user's file passes the harness's external-data guard (``runtime.load_checked_header``,
     in ``preprocess_for_quantization``) before quant_pre_process reads it; a directory or an
     empty file is named before its digest is taken."""
-    from .runtime import require_onnx_file
+    from ..runtime import require_onnx_file
 
     require_onnx_file(Path(fp32))
     key = {"fp32": cached_file_digest(fp32), "auto_merge": True, **library_key()}
@@ -467,8 +467,8 @@ def calibration_samples(lab) -> list:
 
 def calibration_inputs(samples: list, card) -> np.ndarray:
     """The card's reference preprocessing of the calibration samples (undecodable ones dropped)."""
-    from .data import load_images
-    from .preprocess import reference_batch
+    from ..data import load_images
+    from ..preprocess.reference import reference_batch
 
     imgs, _, _ = load_images(samples)
     return reference_batch(imgs, card.preprocess).numpy()

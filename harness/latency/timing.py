@@ -20,7 +20,7 @@ mode) is *quiet* when enough of its calls are clean, other processes used at mos
 spread is small. A noisy attempt is re-measured (``max_attempts``, with a pause between);
 the figures come from the first quiet attempt, else from the least contended one, and say
 so (``quiet = False``): judging a noisy figure is the caller's decision (see
-``harness/latencychecks.py``: a contended result is a pass only when even the inflated
+``harness/latency/checks.py``: a contended result is a pass only when even the inflated
 figure meets the budget, else "inconclusive", never a fail).
 
 Two configurations compared with each other (int8 vs fp32, deploy vs train form) are
@@ -163,7 +163,7 @@ PLAN_KEYS = ("warmup", "rounds", "blocks", "per_block", "max_attempts", "settle_
 
 
 def plan_from_tolerances(threads: int | None, section: str = "latency", **override: Any) -> Plan:
-    from .tolerances import tolerance
+    from ..tolerances import tolerance
 
     values: dict[str, Any] = {}
     for key in PLAN_KEYS:

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from . import quantize as qmod
-from . import runtime as rt
-from .compare import (CheckFailure, Inconclusive, binomial_halfwidth, check, cosine_rows, distinct_top1, message,
+from .. import runtime as rt
+from ..compare import (CheckFailure, Inconclusive, binomial_halfwidth, check, cosine_rows, distinct_top1, message,
                       top1_agreement, topk_accuracy)
-from .host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
-from .lab import BoundedCache
-from .tolerances import tolerance
+from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
+from ..lab import BoundedCache
+from ..tolerances import tolerance
 
 SECTION = "quant"
 IMAGENET_VAL_IMAGES = 50_000
@@ -585,7 +585,7 @@ def kernel_cause(path: Path, fmt: Int8Format, cpu: CpuFacts, x, fp32, noisy, run
     why = ("this host has VNNI/AMX (no int16 saturation)" if not u8s8_may_saturate(cpu) else
            "the file's weights are already 7-bit" if fmt.reduced_range else f"the file is not U8S8 ({fmt.describe()})")
     return (f"the integer kernels ONNX Runtime selects on {cls} compute something other than the QDQ graph, and it "
-            f"is not the known U8S8 saturation ({why}); compare harness/ortopt.py's bisection of ORT's graph "
+            f"is not the known U8S8 saturation ({why}); compare harness/export/ortopt.py's bisection of ORT's graph "
             "transformers on this file and report it to onnxruntime with the host's fingerprint")
 
 

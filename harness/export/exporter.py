@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .runtime import INPUT_NAME, OUTPUT_NAME
+from ..runtime import INPUT_NAME, OUTPUT_NAME
 
 EXPORTERS = ("legacy", "dynamo")
 TWO_GB = 2 * 1024 ** 3
@@ -40,7 +40,6 @@ def _param_bytes(model: torch.nn.Module) -> int:
 def export_onnx(model: torch.nn.Module, path: Path | str, *, input_size: int, opset: int = 17,
                 exporter: str = "legacy", dynamic_batch: bool = True, example_batch: int = 2) -> ExportResult:
     """Export ``model`` (eval mode) with the suite's fixed names: input ``input``, output ``logits``."""
-    import onnx
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -74,7 +73,7 @@ def export_onnx(model: torch.nn.Module, path: Path | str, *, input_size: int, op
     text_log = "\n".join(warned)[:2000] + ("\n" if warned else "") + log.getvalue()[-2000:]
     written = None
     with contextlib.suppress(Exception):
-        from .runtime import load_checked_header
+        from ..runtime import load_checked_header
 
         m = load_checked_header(path)
         written = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -98,7 +97,7 @@ def exported(lab, card, *, exporter: str = "legacy", opset: int = 17, model: tor
     """
     import json
 
-    from .models import state_digest
+    from ..models import state_digest
 
     model = model if model is not None else lab.reference(card)
     key = {"model": card.id, "tag": tag, "weights": state_digest(model), "exporter": exporter,

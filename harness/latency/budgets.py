@@ -59,39 +59,36 @@ cells, int8 peak for int8 cells where the profile records one), figures and fact
 Recording a profile from runs (quiet machine, ``pytest suites -m latency`` run a few
 times; results.json or pytest-benchmark's ``--benchmark-json`` files)::
 
-    python -m harness.budgets record reports/run1/results.json reports/run2/results.json \\
+    zooconform budgets record reports/run1/results.json reports/run2/results.json \\
         --profile cpu-2core --headroom 1.3 [--out fixtures/budgets/cpu-2core.toml]
 
 takes, per model x precision x batch, the slowest median of the runs' *quiet*
 measurements times ``headroom`` (throughput: the lowest figure divided by it), prints the
 run-to-run spread of each cell to choose the headroom by, and writes the profile with
-``[profile.match]`` set to the runs' machine. ``python -m harness.budgets check [NAME ...]``
-validates profiles; ``python -m harness.budgets summary RESULTS.json ...`` lists every latency
+``[profile.match]`` set to the runs' machine. ``zooconform budgets check [NAME ...]``
+validates profiles; ``zooconform budgets summary RESULTS.json ...`` lists every latency
 test's outcome and figure per run with the run-to-run spread (the 3x flake check). (The module also has the ``add_arguments`` / ``main`` shape of a
 ``zooconform`` verb, so ``zooconform budgets record ...`` is one line in harness/cli.py.)
 
 The ``t4-tensorrt`` profile is the seeds' T4 TensorRT table (seed 002, PaddleClas HRNet
 page) as the registry carries it (``PublishedRow.latency_ms`` of the ppcls seed-002 rows):
-``python -m harness.budgets t4 --out fixtures/budgets/t4-tensorrt.toml`` regenerates it.
+``zooconform budgets t4 --out fixtures/budgets/t4-tensorrt.toml`` regenerates it.
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import fnmatch
-import json
 import math
 import os
 import re
-import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-BUDGETS = Path(__file__).resolve().parent.parent / "fixtures" / "budgets"
+BUDGETS = Path(__file__).resolve().parents[2] / "fixtures" / "budgets"
 PRECISIONS = ("fp32", "fp16", "int8")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 PROFILE_KEYS = {"description": str, "provider": str, "threads": int, "provisional": bool, "source": str,
@@ -201,7 +198,7 @@ def _unknown(file: Path, key: str, name: str, allowed: Iterable[str], what: str 
     if close:
         hint = "; did you mean " + (" or ".join(", ".join(f"'{c}'" for c in close).rsplit(", ", 1))) + "?"
     return ConfigError(file, key, f"unknown {what} '{name}' (expected one of {', '.join(allowed)}){hint}",
-                       fix="see the file shape in harness/budgets.py")
+                       fix="see the file shape in harness/latency/budgets.py")
 
 
 def _positive(file: Path, key: str, value: Any, unit: str) -> float:
@@ -236,7 +233,7 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
             raise _unknown(path, f"profile.{k}", k, PROFILE_KEYS)
         if not _is(v, PROFILE_KEYS[k]):
             raise ConfigError(path, f"profile.{k}", f"expected {_type_name(PROFILE_KEYS[k])}, got {v!r}",
-                              fix="see the file shape in harness/budgets.py")
+                              fix="see the file shape in harness/latency/budgets.py")
     provider = head.get("provider")
     if provider is None:
         raise ConfigError(path, "profile.provider", "missing required key 'provider'",
@@ -298,7 +295,7 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
 
 
 def _registry_ids() -> list[str]:
-    from .zoo import load_zoo
+    from ..zoo import load_zoo
 
     return list(load_zoo())
 
@@ -310,7 +307,7 @@ def profile_files(folder: Path = BUDGETS) -> list[Path]:
 def _available_fix(folder: Path) -> str:
     names = [p.stem for p in profile_files(folder)]
     return (f"available profiles: {', '.join(names) or '(none)'}; --profile {NONE} judges ratios only; "
-            "record one with python -m harness.budgets record")
+            "record one with zooconform budgets record")
 
 
 # --- choosing the profile -----------------------------------------------------------------
@@ -359,7 +356,7 @@ class Applicability:
 
 
 def host_figures(host: Any) -> dict[str, Any]:
-    """This host's fingerprint as figures of a latency test (``harness.budgets record`` reads them
+    """This host's fingerprint as figures of a latency test (``zooconform budgets record`` reads them
     from pytest-benchmark JSON, which has no machine section of ours)."""
     if host is None:
         return {}
@@ -369,7 +366,7 @@ def host_figures(host: Any) -> dict[str, Any]:
 
 
 def _peak_tolerance() -> float:
-    from .tolerances import tolerance
+    from ..tolerances import tolerance
 
     return tolerance("latency", "profile_peak_rel")
 
@@ -394,8 +391,8 @@ def applicability(profile: Profile, host: Any, tolerance: float | None = None) -
         return Applicability(profile.name, ok, f"{head}: {mine}; {theirs} ({why})", why, rec, meas, tol)
 
     if not profile.host_class:
-        return result(False, f"the profile records no host class: add [profile.match] host_class or re-record it "
-                             f"on its host (python -m harness.budgets record)")
+        return result(False, "the profile records no host class: add [profile.match] host_class or re-record it "
+                             "on its host (zooconform budgets record)")
     if profile.host_class != host.host_class:
         return result(False, "another host class: other kernels")
     if profile.threads and host.peak_threads and profile.threads != host.peak_threads:
@@ -459,7 +456,7 @@ class Choice:
 
 def this_machine() -> dict[str, Any]:
     """What [profile.match] is compared with: cpu model name, cores, CUDA device 0's name."""
-    from .report.results import machine_info
+    from ..report.results import machine_info
 
     info = machine_info()
     gpu = None
@@ -544,279 +541,4 @@ def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[st
         more = f"; none of {', '.join(q.name for q in found)} applies to this host" if len(found) > 1 else ""
         return Choice(p, "detected", f"detected by its [profile.match] ({desc}){more}", apps[p.name], rescale, host)
     return Choice(None, "none", f"no budget profile matches this machine ({desc}): ratios only; "
-                                "pick one with --profile NAME or record one (python -m harness.budgets record)", host=host)
-
-
-# --- recording a profile from runs --------------------------------------------------------
-
-@dataclass
-class Cell:
-    medians: list[float] = field(default_factory=list)
-    contended: int = 0
-
-
-def _latency_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Figures of the absolute latency / throughput measurements of a results.json or a
-    pytest-benchmark JSON (whose ``extra_info`` carries the same figures)."""
-    if "benchmarks" in doc:  # pytest-benchmark --benchmark-json
-        return [dict(b.get("extra_info") or {}) for b in doc["benchmarks"]]
-    out = []
-    for t in doc.get("tests", []):
-        figs = dict(t.get("figures") or {})
-        figs.setdefault("model", t.get("model"))
-        out.append(figs)
-    return out
-
-
-def _machine_of(doc: dict[str, Any]) -> dict[str, Any]:
-    if "benchmarks" in doc:
-        mi = doc.get("machine_info") or {}
-        return {"cpu": (mi.get("cpu") or {}).get("brand_raw", ""), "cores": (mi.get("cpu") or {}).get("count")}
-    return doc.get("machine") or {}
-
-
-def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple, Cell], dict[str, Cell], dict[str, Any]]:
-    """(latency cells keyed (model, precision, batch), throughput cells per model, settings)."""
-    cells: dict[tuple, Cell] = {}
-    tput: dict[str, Cell] = {}
-    seen: dict[str, set] = {"provider": set(), "threads": set(), "instances": set(), "peak": set(),
-                            "int8_peak": set(), "host_class": set()}
-    for doc in docs:
-        m = _machine_of(doc)
-        if m.get("host_class"):
-            seen["host_class"].add(m["host_class"])
-        if m.get("peaks_quiet"):
-            if m.get("fp32_peak_gflops"):
-                seen["peak"].add(m["fp32_peak_gflops"])
-            if m.get("int8_peak_gops"):
-                seen["int8_peak"].add(m["int8_peak_gops"])
-        for f in _latency_records(doc):
-            kind = f.get("latency_kind")
-            if kind not in ("absolute", "throughput") or not f.get("model"):
-                continue
-            seen["provider"].add(f.get("provider"))
-            seen["threads"].add(f.get("threads"))
-            if f.get("peak_gflops") and f.get("peak_quiet"):
-                seen["peak"].add(f["peak_gflops"])
-            if f.get("host_class"):
-                seen["host_class"].add(f["host_class"])
-            if f.get("host_int8_peak_gops") and f.get("host_peaks_quiet"):
-                seen["int8_peak"].add(f["host_int8_peak_gops"])
-            if kind == "absolute":
-                key = (f["model"], f.get("precision"), int(f.get("batch") or 0))
-                cell = cells.setdefault(key, Cell())
-                value = f.get("median_ms")
-            else:
-                seen["instances"].add(f.get("instances"))
-                cell = tput.setdefault(f["model"], Cell())
-                value = f.get("images_per_s")
-            if f.get("quiet") is True and isinstance(value, (int, float)):
-                cell.medians.append(float(value))
-            else:
-                cell.contended += 1
-    return cells, tput, seen
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}" if x < 100 else f"{x:.1f}"
-
-
-def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, description: str = "",
-                 sources: list[str] | None = None) -> tuple[str, list[str]]:
-    """TOML text of a profile recorded from runs, and the report lines (spread, gaps)."""
-    if not headroom >= 1.0:
-        raise ValueError(f"headroom must be >= 1, got {headroom}")
-    cells, tput, seen = collect(docs)
-    if not cells and not tput:
-        raise ValueError("no absolute latency measurements in these files (run pytest suites -m latency)")
-    providers = {p for p in seen["provider"] if p}
-    threads = {t for t in seen["threads"] if t}
-    if len(providers) > 1 or len(threads) > 1:
-        raise ValueError(f"runs mix providers {sorted(providers)} / threads {sorted(threads)}: record one setting at a time")
-    classes = sorted(seen["host_class"])
-    if len(classes) > 1:
-        raise ValueError(f"runs come from hosts of different classes {classes}: record one host class at a time")
-    machine = _machine_of(docs[0]) if docs else {}
-    report: list[str] = []
-    default_description = f"recorded on {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
-    lines = [f"# Latency budget profile '{name}', recorded by python -m harness.budgets record from",
-             f"# {', '.join(sources or ['runs'])}: per cell the slowest quiet median x headroom {headroom}.",
-             "[profile]",
-             f"description = {json.dumps(description or default_description)}",
-             f'provider = "{next(iter(providers), "CPUExecutionProvider")}"']
-    if threads:
-        lines.append(f"threads = {next(iter(threads))}")
-    lines += ["provisional = false",
-              f"source = {json.dumps(f'{len(docs)} run(s): ' + ', '.join(sources or []))}",
-              f"headroom = {headroom}"]
-    peaks = sorted(seen["peak"])
-    if peaks:
-        lines.append(f"peak_gflops = {_fmt(max(peaks))}")
-        report.append(f"fp32 peak: {', '.join(_fmt(x) for x in peaks)} GFLOP/s (quiet): {_fmt(max(peaks))} recorded")
-    else:
-        report.append("no quiet fp32 peak in these runs: peak_gflops left out, so the profile applies nowhere; "
-                      "re-run on a quiet machine")
-    int8_peaks = sorted(seen["int8_peak"])
-    if int8_peaks:
-        lines.append(f"int8_peak_gops = {_fmt(max(int8_peaks))}")
-        report.append(f"int8 peak: {', '.join(_fmt(x) for x in int8_peaks)} GOP/s (quiet): {_fmt(max(int8_peaks))} recorded")
-    inst = {i for i in seen["instances"] if i}
-    if len(inst) == 1:
-        lines.append(f"instances = {next(iter(inst))}")
-    if classes or machine.get("cpu") or machine.get("cores"):
-        lines += ["", "[profile.match]"]
-        if classes:
-            lines.append(f"host_class = {json.dumps(classes[0])}")
-        if machine.get("cpu"):
-            lines.append(f"cpu = {json.dumps(machine['cpu'])}")
-        if machine.get("cores"):
-            lines.append(f"cores = {machine['cores']}")
-    if not classes:
-        report.append("no host class in these runs (results.json from before the machine fingerprint): add "
-                      "[profile.match] host_class by hand, or the profile applies nowhere")
-    models = sorted({k[0] for k in cells} | set(tput))
-    for model in models:
-        lines += ["", f"[models.{model}]"]
-        for prec in PRECISIONS:
-            entries = []
-            for (m, p, b), cell in sorted(cells.items()):
-                if m != model or p != prec:
-                    continue
-                if not cell.medians:
-                    report.append(f"{model} {prec} b{b}: no quiet measurement ({cell.contended} contended): left out")
-                    continue
-                spread = max(cell.medians) / min(cell.medians) - 1
-                report.append(f"{model} {prec} b{b}: medians {', '.join(_fmt(x) for x in cell.medians)} ms; "
-                              f"run-to-run spread {spread:.1%}; budget {_fmt(max(cell.medians) * headroom)} ms")
-                entries.append(f"b{b} = {_fmt(max(cell.medians) * headroom)}")
-            if entries:
-                lines.append(f"{prec} = {{ {', '.join(entries)} }}")
-        cell = tput.get(model)
-        if cell is not None:
-            if cell.medians:
-                lines.append(f"throughput_ips = {_fmt(min(cell.medians) / headroom)}")
-                report.append(f"{model} throughput: {', '.join(_fmt(x) for x in cell.medians)} images/s")
-            else:
-                report.append(f"{model} throughput: no quiet measurement: left out")
-    return "\n".join(lines) + "\n", report
-
-
-def runs_summary(docs: list[dict[str, Any]], names: list[str] | None = None) -> list[str]:
-    """One line per latency test over several runs: outcomes, the judged figure per run and
-    its run-to-run spread (max / min - 1): what the 3x flake check reports."""
-    names = names or [f"run{i + 1}" for i in range(len(docs))]
-    rows: dict[str, list[tuple[str, float | None, str, bool]]] = {}
-    for doc in docs:
-        for t in doc.get("tests", []):
-            if "test_latency.py" not in t.get("nodeid", ""):
-                continue
-            f = t.get("figures") or {}
-            for key, unit in (("median_ms", "ms"), ("ratio", "x"), ("images_per_s", "img/s")):
-                if isinstance(f.get(key), (int, float)):
-                    rows.setdefault(t["nodeid"].split("::", 1)[-1], []).append(
-                        (t.get("outcome") or "?", float(f[key]), unit, f.get("quiet") is not False))
-                    break
-            else:
-                rows.setdefault(t["nodeid"].split("::", 1)[-1], []).append((t.get("outcome") or "?", None, "", True))
-    out = [f"{len(docs)} run(s): {', '.join(names)}  (* = measured under contention)"]
-    for test, runs in rows.items():
-        values = [v for _, v, _, _ in runs if v is not None]
-        unit = next((u for _, v, u, _ in runs if v is not None), "")
-        spread = f"; spread {max(values) / min(values) - 1:.1%}" if len(values) > 1 and min(values) > 0 else ""
-        shown = " / ".join(f"{o} {_fmt(v)}{'' if q else '*'}" if v is not None else o for o, v, _, q in runs)
-        out.append(f"{test}: {shown} {unit}{spread}")
-    return out
-
-
-# --- the seeds' T4 TensorRT table -----------------------------------------------------------
-
-def t4_tensorrt_text(zoo: dict | None = None) -> str:
-    """The ``t4-tensorrt`` profile from the registry's seed-002 (PaddleClas) rows."""
-    from .zoo import load_zoo
-
-    zoo = zoo if zoo is not None else load_zoo()
-    lines = ["# The seeds' T4 TensorRT latency table (seed 002, PaddleClas HRNet page) as budgets.",
-             "# Generated from fixtures/zoo/hrnet.toml (PublishedRow.latency_ms of the ppcls seed-002 rows)",
-             "# by python -m harness.budgets t4 --out fixtures/budgets/t4-tensorrt.toml; do not edit by hand.",
-             "# The page has two FP32 tables that disagree (e.g. HRNet_W18_C b1 6.66 vs 7.40636 ms); the budget",
-             "# is the slower of the two, the figure both tables support. SE_HRNet_W64_C_ssld (an SE variant,",
-             "# not timm's hrnet_w64) and the ssld rows (same architecture, same figures) are left out.",
-             "[profile]",
-             'description = "NVIDIA T4, TensorRT, as published by PaddleClas (seed 002)"',
-             'provider = "TensorrtExecutionProvider"',
-             "provisional = false",
-             'source = "seed 002 (../shared/seeds/002_6769bbe7f0604747.txt) via fixtures/zoo/hrnet.toml"',
-             "headroom = 1.0", "", "[profile.match]", 'gpu = "*T4*"']
-    for card in zoo.values():
-        rows = [r for r in card.published if r.seed == "002" and "ppcls" in r.sources and r.weights is None
-                and r.latency_ms]
-        if not rows:
-            continue
-        row = rows[0]
-        batches = row.latency_batches
-        lines += ["", f"[models.{card.id}]", f'note = "{row.name}"']
-        fp32 = [max(vals) for vals in zip(*(row.latency_ms[k] for k in row.latency_ms if k.startswith("t4_trt_fp32")))]
-        lines.append("fp32 = { " + ", ".join(f"b{b} = {float(ms)!r}" for b, ms in zip(batches, fp32)) + " }")
-        if "t4_trt_fp16" in row.latency_ms:
-            lines.append("fp16 = { " + ", ".join(f"b{b} = {float(ms)!r}" for b, ms in zip(batches, row.latency_ms["t4_trt_fp16"])) + " }")
-    return "\n".join(lines) + "\n"
-
-
-# --- command line -------------------------------------------------------------------------
-# ``python -m harness.budgets ...``; also shaped as a ``zooconform`` verb (add_arguments/main).
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="budgets_verb", required=True)
-    rec = sub.add_parser("record", help="write a profile from results.json / --benchmark-json files of quiet runs")
-    rec.add_argument("files", nargs="+", type=Path)
-    rec.add_argument("--profile", required=True, help="profile name (fixtures/budgets/NAME.toml)")
-    rec.add_argument("--headroom", required=True, type=float,
-                     help="budget = slowest quiet median x this (>= 1; choose from the printed run-to-run spread)")
-    rec.add_argument("--description", default="")
-    rec.add_argument("--out", type=Path, default=None)
-    chk = sub.add_parser("check", help="validate profiles (default: all in fixtures/budgets)")
-    chk.add_argument("names", nargs="*")
-    summ = sub.add_parser("summary", help="outcomes and figures of the latency tests across runs (flake check)")
-    summ.add_argument("files", nargs="+", type=Path)
-    t4 = sub.add_parser("t4", help="regenerate the t4-tensorrt profile from the registry")
-    t4.add_argument("--out", type=Path, default=BUDGETS / "t4-tensorrt.toml")
-
-
-def main(args: argparse.Namespace, extra: list[str] | None = None) -> int:
-    try:
-        if args.budgets_verb == "record":
-            docs = [json.loads(f.read_text(encoding="utf-8")) for f in args.files]
-            text, report = profile_text(docs, args.profile, args.headroom, args.description, [str(f) for f in args.files])
-            out = args.out or BUDGETS / f"{args.profile}.toml"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
-            load_profile(out)
-            print("\n".join(report))
-            print(f"wrote {out}")
-        elif args.budgets_verb == "check":
-            paths = [BUDGETS / f"{n}.toml" if not n.endswith(".toml") else Path(n) for n in args.names] or profile_files()
-            for path in paths:
-                prof = load_profile(path)
-                cells = sum(len(b) for m in prof.latency.values() for b in m.values())
-                print(f"{path}: ok ({prof.provider}, {cells} latency budgets{', provisional' if prof.provisional else ''})")
-        elif args.budgets_verb == "summary":
-            docs = [json.loads(f.read_text(encoding="utf-8")) for f in args.files]
-            print("\n".join(runs_summary(docs, [str(f) for f in args.files])))
-        else:
-            args.out.write_text(t4_tensorrt_text(), encoding="utf-8")
-            load_profile(args.out)
-            print(f"wrote {args.out}")
-    except (ConfigError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.budgets", description="latency budget profiles")
-    add_arguments(p)
-    return main(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(cli())
+                                "pick one with --profile NAME or record one (zooconform budgets record)", host=host)

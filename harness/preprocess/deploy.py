@@ -25,13 +25,13 @@ JSON file of this shape (all keys required unless noted)::
 :class:`~harness.errors.ConfigError` naming the file, the key and the expected type; a key
 that does not belong to the pipeline (``crop_fraction`` with ``resize_then_crop``) too.
 Plausible but *wrong* values (mean in 0-1 units, BGR) are valid here: the parity check
-(:mod:`harness.preprocesschecks`) catches them by their effect and names the key.
+(:mod:`harness.preprocess.checks`) catches them by their effect and names the key.
 
 Decisions, shared with the reference (tested in ``tests/test_preprocess_*.py``):
 
 - **Decoding.** Every input, whatever its mode, becomes 8-bit RGB through PIL's
   ``convert("RGB")`` (:func:`decode_rgb`), exactly as torchvision's ``ImageFolder`` loader
-  and :func:`harness.preprocess.reference_batch` do. Hence:
+  and :func:`harness.preprocess.reference.reference_batch` do. Hence:
   - *alpha* (LA, RGBA, P with transparency) is **discarded, not composited**: a fully
     transparent pixel keeps its hidden colour. The output does not depend on alpha at all.
   - *L / LA / I;16* become grey RGB; PIL clips 16-bit values at 255 (measured: 256..65535
@@ -61,8 +61,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError
-from .zoo import ModelCard, Preprocess
+from ..errors import ConfigError
+from ..zoo import ModelCard, Preprocess
 
 PIPELINES = ("resize_then_crop", "crop_then_resize")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -173,7 +173,7 @@ def from_dict(d: Any, source: str | Path = "<in memory>") -> DeployConfig:
         raise ConfigError(file, unknown[0], f"unknown key(s) {unknown}", fix=f"known keys are {list(KEYS)}")
     for key in REQUIRED:
         if key not in d:
-            raise ConfigError(file, key, f"missing required key '{key}'", fix=f"add \"{key}\": ... (see harness/deploy_preprocess.py)")
+            raise ConfigError(file, key, f"missing required key '{key}'", fix=f"add \"{key}\": ... (see harness/preprocess/deploy.py)")
     pipeline = _choice(d, "pipeline", PIPELINES, file)
     needed = GEOMETRY_KEY[pipeline]
     other = GEOMETRY_KEY["crop_then_resize" if pipeline == "resize_then_crop" else "resize_then_crop"]
