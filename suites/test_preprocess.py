@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.preprocess import checks as pc
+from harness.preprocess import images
 from harness.plugin import family
 
 pytestmark = pytest.mark.preprocess
@@ -63,7 +64,7 @@ def any_image(draw, max_side: int = 2500, max_aspect: int = 24):
     """Any mode, 1x1 to ~6 megapixels, any aspect up to ``max_aspect``:1 (beyond it, Resize(256)
     blows a 1-px-wide image up to a 256 x 6000+ px one: slow, not different). Short sides are
     drawn by class, large ones rarely (one such example costs seconds: decode, PNG round trip)."""
-    mode = draw(st.sampled_from(pc.IMAGE_MODES))
+    mode = draw(st.sampled_from(images.IMAGE_MODES))
     size_class = draw(st.sampled_from(("tiny",) * 3 + ("medium",) * 4 + ("big",) * 2 + ("large",)))
     short = draw({"tiny": st.integers(1, 16), "medium": st.integers(17, 300), "big": st.integers(301, 1200),
                   "large": st.integers(1201, max_side)}[size_class])
@@ -83,9 +84,9 @@ _PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, 
 def test_any_image_reference_equals_matching_config(model_card, spec):
     mode, width, height, seed, orientation = spec
     where = f"{model_card.id} {mode} {width}x{height} seed={seed} orientation={orientation}"
-    image = pc.synthetic_image(mode, width, height, seed)
-    decoded = pc.with_exif_orientation(image, orientation)
+    image = images.synthetic_image(mode, width, height, seed)
+    decoded = images.with_exif_orientation(image, orientation)
     pc.check_any_image(model_card.preprocess, decoded, where)
     if orientation is not None:  # documented: the tag is ignored, like torchvision's loader does
-        pc.check_same_output(model_card.preprocess, decoded, pc.with_exif_orientation(image, None),
+        pc.check_same_output(model_card.preprocess, decoded, images.with_exif_orientation(image, None),
                              f"EXIF orientation {orientation}", where)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from harness.preprocess import deploy as dp
 from harness.preprocess import checks as pc
+from harness.preprocess import images
 from harness.compare import CheckFailure
 from harness.zoo import Preprocess, load_zoo
 
@@ -21,10 +22,10 @@ def normalised(rgb) -> np.ndarray:
 
 
 @pytest.mark.parametrize("pid", PIPELINES)
-@pytest.mark.parametrize("mode", pc.IMAGE_MODES)
+@pytest.mark.parametrize("mode", images.IMAGE_MODES)
 def test_every_mode_matches_reference(pid, mode):
     for w, h in ((1, 1), (5, 3), (97, 301), (260, 258)):
-        pc.check_any_image(PIPELINES[pid], pc.synthetic_image(mode, w, h, seed=w * h), f"{pid} {mode} {w}x{h}")
+        pc.check_any_image(PIPELINES[pid], images.synthetic_image(mode, w, h, seed=w * h), f"{pid} {mode} {w}x{h}")
 
 
 @pytest.mark.parametrize("pid", PIPELINES)
@@ -60,7 +61,7 @@ def test_tiny_crop_fraction_keeps_at_least_one_pixel():
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
 def test_alpha_is_discarded_not_composited(mode):
-    img = pc.synthetic_image(mode, 120, 90, seed=3)
+    img = images.synthetic_image(mode, 120, 90, seed=3)
     opaque = img.copy()
     opaque.putalpha(255)
     transparent = img.copy()
@@ -71,19 +72,19 @@ def test_alpha_is_discarded_not_composited(mode):
 
 
 def test_palette_transparency_is_ignored():
-    img = pc.synthetic_image("P", 64, 48, seed=5)
+    img = images.synthetic_image("P", 64, 48, seed=5)
     plain = img.copy()
     plain.info.pop("transparency", None)
     pc.check_same_output(PIPELINES["resnest50"], img, plain, "palette transparency", "P")
 
 
-@pytest.mark.parametrize("mode", pc.IMAGE_MODES)
+@pytest.mark.parametrize("mode", images.IMAGE_MODES)
 def test_exif_orientation_is_ignored(mode):
-    img = pc.synthetic_image(mode, 70, 40, seed=11)
-    tagged = pc.with_exif_orientation(img, 6)  # "rotate 90 CW to display"
+    img = images.synthetic_image(mode, 70, 40, seed=11)
+    tagged = images.with_exif_orientation(img, 6)  # "rotate 90 CW to display"
     assert tagged.getexif().get(0x0112) == 6
     for pre in PIPELINES.values():
-        pc.check_same_output(pre, tagged, pc.with_exif_orientation(img, None), "EXIF orientation 6", mode)
+        pc.check_same_output(pre, tagged, images.with_exif_orientation(img, None), "EXIF orientation 6", mode)
 
 
 def test_sixteen_bit_grey_is_clipped_at_255_as_pil_converts():
@@ -96,7 +97,7 @@ def test_sixteen_bit_grey_is_clipped_at_255_as_pil_converts():
 # --- planted defects for check_any_image ----------------------------------------------------
 
 def _check_with(run, match):
-    img = pc.synthetic_image("RGB", 300, 257, seed=1)
+    img = images.synthetic_image("RGB", 300, 257, seed=1)
     with pytest.raises(CheckFailure, match=match):
         pc.check_any_image(PIPELINES["hrnet_w18_small_v1"], img, "planted 300x257", run=run)
 
