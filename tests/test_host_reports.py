@@ -75,7 +75,11 @@ def test_not_applicable_budgets_and_the_fingerprint_reach_every_report(pytester,
                                 f"--html={rep / 'report.html'}", "--self-contained-html")
     line = ("absolute budgets not applicable: profile cpu-vnni is x86-avx512-vnni at fp32 198 GFLOP/s; "
             "this host is x86-avx2 at 126 GFLOP/s (another host class: other kernels)")
-    result.stdout.fnmatch_lines(["test_sim.py n.*", "1 not applicable, 1 passed; *", f"  {line}*",
+    result.stdout.fnmatch_lines(["test_sim.py n.*",
+                                 "*zooconform: PASS: 0 failed \u00b7 0 known failures \u00b7 0 inconclusive \u00b7 1 passed "
+                                 "\u00b7 1 not applicable*",
+                                 "budget profile: cpu-vnni (--profile) \u00b7 host class: x86-avx2 (ISA flags from *",
+                                 f"  {line}*",
                                  "machine: x86-avx2 * AMD EPYC, 2 cores *", "*= 1 passed, 1 not applicable in *"])
     assert result.ret == 0  # neither a fail nor a pass
 
@@ -97,6 +101,8 @@ def test_not_applicable_budgets_and_the_fingerprint_reach_every_report(pytester,
     assert props["machine.fp32_peak_gflops"] == "126.0" and props["machine.int8_peak_gops"] == "400.0"
     assert props["machine.u8s8_saturates"] == "True" and props["machine.fingerprint"] == m["fingerprint"]
     assert props["machine.cpu"]  # machine_info's properties stay
+    assert props["profile"] == "cpu-vnni" and props["profile_how"] == "--profile"
+    assert doc["settings"]["profile"] == "cpu-vnni" and doc["settings"]["profile_how"] == "--profile"
 
     page = (rep / "report.html").read_text()
     assert "Machine:</b> x86-avx2" in page and "fp32 peak 126 GFLOP/s" in page and line in page

@@ -449,7 +449,84 @@ def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | N
     else:
         m = label_free_figures(ref.fp32, out, ref.fp32_noisy)
         record(**m.figures())
-        record(**judge_label_free(m, subject=subject.describe, where=where, explain=explain))
+        samples = lab.images("eval").samples
+        names = [s.name for s in samples] if len(samples) == len(out) else None
+        flips = flip_attribution(ref.fp32, out, ref.fp32_noisy, names)
+        record(**flips.figures())
+
+        def explain_with_flips() -> str:
+            return "; ".join(x for x in (flips.text(), explain()) if x)
+
+        try:
+            record(**judge_label_free(m, subject=subject.describe, where=where, explain=explain_with_flips))
+        except CheckFailure as e:
+            e.inputs = flips.arrays()  # the repro bundle's inputs.npz (harness/report/repro.py)
+            raise
+
+
+@dataclass
+class Flips:
+    """Images whose top-1 class int8 changes, split by whether fp32 under input noise changes it
+    too: an int8-only flip of an image whose fp32 top-2 margin is large is real degradation; a
+    flip that noise makes too, or of a near-tie, is not."""
+    index: np.ndarray        # every image int8 flips
+    int8_only: np.ndarray    # bool per flip: fp32 under input noise keeps that image's class
+    margin: np.ndarray       # fp32 top-1 minus top-2 logit, per flip
+    fp32_class: np.ndarray
+    int8_class: np.ndarray
+    names: list[str] | None
+    noise_margin_median: float  # median fp32 margin of the images that noise flips (near-ties)
+
+    LISTED = 5
+
+    def _name(self, i: int) -> str:
+        return self.names[i] if self.names else f"#{i}"
+
+    def only(self) -> list[dict]:
+        """The int8-only flips, largest fp32 margin first."""
+        rows = [{"index": int(i), "image": self._name(int(i)), "fp32_top2_margin": round(float(mg), 4),
+                 "fp32_class": int(a), "int8_class": int(b)}
+                for i, mg, a, b, only in zip(self.index, self.margin, self.fp32_class, self.int8_class, self.int8_only)
+                if only]
+        return sorted(rows, key=lambda r: -r["fp32_top2_margin"])
+
+    def figures(self) -> dict:
+        return {"int8_flips": int(len(self.index)), "int8_only_flips": int(self.int8_only.sum()),
+                "int8_flips_also_under_noise": int(len(self.index) - self.int8_only.sum()),
+                "noise_flip_fp32_margin_median": round(self.noise_margin_median, 4)
+                if np.isfinite(self.noise_margin_median) else None,
+                "int8_only_flip_list": self.only()}
+
+    def text(self) -> str:
+        rows = self.only()
+        if not rows:
+            return ""
+        listed = ", ".join(f"{r['image']} (margin {r['fp32_top2_margin']:.3g})" for r in rows[:self.LISTED])
+        near = (f"; images fp32 flips under noise have median margin {self.noise_margin_median:.3g}"
+                if np.isfinite(self.noise_margin_median) else "")
+        return (f"int8 flips {len(self.index)} image(s), {len(rows)} that fp32 under input noise keeps; largest "
+                f"fp32 top-2 logit margins: {listed}{' ...' if len(rows) > self.LISTED else ''}{near} "
+                "(full list: figure int8_only_flip_list)")
+
+    def arrays(self) -> dict:
+        rows = self.only()
+        return {"int8_only_flip_index": np.array([r["index"] for r in rows], dtype=np.int64),
+                "int8_only_flip_fp32_margin": np.array([r["fp32_top2_margin"] for r in rows], dtype=np.float64),
+                "int8_only_flip_image": np.array([r["image"] for r in rows], dtype=str),
+                "int8_flip_index": self.index.astype(np.int64)}
+
+
+def flip_attribution(fp32: np.ndarray, int8: np.ndarray, noisy: np.ndarray | None, names: list[str] | None = None) -> Flips:
+    """Which images int8 flips (top-1 differs from fp32), whether fp32 under input noise flips them
+    too, and fp32's top-1 minus top-2 logit margin of each."""
+    fp32 = np.asarray(fp32, dtype=np.float64)
+    a, b = np.argmax(fp32, axis=1), np.argmax(np.asarray(int8), axis=1)
+    top2 = np.sort(fp32, axis=1)[:, -2:] if fp32.shape[1] >= 2 else np.zeros((len(fp32), 2))
+    margins = top2[:, 1] - top2[:, 0]
+    noise_flip = (np.argmax(np.asarray(noisy), axis=1) != a) if noisy is not None else np.zeros(len(a), bool)
+    idx = np.flatnonzero(a != b)
+    med = float(np.median(margins[noise_flip])) if noise_flip.any() else float("nan")
+    return Flips(idx, ~noise_flip[idx], margins[idx], a[idx], b[idx], names, med)
 
 
 # --- verdict (b): this host's kernels against the simulation ------------------------------

@@ -11,7 +11,13 @@ from typing import Any
 
 from .plots import data_uri
 from .results import fingerprint_line
+from .verdict import host_text, level, profile_text, verdict_line
 from .views import COLUMNS, DASH, Cell, ModelView, Part, nodeid_digest, outcome_of, status_of
+
+
+def columns() -> list[tuple[str, str, str]]:
+    """The table's columns with the verdict right after the model (read first, left to right)."""
+    return [c for c in COLUMNS if c[0] == "verdict"] + [c for c in COLUMNS if c[0] != "verdict"]
 
 CSS = """
 body{font:13px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.2em;color:#222}
@@ -19,14 +25,19 @@ h1{font-size:20px;margin:0 0 .4em} h2{font-size:16px;margin:1.4em 0 .4em;border-
 h3{font-size:14px;margin:1em 0 .3em}
 table{border-collapse:collapse;margin:.3em 0} td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}
 th{background:#f1f1f1;text-align:left;font-weight:600}
-table.models td{white-space:nowrap} table.models td.model{font-weight:600}
-table.models td.wrap{white-space:normal;min-width:12em;max-width:26em}
+table.models{max-width:1360px} table.models td{white-space:normal;overflow-wrap:anywhere}
+table.models th{font-size:12px} table.models td.model{font-weight:600;white-space:nowrap}
+table.models td.wrap{min-width:9em;max-width:20em}
 .ok{color:#11632b} .bad{color:#b00020;font-weight:600} .warn{color:#8a5a00}
-a.ok,a.bad,a.warn,a.n{text-decoration:none} a:hover{text-decoration:underline}
+.known{color:#8a5a00;background:#fff3d6}
+a.ok,a.bad,a.warn,a.known,a.n{text-decoration:none} a:hover{text-decoration:underline}
 td .part{display:block}
 .banner{padding:.5em .8em;margin:.5em 0;border-radius:4px;font-weight:600}
-.banner.incomplete{background:#fde2e1;border:1px solid #b00020;color:#b00020}
-.banner.complete{background:#e4f4e8;border:1px solid #11632b;color:#11632b}
+.banner.incomplete,.banner.fail{background:#fde2e1;border:2px solid #b00020;color:#b00020}
+.banner.complete,.banner.pass{background:#e4f4e8;border:1px solid #11632b;color:#11632b}
+.banner.known{background:#fff3d6;border:2px solid #c77d00;color:#7a4d00}
+.banner.verdict{font-size:18px}
+.banner .why{font-size:13px;font-weight:400;margin-top:.2em}
 table.meta td:first-child{font-weight:600;background:#fafafa}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px;max-width:110ch}
 tr.test:target{background:#fff7c2}
@@ -79,7 +90,8 @@ def cell_html(cell: Cell | None, rowspan: int = 1, extra_class: str = "") -> str
 
 
 def family_table(views: list[ModelView], regressions: dict[str, Cell]) -> str:
-    head = "<tr><th>model</th>" + "".join(f"<th>{esc(title)}</th>" for _, title, _ in COLUMNS) + "</tr>"
+    cols = columns()
+    head = "<tr><th>model</th>" + "".join(f"<th>{esc(title)}</th>" for _, title, _ in cols) + "</tr>"
     body = []
     for v in views:
         n = max(1, len(v.rows))
@@ -89,7 +101,7 @@ def family_table(views: list[ModelView], regressions: dict[str, Cell]) -> str:
             if i == 0:
                 sub = f'<div class="small">{esc(v.weights)}</div>' if v.weights else ""
                 tds.append(f'<td rowspan="{n}" class="model"><a href="#{model_anchor(v.model)}">{esc(v.model)}</a>{sub}</td>')
-            for key, _, level in COLUMNS:
+            for key, _, level in cols:
                 if key == "regression":
                     if i == 0:
                         tds.append(cell_html(regressions.get(v.model), n, "wrap"))
@@ -119,7 +131,8 @@ def meta_table(doc: dict[str, Any], run_id: str) -> str:
         ("data", settings.get("imagenet") or "embedded images (no labels)"),
         ("weights", settings.get("weights_dir") or "seeded defaults unless a manifest names checkpoints"),
         ("artifacts", settings.get("artifacts") or DASH),
-        ("profile", settings.get("profile") or DASH),
+        ("budget profile", profile_text(doc)),
+        ("host class", host_text(doc)),
         ("machine", f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, host {machine.get('hostname', '?')}"
                     + (f", accelerators {machine['gpu']}" if machine.get("gpu") else "")),
         ("host fingerprint", fingerprint_line(machine)),
@@ -142,10 +155,19 @@ def meta_table(doc: dict[str, Any], run_id: str) -> str:
 
 
 def banner(doc: dict[str, Any]) -> str:
-    if doc.get("complete"):
-        return '<div class="banner complete">complete run</div>'
-    why = "; ".join(doc.get("incomplete_reasons") or []) or "the run was interrupted before every test reported"
-    return f'<div class="banner incomplete">INCOMPLETE: {esc(why)}. What ran is below; missing figures show as {DASH}.</div>'
+    """The verdict first: red for a failing or incomplete run, amber for a pass with known
+    failures (or inconclusive results), green for a clean pass."""
+    lv = level(doc)
+    cls = {"fail": "fail", "incomplete": "incomplete", "known": "known", "pass": "pass"}.get(lv, "known")
+    why = ""
+    if lv == "known":
+        why = ("every selected check passed; known failures (fixtures/expectations.toml) and inconclusive "
+               "results are listed in amber below")
+    if not doc.get("complete"):
+        reasons = "; ".join(doc.get("incomplete_reasons") or []) or "the run was interrupted before every test reported"
+        why = f"INCOMPLETE: {reasons}. What ran is below; missing figures show as {DASH}."
+    extra = f'<div class="why">{esc(why)}</div>' if why else ""
+    return f'<div class="banner verdict {cls}">{esc(verdict_line(doc))}{extra}</div>'
 
 
 def tests_table(tests: list[dict[str, Any]]) -> str:
@@ -160,8 +182,10 @@ def tests_table(tests: list[dict[str, Any]]) -> str:
         msg = f"<pre>{esc(t.get('message'))}</pre>" if t.get("message") else ""
         outcome = outcome_of(t)
         cls = status_of(outcome) or "n"
+        repro = (f'<div class="small">repro: <a href="{esc(t["repro"])}/command.txt">{esc(t["repro"])}</a></div>'
+                 if t.get("repro") else "")
         rows.append(f'<tr class="test" id="{anchor(t["nodeid"])}"><td>{esc(t["nodeid"])}</td>'
-                    f'<td class="{cls}">{esc(outcome)}</td><td>{esc(t.get("duration_s"))}</td><td>{msg}{fig_html}</td></tr>')
+                    f'<td class="{cls}">{esc(outcome)}</td><td>{esc(t.get("duration_s"))}</td><td>{msg}{repro}{fig_html}</td></tr>')
     return ("<table><tr><th>test</th><th>outcome</th><th>s</th><th>message / figures</th></tr>"
             + "".join(rows) + "</table>")
 

@@ -131,9 +131,9 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
             trends[v.model] = trend_png(v.model, past + [records[v.model]])
 
     links = dict(links or {})
-    for label, name in (("results.json", "results.json"), ("summary.md", "summary.md"),
+    for label, name in (("results.json", "results.json"), ("summary.md", "summary.md"), ("results.csv", "results.csv"),
                         ("pytest-html report", "report.html"), ("JUnit XML", "junit.xml")):
-        if label not in links and (name in ("results.json", "summary.md") or (folder / name).exists()):
+        if label not in links and (name in ("results.json", "summary.md", "results.csv") or (folder / name).exists()):
             links[label] = name
     note = ""
     if hist is not None:
@@ -151,6 +151,7 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
     _write_ours(summary, markdown(doc, run_id, views, orphans, cells), MD_MARKER)
     if write_results:
         atomic_write_text(results, json.dumps(jsonable(doc), indent=1))
+    atomic_write_text(folder / "results.csv", results_csv(doc, views, records))
     appended = 0
     if history and append_history and records and not history_error:
         try:
@@ -162,6 +163,39 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
                              f"--append-history`, or pass --history FILE / --no-history)")
     return Written(folder, index, summary, results, Path(history) if history else None, appended, regressions,
                    history_error)
+
+
+# --- results.csv ------------------------------------------------------------------------------
+
+CSV_FIXED = ("model", "family", "verdict", "run_verdict", "passed", "failed", "error", "xfailed", "xpassed",
+             "inconclusive", "not applicable", "skipped", "unfinished", "host_class", "profile", "threads", "data",
+             "run_id", "started_utc")
+
+
+def results_csv(doc: dict[str, Any], views: list[ModelView], records: dict[str, dict[str, Any]]) -> str:
+    """One flat row per model (like timm's ``--results-file``): the verdict, the outcome counts,
+    the run's host class and profile, then one column per metric the report follows (latency
+    ms, agreement, errors vs floor; ``harness/report/views.py``), empty where a model has none."""
+    import csv
+    import io
+
+    from .verdict import verdict_line
+
+    metric_names = sorted({k for r in records.values() for k in (r.get("metrics") or {})})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(CSV_FIXED) + metric_names)
+    run_verdict = verdict_line(doc).split(":", 1)[0]
+    for v in views:
+        r = records.get(v.model) or {}
+        fixed = {"model": v.model, "family": v.family, "verdict": v.verdict, "run_verdict": run_verdict,
+                 **{k: v.counts.get(k, 0) for k in CSV_FIXED[4:13]},
+                 "host_class": (r.get("machine") or {}).get("host_class") or "", "profile": r.get("profile") or "",
+                 "threads": r.get("threads") or "", "data": r.get("data") or "", "run_id": r.get("run_id") or "",
+                 "started_utc": r.get("started_utc") or ""}
+        metrics = r.get("metrics") or {}
+        w.writerow([fixed[k] for k in CSV_FIXED] + [(metrics.get(m) or {}).get("value", "") for m in metric_names])
+    return buf.getvalue()
 
 
 # --- summary.md -------------------------------------------------------------------------------
@@ -181,12 +215,17 @@ def _cell_md(cell: Cell | None) -> str:
 
 def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: list[dict[str, Any]],
              regressions: dict[str, Cell]) -> str:
-    from .views import COLUMNS
+    from .html import columns
 
-    lines = [MD_MARKER, f"# zooconform report {_md(run_id)}", ""]
-    if doc.get("complete"):
-        lines.append("Complete run.")
-    else:
+    from .verdict import host_text, level as run_level, profile_text, verdict_line
+
+    word, _, rest = verdict_line(doc).partition(": ")
+    mark = {"fail": "\u274c", "incomplete": "\u274c", "known": "\U0001F7E1", "pass": "\u2705"}.get(run_level(doc), "")
+    lines = [MD_MARKER, f"# {mark} **{_md(word)}**: {_md(rest)}", "", f"zooconform report {_md(run_id)}", ""]
+    if run_level(doc) == "known":
+        lines.append("Every selected check passed; known failures (fixtures/expectations.toml) and inconclusive "
+                     "results are listed below.")
+    if not doc.get("complete"):
         why = "; ".join(doc.get("incomplete_reasons") or []) or "interrupted before every test reported"
         lines.append(f"**INCOMPLETE**: {_md(why)}.")
     settings = doc.get("settings") or {}
@@ -194,15 +233,17 @@ def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: 
     counts = ", ".join(f"{n} {k}" for k, n in sorted((doc.get("counts") or {}).items()))
     lines += ["", f"- started {_md(doc.get('started_utc'))} UTC, wall {_md(doc.get('wall_s'))} s, tier "
                   f"{_md(settings.get('tier'))}, data {_md(settings.get('imagenet') or 'embedded')}",
-              f"- machine: {_md(machine.get('cpu'))}, {_md(machine.get('cores'))} cores; profile "
-              f"{_md(settings.get('profile') or DASH)}",
+              f"- budget profile: {_md(profile_text(doc))}",
+              f"- host class: {_md(host_text(doc))}; machine: {_md(machine.get('cpu'))}, "
+              f"{_md(machine.get('cores'))} cores",
               f"- host fingerprint: {_md(fingerprint_line(machine))}",
               *[f"- {_md(note)}" for note in doc.get("notes") or []],
               f"- outcomes: {_md(counts)}", f"- full report: [index.html](index.html)", ""]
     families: dict[str, list[ModelView]] = {}
     for v in views:
         families.setdefault(v.family, []).append(v)
-    header = ["model"] + [title for _, title, _ in COLUMNS]
+    cols_spec = columns()
+    header = ["model"] + [title for _, title, _ in cols_spec]
     for fam, vs in families.items():
         lines += [f"## {_md(fam)}", "", "| " + " | ".join(_md(h) for h in header) + " |",
                   "|" + "---|" * len(header)]
@@ -210,7 +251,7 @@ def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: 
             for i in range(max(1, len(v.rows))):
                 row = v.rows[i] if i < len(v.rows) else None
                 cols = [f"[{_md(v.model)}](index.html#{html_mod.model_anchor(v.model)})" if i == 0 else ""]
-                for key, _, level in COLUMNS:
+                for key, _, level in cols_spec:
                     if key == "regression":
                         cols.append(_cell_md(regressions.get(v.model)) if i == 0 else "")
                     elif level == "row" and not (key == "fp32" and key in v.cells):
@@ -225,7 +266,8 @@ def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: 
         lines += ["## Failing and inconclusive", ""]
         for t in failing[:60]:
             lines.append(f"- **{_md(t.get('outcome') or 'error')}** {_md(short_name(t['nodeid']))}: "
-                         f"{_md(str(t.get('message', ''))[:300])}")
+                         f"{_md(str(t.get('message', ''))[:1000])}"
+                         + (f" ([repro]({_md(t['repro'])}/command.txt))" if t.get("repro") else ""))
         if len(failing) > 60:
             lines.append(f"- ... and {len(failing) - 60} more (index.html)")
         lines.append("")

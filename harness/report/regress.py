@@ -5,8 +5,8 @@ reasoning):
 
 - latency: the spread the latency suite measured (CV, or IQR/1.349/median) in both runs,
   ``sigmas * sqrt(cv_prev^2 + cv_now^2)``, never below ``latency_min_rel``; compared only on
-  the same machine (cpu, cores, hostname, host class where both runs have one), thread count
-  and profile.
+  the same kind of machine (host class, cpu, cores; the hostname only for records without a
+  host class), thread count and profile.
 - proportions (top-1, agreement): a two-proportion z-test on the images behind each figure
   (binomial noise of a finite eval set), compared only on the same data (embedded vs ImageNet).
 - errors vs a floor (export, re-param): growth by more than ``error_growth`` and above the floor.
@@ -30,10 +30,17 @@ def thresholds() -> dict[str, float]:
 
 
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """One kind of machine for latency: the same host class (ISA flags that pick the kernels), CPU
+    model and cores, not the same hostname, so ephemeral CI runners (a new name each run) are
+    compared with each other; one VM name can land on hosts of another class (DESIGN.md "Hosts
+    differ"), which this tells apart. Records without a host class (older history) fall back to
+    the hostname."""
     ma, mb = a.get("machine") or {}, b.get("machine") or {}
-    # one VM name can land on hosts of another class (DESIGN.md "Hosts differ"); older records have no class
-    classes_ok = not (ma.get("host_class") and mb.get("host_class")) or ma["host_class"] == mb["host_class"]
-    return (classes_ok and all(ma.get(k) == mb.get(k) for k in ("hostname", "cpu", "cores"))
+    if ma.get("host_class") and mb.get("host_class"):
+        keys: tuple[str, ...] = ("host_class", "cpu", "cores")
+    else:
+        keys = ("hostname", "cpu", "cores")
+    return (all(ma.get(k) == mb.get(k) for k in keys)
             and a.get("threads") == b.get("threads") and a.get("profile") == b.get("profile"))
 
 

@@ -101,7 +101,7 @@ FINGERPRINT_KEYS = ("host_class", "isa", "arch", "u8s8_saturates", "fp32_peak_gf
 
 def machine_section(fingerprint: dict[str, Any] | None) -> dict[str, Any]:
     """results.json's ``machine``: machine_info's keys (hostname, platform, cpu, cores, gpu; what
-    older readers and ``harness.latency.budgets`` read) plus the host fingerprint and its one line."""
+    older readers and ``harness.budgets`` read) plus the host fingerprint and its one line."""
     out = machine_info()
     if fingerprint:
         out.update({k: fingerprint.get(k) for k in FINGERPRINT_KEYS})
@@ -146,15 +146,25 @@ class ResultsCollector:
             elif name in ("model", "suite", "check"):
                 rec[name] = value
         outcome = _outcome(report)
+        if report.failed and outcome not in ("failed", "error"):
+            rec["failing"] = True  # a failing inconclusive, a strict XPASS: the run is red
         # the worst phase wins: a teardown error after a pass is an error
         order = ["passed", "skipped", NOT_APPLICABLE, "xfailed", "xpassed", "inconclusive", "failed", "error"]
         if outcome and (rec["outcome"] is None or order.index(outcome) > order.index(rec["outcome"])):
             rec["outcome"] = outcome
             if outcome in ("failed", "error", "skipped", NOT_APPLICABLE, "xfailed", "inconclusive"):
                 rec["message"] = _short_message(report)
+                for name, value in getattr(report, "user_properties", []):
+                    if name == "repro":  # the failure's repro bundle (harness/report/repro.py)
+                        rec["repro"] = value
 
     def document(self, complete: bool, exitstatus: int | None) -> dict[str, Any]:
+        from .verdict import applied_profile
+
         tests = list(self.tests.values())
+        # the profile the run applied (auto-detected or --profile), as its latency tests recorded it
+        applied = applied_profile(tests, self.settings)
+        self.settings.update(profile=applied["name"], profile_how=applied["how"], profile_reason=applied["reason"])
         counts: dict[str, int] = {}
         for t in tests:
             counts[t["outcome"] or "unknown"] = counts.get(t["outcome"] or "unknown", 0) + 1
@@ -198,6 +208,9 @@ def _outcome(report) -> str | None:
 def _short_message(report) -> str:
     if hasattr(report, "wasxfail") and report.wasxfail:
         return str(report.wasxfail)
+    for name, value in getattr(report, "user_properties", []):
+        if name == "message":  # the check's own message (harness/plugin.py: a CheckFailure's one line)
+            return str(value)
     lr = report.longrepr
     if lr is None:
         return ""

@@ -1,10 +1,16 @@
-"""The one-screen summary printed after a run: one line per model, one column per suite."""
+"""The one-screen summary printed after a run: the verdict first, then one line per model and
+one column per suite, then every failing or inconclusive test with its whole message (wrapped,
+never cut: the measured value and the budget are at the end of a message)."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any
+
+from .verdict import failing_tests, settings_line, verdict_line
 
 _SYMBOL = {"passed": ".", "failed": "F", "error": "E", "skipped": "s", "xfailed": "x",
            "xpassed": "X", "inconclusive": "I", "not applicable": "n", None: "?"}
+MAX_LISTED = 30
 
 
 def one_screen(doc: dict[str, Any], width: int = 100) -> list[str]:
@@ -17,16 +23,23 @@ def one_screen(doc: dict[str, Any], width: int = 100) -> list[str]:
         if suite not in suites:
             suites.append(suite)
         by_model.setdefault(model, {}).setdefault(suite, []).append(_SYMBOL.get(t["outcome"], "?"))
-    lines = [f"{'model':<22}" + "".join(f"{s[:10]:<12}" for s in suites)]
+    lines = [verdict_line(doc), settings_line(doc)]
+    lines.append(f"{'model':<22}" + "".join(f"{s[:10]:<12}" for s in suites))
     for model, cols in by_model.items():
         lines.append(f"{model:<22}" + "".join(f"{''.join(cols.get(s, []))[:11]:<12}" for s in suites))
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(doc["counts"].items()))
-    lines.append(f"{counts}; {doc['wall_s']} s; {'complete' if doc['complete'] else 'INCOMPLETE'}")
+    lines.append(f"{doc['wall_s']} s; {'complete' if doc['complete'] else 'INCOMPLETE'}")
     for note in doc.get("notes") or []:
         lines.append(f"  {note}")
-    failing = [t for t in doc["tests"] if t["outcome"] in ("failed", "error", "inconclusive")]
-    for t in failing[:8]:
-        lines.append(f"  {t['outcome'].upper()}: {t['nodeid']}: {str(t.get('message', ''))[:width]}")
-    if len(failing) > 8:
-        lines.append(f"  ... and {len(failing) - 8} more (see report.html)")
+    failing = failing_tests(doc) + [t for t in doc["tests"] if t["outcome"] == "inconclusive" and not t.get("failing")]
+    for t in failing[:MAX_LISTED]:
+        head = f"  {str(t['outcome'] or 'unfinished').upper()}: {t['nodeid']}"
+        lines.append(head)
+        msg = str(t.get("message") or "")
+        for para in msg.splitlines() or [""]:
+            lines += textwrap.wrap(para, width=max(40, width), initial_indent="      ", subsequent_indent="      ",
+                                   break_long_words=False, break_on_hyphens=False) if para.strip() else []
+        if t.get("repro"):
+            lines.append(f"      repro: {t['repro']}")
+    if len(failing) > MAX_LISTED:
+        lines.append(f"  ... and {len(failing) - MAX_LISTED} more (see index.html / report.html)")
     return lines

@@ -232,7 +232,9 @@ def status_of(outcome: str | None) -> str:
         return "bad"
     if outcome in ("inconclusive", "xpassed", UNFINISHED):
         return "warn"
-    if outcome in ("passed", "xfailed"):
+    if outcome == "xfailed":  # a known failure: amber, never green
+        return "known"
+    if outcome == "passed":
         return "ok"
     return ""
 
