@@ -21,7 +21,7 @@ run: setup
 	$(VENV)/bin/zooconform run --tier smoke $(ARGS)
 
 test: setup
-	$(PY) -m pytest tests suites -m "not slow and (not latency or latency_ratio)" -p no:cacheprovider --durations=15 $(ARGS)
+	$(PY) -m pytest tests suites -m "not slow and (not latency or latency_ratio)" -o cache_dir=.zooconform-cache/pytest --durations=15 $(ARGS)
 
 full: setup
 	$(VENV)/bin/zooconform run --tier full $(ARGS)

@@ -19,8 +19,19 @@ VERBS = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), else "unknown" (a source tree)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("zooconform")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zooconform", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"zooconform {version()}")
     sub = parser.add_subparsers(dest="verb", required=True)
     modules = {}
     for verb, (module, help_text) in VERBS.items():

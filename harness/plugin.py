@@ -7,24 +7,31 @@ from __future__ import annotations
 import fnmatch
 import html
 import json
+import os
+import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .compare import CheckFailure, Inconclusive
 from .errors import ConfigError, ZooconformError
 from .host import cpu_facts, host_class
-from .lab import Lab, Settings
 from .report.results import (FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions,
                              machine_info)
 from .zoo import SOURCES, TIERS, UnknownModelError
 
+if TYPE_CHECKING:  # harness.lab imports torch (seconds): only when a run needs it, never for --help
+    from .lab import Lab, Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTATIONS = ROOT / "fixtures" / "expectations.toml"
 
-_lab_key = pytest.StashKey[Lab]()
+_lab_key = pytest.StashKey["Lab"]()
+_run_folder_key = pytest.StashKey[Path]()
 _collector_key = pytest.StashKey[ResultsCollector]()
 
 
@@ -35,7 +42,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--artifacts", default=None, metavar="PATH", help="TOML manifest of your deployment artifacts")
     g.addoption("--weights-dir", default=None, metavar="DIR", help="reference weights <id>.pth / <id>.safetensors")
     g.addoption("--imagenet", default=None, metavar="DIR", help="ImageNet val folder (val/*.JPEG + val_label.txt)")
-    g.addoption("--report-dir", default="reports", metavar="DIR", help="where results.json (and run's reports) go")
+    g.addoption("--report-dir", default=None, metavar="DIR",
+                help="where results.json and the repro bundles go (zooconform run: the run folder); default for "
+                     "plain pytest: a new folder reports/pytest/<UTC time>/, so a plain run never replaces the "
+                     "latest reports that zooconform run published in reports/")
     g.addoption("--cache-dir", default=None, metavar="DIR", help="artifact cache (default .zooconform-cache)")
     g.addoption("--eval-images", type=int, default=None, metavar="N", help="evaluation images (default 200 embedded; all of ImageNet)")
     g.addoption("--calib-images", type=int, default=None, metavar="N", help="calibration images (default 200 embedded; 1000 ImageNet)")
@@ -53,6 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def settings_from(config: pytest.Config) -> Settings:
+    from .lab import Settings
+
     opt = config.getoption
     models = opt("--models")
     return Settings(
@@ -61,7 +73,7 @@ def settings_from(config: pytest.Config) -> Settings:
         artifacts=Path(opt("--artifacts")) if opt("--artifacts") else None,
         weights_dir=Path(opt("--weights-dir")) if opt("--weights-dir") else None,
         imagenet=Path(opt("--imagenet")) if opt("--imagenet") else None,
-        report_dir=Path(opt("--report-dir")),
+        report_dir=Path(opt("--report-dir") or DEFAULT_REPORT_DIR),
         cache_dir=Path(opt("--cache-dir")) if opt("--cache-dir") else None,
         eval_images=opt("--eval-images"),
         calib_images=opt("--calib-images"),
@@ -72,7 +84,39 @@ def settings_from(config: pytest.Config) -> Settings:
     )
 
 
+DEFAULT_REPORT_DIR = "reports"
+
+
+def run_folder(config: pytest.Config) -> Path:
+    """Where this run's results.json and repro bundles go: ``--report-dir`` when given (what
+    ``zooconform run`` passes: its run folder), else a new ``reports/pytest/<UTC time>/`` of its
+    own (named by the controller and handed to xdist workers), created when first written."""
+    folder = config.stash.get(_run_folder_key, None)
+    if folder is None:
+        given = config.getoption("--report-dir")
+        wi = getattr(config, "workerinput", None)
+        if given:
+            folder = Path(given)
+        elif wi and wi.get("zooconform_run_folder"):
+            folder = Path(wi["zooconform_run_folder"])
+        else:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            folder = Path(DEFAULT_REPORT_DIR) / "pytest" / f"{stamp}-{os.getpid()}"
+        config.stash[_run_folder_key] = folder
+    return folder
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """pytest-xdist: every worker writes its repro bundles into the controller's run folder."""
+    node.workerinput["zooconform_run_folder"] = str(run_folder(node.config))
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.option.help:  # --help: options only; no Lab (torch) and no folders
+        return
+    from .lab import Lab
+
     # every model case carries xdist_group; declared here too so that a run without xdist
     # (-p no:xdist, the serial latency phase of `zooconform run -j`) passes --strict-markers
     config.addinivalue_line("markers", "xdist_group(name): the cases of one model run on one xdist worker")
@@ -91,6 +135,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_collector_key] = ResultsCollector({
             "tier": settings.tier, "models": [c.id for c in lab.cards], "artifacts": settings.artifacts,
             "imagenet": settings.imagenet, "weights_dir": settings.weights_dir, "profile": settings.profile,
+            "profile_option": settings.profile,
             "eval_images": settings.eval_images, "calib_images": settings.calib_images,
             "threads": settings.threads, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             "rescale_budgets": bool(settings.extra.get("rescale_budgets"))})
@@ -111,9 +156,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         shard = config.getoption("--shard")
         for k, v in {**{f"machine.{k}": v for k, v in machine_info().items()},
                      **{f"version.{k}": v for k, v in library_versions().items()},
-                     "tier": settings.tier, "profile": settings.profile or "",
-                     "data": str(settings.imagenet or "embedded"), "shard": shard or ""}.items():
+                     "tier": settings.tier, "data": str(settings.imagenet or "embedded"), "shard": shard or ""}.items():
             xml.add_global_property(k, str(v))
+    _start_watchdog(config)
 
 
 # --- the host fingerprint (harness/host.py) -------------------------------------------------
@@ -189,8 +234,16 @@ def pytest_html_results_summary(prefix, summary, postfix, session) -> None:
     fp = config.stash.get(_fingerprint_key, None)
     if fp is None:
         return
-    prefix.append(f"<p><b>Machine:</b> {html.escape(fp.get('one_line', ''))}</p>")
     doc = config.stash.get(_doc_key, None)
+    if doc:
+        from .report.verdict import level, settings_line, verdict_line
+
+        colour = {"fail": ("#fde2e1", "#b00020"), "incomplete": ("#fde2e1", "#b00020"),
+                  "known": ("#fff3d6", "#8a5a00")}.get(level(doc), ("#e4f4e8", "#11632b"))
+        prefix.insert(0, f'<p style="font-size:16px;font-weight:700;padding:.4em .7em;background:{colour[0]};'
+                         f'color:{colour[1]};border:1px solid {colour[1]}">{html.escape(verdict_line(doc))}</p>'
+                         f"<p>{html.escape(settings_line(doc))}</p>")
+    prefix.append(f"<p><b>Machine:</b> {html.escape(fp.get('one_line', ''))}</p>")
     for note in (doc or {}).get("notes") or []:
         prefix.append(f"<p><b>Latency budgets:</b> {html.escape(note)}</p>")
 
@@ -330,6 +383,13 @@ def _expectation_applies(e: dict, this_host_class: str, lab: Lab, card) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Known failures are data (fixtures/expectations.toml): strict, with a reason, and they
     only cover a *check* failing (CheckFailure), never a crash of the harness."""
+    # a family-only (or tier-only) check when no selected model is of that family: pytest made
+    # one empty-parameter case ([NOTSET], skipped); it is deselected instead, not reported
+    empty = [it for it in items if "model_card" in getattr(it, "fixturenames", ())
+             and not hasattr(getattr(getattr(it, "callspec", None), "params", {}).get("model_card"), "id")]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [it for it in items if it not in empty]
     shard = shard_option(config)
     if shard is not None and shard[0] != 1:  # tests of no model run once, in shard 1
         other = [it for it in items if "model_card" not in getattr(getattr(it, "callspec", None), "params", {})]
@@ -389,6 +449,24 @@ def record(request: pytest.FixtureRequest) -> Recorder:
 
 # --- reports ------------------------------------------------------------------------------
 
+def _wants_traceback(config: pytest.Config) -> bool:
+    """A check's failure is its message (one line, like an input error); the traceback only
+    with ``-v`` or ``--tb=long``/``--tb=native`` (``--full-trace`` too)."""
+    return (config.getoption("verbose", 0) > 0 or config.getoption("tbstyle", "auto") in ("long", "native")
+            or bool(config.getoption("fulltrace", False)))
+
+
+def _check_location(item: pytest.Item, excinfo) -> str:
+    """``suites/test_quant.py:123``: the line of the test file the failure passed through."""
+    try:
+        for entry in reversed(excinfo.traceback):
+            if Path(str(entry.path)) == Path(str(item.path)):
+                return f"{item.location[0]}:{entry.lineno + 1}"
+    except Exception:  # a traceback without paths: the test's own line
+        pass
+    return f"{item.location[0]}:{(item.location[1] or 0) + 1}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
@@ -398,15 +476,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if isinstance(exc, (CheckFailure, Inconclusive)):
             for k, v in exc.figures.items():
                 report.user_properties.append((FIGURE_PREFIX + k, jsonable(v)))
+            report.user_properties.append(("message", str(exc)))
         if isinstance(exc, Inconclusive):
             report.user_properties.append(("inconclusive", str(exc)))
+            if ("outcome", "inconclusive") not in item.user_properties:  # JUnit writes the item's properties
+                item.user_properties.append(("outcome", "inconclusive"))
             if not exc.failing and report.when == "call":
                 # its own outcome: neither pass nor fail (shown as INCONCLUSIVE, exit code unaffected)
                 report.outcome = "skipped"
                 report.longrepr = (str(item.path), item.location[1] or 0, f"inconclusive: {exc}")
+            elif report.failed and not _wants_traceback(item.config):
+                report.longrepr = f"{_check_location(item, call.excinfo)}: Inconclusive: {exc}"
         if isinstance(exc, ZooconformError):
             # a user-input problem: short, actionable message instead of a traceback
             report.longrepr = f"{type(exc).__name__}: {exc}"
+        elif (isinstance(exc, CheckFailure) and report.failed and not hasattr(report, "wasxfail")
+              and not _wants_traceback(item.config)):
+            # a check that failed: what was measured, what was expected, where to look; the
+            # traceback (lab objects, array reprs) says nothing more (-v or --tb=long shows it)
+            report.longrepr = f"{_check_location(item, call.excinfo)}: CheckFailure: {exc}"
+        if report.failed or (isinstance(exc, Inconclusive) and report.when == "call"):
+            _write_repro(item, report, exc)
         if (report.when == "call" and report.skipped and isinstance(exc, pytest.skip.Exception)
                 and str(exc.msg).startswith(NOT_APPLICABLE_PREFIX)):
             # a budget that does not hold on this host: its own outcome, "not applicable"
@@ -416,6 +506,79 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         figs = [(k[len(FIGURE_PREFIX):], v) for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)]
         if figs:
             _attach_html(item, report, figs)
+
+
+def _write_repro(item: pytest.Item, report, exc: BaseException) -> None:
+    """``<run folder>/repro/<test>/`` for a failing or inconclusive test (harness/report/repro.py)."""
+    config = item.config
+    if config.getoption("--no-results") or not isinstance(exc, Exception):
+        return
+    try:
+        from .report import repro
+
+        figures = dict(getattr(exc, "figures", None) or {})
+        for k, v in report.user_properties:
+            if k.startswith(FIGURE_PREFIX):
+                figures.setdefault(k[len(FIGURE_PREFIX):], v)
+        outcome = "inconclusive" if isinstance(exc, Inconclusive) else ("error" if report.when != "call" else "failed")
+        folder = repro.write_bundle(
+            run_folder(config) / "repro", report.nodeid, outcome=outcome, exc_type=type(exc).__name__,
+            message=str(exc), figures=figures, command=repro_command(item, run_folder(config) / "repro"),
+            inputs=_repro_inputs(item, exc))
+        try:  # relative to the folder of results.json (the report links it from there)
+            where = str(folder.relative_to(run_folder(config)))
+        except ValueError:
+            where = str(folder)
+        report.user_properties.append(("repro", where))
+    except Exception as e:  # a bundle that cannot be written must not hide the failure itself
+        report.user_properties.append(("repro_error", f"{type(e).__name__}: {e}"))
+
+
+def _repro_inputs(item: pytest.Item, exc: BaseException) -> dict:
+    """What the check exposed as arrays (``inputs`` on the exception), plus the file names of the
+    image splits the run had read by then (never loads images for it)."""
+    out = {k: v for k, v in (getattr(exc, "inputs", None) or {}).items()}
+    lab = item.config.stash.get(_lab_key, None)
+    for split, images in (getattr(lab, "_images", None) or {}).items():
+        samples = getattr(images, "samples", None) or []
+        out[f"{split}_names"] = [str(s.name) for s in samples]
+        if samples and all(getattr(s, "label", None) is not None for s in samples):
+            out[f"{split}_labels"] = [int(s.label) for s in samples]
+    return out
+
+
+# the options that decide what a test measures: passed on by each repro command as given
+_REPRO_OPTIONS = ("--tier", "--artifacts", "--weights-dir", "--imagenet", "--cache-dir", "--eval-images",
+                  "--calib-images", "--threads", "--profile", "--weights-source")
+
+
+def repro_command(item: pytest.Item, repro_root: Path) -> str:
+    """One shell command that re-runs exactly this test with the run's options; its results go to
+    ``<bundle>/rerun/`` (never over the run's own results.json)."""
+    from .report.repro import command_line, sanitize
+
+    config = item.config
+    inv = config.invocation_params.dir
+    path, _, rest = item.nodeid.partition("::")
+    node = f"{Path(str(item.path)).resolve()}::{rest}" if rest else str(Path(str(item.path)).resolve())
+    argv = [sys.executable, "-m", "pytest", node, "-p", "harness.plugin"]
+    if config.inipath:
+        argv += ["-c", str(config.inipath)]
+    argv.append(f"--rootdir={config.rootpath}")
+    callspec = getattr(item, "callspec", None)
+    card = callspec.params.get("model_card") if callspec is not None else None
+    models = getattr(card, "id", None) or config.getoption("--models")
+    if models:
+        argv.append(f"--models={models}")
+    for opt in _REPRO_OPTIONS:
+        value = config.getoption(opt)
+        if value is not None:
+            v = Path(value).resolve() if opt in ("--artifacts", "--weights-dir", "--imagenet", "--cache-dir") else value
+            argv.append(f"{opt}={v}")
+    if config.getoption("--rescale-budgets"):
+        argv.append("--rescale-budgets")
+    argv += [f"--report-dir={(repro_root / sanitize(item.nodeid) / 'rerun').resolve()}", "-p", "no:cacheprovider"]
+    return command_line(inv, argv)
 
 
 def _attach_html(item, report, figs) -> None:
@@ -507,7 +670,7 @@ class _ResultsListener:
 
 
 def results_path(config: pytest.Config) -> Path:
-    return Path(config.getoption("--report-dir")) / "results.json"
+    return run_folder(config) / "results.json"
 
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml and pytest-html write their files
@@ -530,9 +693,189 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     doc = listener.write(True, int(exitstatus), listener.incomplete_reasons(interrupted))
     if doc is not None:
         config.stash[_doc_key] = doc
+        _junit_run_properties(config, doc)
+
+
+def _junit_run_properties(config: pytest.Config, doc: dict) -> None:
+    """The applied profile and how it was chosen, and the verdict, once the run knows them
+    (a profile is auto-detected by the latency suite, after the session started)."""
+    xml = _junit_xml(config)
+    if xml is None:
+        return
+    from .report.verdict import verdict_line
+
+    s = doc.get("settings") or {}
+    for k, v in (("profile", s.get("profile") or "none"), ("profile_how", s.get("profile_how") or ""),
+                 ("profile_reason", s.get("profile_reason") or ""), ("verdict", verdict_line(doc))):
+        xml.add_global_property(k, str(v))
+
+
+INCONCLUSIVE_TYPE = "zooconform.inconclusive"
+
+
+def mark_inconclusive_in_junit(path: Path) -> int:
+    """Give every JUnit testcase whose property ``outcome`` is ``inconclusive`` a ``<skipped>``
+    (or ``<failure>``) of type ``zooconform.inconclusive``, so a CI tells it from a skip; returns
+    how many were marked. pytest's junitxml writes every skip as ``pytest.skip``."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError):
+        return 0
+    n = 0
+    for case in tree.getroot().iter("testcase"):
+        props = case.find("properties")
+        if props is None or not any(p.get("name") == "outcome" and p.get("value") == "inconclusive"
+                                    for p in props.iter("property")):
+            continue
+        for tag in ("skipped", "failure"):
+            el = case.find(tag)
+            if el is not None:
+                el.set("type", INCONCLUSIVE_TYPE)
+                msg = el.get("message") or ""
+                if not msg.startswith("inconclusive"):
+                    el.set("message", f"inconclusive: {msg}")
+                n += 1
+    if n:
+        atomic_write_text(path, ET.tostring(tree.getroot(), encoding="unicode"))
+    return n
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    watchdog = config.stash.get(_watchdog_key, None)
+    if watchdog is not None:
+        watchdog.stop()
+    xmlpath = getattr(config.option, "xmlpath", None)
+    if xmlpath and not hasattr(config, "workerinput") and _collector_key in config.stash:
+        mark_inconclusive_in_junit(Path(xmlpath))
 
 
 _doc_key = pytest.StashKey[dict]()
+
+
+# --- progress: no test is silent for minutes ------------------------------------------------
+
+class _Watchdog:
+    """A line when a test has run for ``first`` seconds, then every ``every`` seconds, naming the
+    test and its phase (setup: building the model's artifacts, e.g. the reference model and its
+    cache entries; call: the check), so a reader knows the run is alive and where the time goes.
+    On the controller: under xdist the workers' test starts arrive here too."""
+
+    def __init__(self, terminal, first: float = 30.0, every: float = 60.0):
+        self.terminal = terminal
+        self.first, self.every = first, every
+        self.running: dict[str, list] = {}  # nodeid -> [started, phase, next announcement]
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="zooconform-progress", daemon=True)
+        self.thread.start()
+
+    def start(self, nodeid: str, phase: str = "setup") -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.running[nodeid] = [now, phase, now + self.first]
+
+    def phase(self, nodeid: str, phase: str) -> None:
+        with self.lock:
+            if nodeid in self.running:
+                self.running[nodeid][1] = phase
+
+    def finish(self, nodeid: str) -> None:
+        with self.lock:
+            self.running.pop(nodeid, None)
+
+    def due(self, now: float) -> list[str]:
+        out = []
+        with self.lock:
+            for nodeid, rec in self.running.items():
+                if now >= rec[2]:
+                    what = {"setup": "setup: building the model's artifacts (reference, ONNX, int8; cached after)",
+                            "call": "the check", "teardown": "teardown"}.get(rec[1], rec[1])
+                    out.append(f"zooconform: {nodeid} running for {now - rec[0]:.0f} s ({what})")
+                    rec[2] = now + self.every
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(2.0):
+            for line in self.due(time.monotonic()):
+                try:
+                    self.terminal.ensure_newline()
+                    self.terminal.write_line(line, yellow=True)
+                except Exception:  # the terminal went away (end of run): stop talking
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_watchdog_key = pytest.StashKey[_Watchdog]()
+
+
+def _wrap_short_summary(terminal) -> None:
+    """pytest's "short test summary info" cuts each message at the terminal's width, before the
+    measured value and the budget; here each line is whole, wrapped at the width instead."""
+    import textwrap
+
+    original = terminal.short_test_summary
+
+    def short_test_summary() -> None:
+        config = terminal.config
+        lines: list[tuple[str, dict]] = []
+        verbose = config.option.verbose
+        terminal.write_line = lambda line, **kw: lines.append((line, kw))  # the instance's, for this call
+        config.option.verbose = max(verbose, 2)  # pytest trims below -vv
+        try:
+            original()
+        finally:
+            config.option.verbose = verbose
+            del terminal.write_line
+        width = max(60, terminal._tw.fullwidth)
+        for line, kw in lines:
+            if verbose < 2:  # one line per test, as pytest's own (an assertion's explanation stays above)
+                line = line.split("\n", 1)[0]
+            for part in textwrap.wrap(line, width, subsequent_indent="    ", break_long_words=False,
+                                      break_on_hyphens=False, replace_whitespace=False) or [line]:
+                terminal.write_line(part, **kw)
+
+    terminal.short_test_summary = short_test_summary
+
+
+def _start_watchdog(config: pytest.Config) -> None:
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None and not hasattr(config, "workerinput") and hasattr(terminal, "short_test_summary"):
+        _wrap_short_summary(terminal)
+    if (terminal is None or hasattr(config, "workerinput") or config.getoption("collectonly")
+            or _collector_key not in config.stash or _watchdog_key in config.stash):
+        return
+    watchdog = _Watchdog(terminal)
+    config.stash[_watchdog_key] = watchdog
+    config.pluginmanager.register(_ProgressHooks(watchdog), "zooconform-progress")
+
+
+class _ProgressHooks:
+    """Registered with the watchdog: test starts (from workers too) and phases (same process)."""
+
+    def __init__(self, watchdog: _Watchdog):
+        self.watchdog = watchdog
+
+    def pytest_runtest_logstart(self, nodeid, location) -> None:
+        self.watchdog.start(nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid, location) -> None:
+        self.watchdog.finish(nodeid)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item) -> None:
+        self.watchdog.phase(item.nodeid, "call")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item) -> None:
+        self.watchdog.phase(item.nodeid, "teardown")
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.when == "call":  # under xdist: the worker's setup is over once its call reports
+            self.watchdog.phase(report.nodeid, "teardown")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -540,11 +883,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not doc:
         return
     from .report.summary import one_screen
+    from .report.verdict import level
 
-    terminalreporter.write_sep("=", "zooconform summary")
-    for line in one_screen(doc):
+    lines = one_screen(doc, width=max(60, terminalreporter._tw.fullwidth - 4))
+    red = level(doc) in ("fail", "incomplete")
+    terminalreporter.write_sep("=", "zooconform: " + lines[0], red=red, green=not red, bold=True)
+    for line in lines[1:]:
         terminalreporter.write_line(line)
     from .report.results import fingerprint_line
 
     terminalreporter.write_line(f"machine: {fingerprint_line(doc.get('machine') or {})}")
     terminalreporter.write_line(f"results: {results_path(config)}")
+    if any(t.get("repro") for t in doc.get("tests") or []):
+        terminalreporter.write_line(f"repro bundles: {run_folder(config) / 'repro'}")

@@ -49,7 +49,35 @@ INPUT_ERROR = 6  # an input or configuration error (InputError / ConfigError), n
 INPUT_ERROR_TYPES = ("InputError", "ConfigError")
 
 
+# options of the suite itself (harness/plugin.py), passed on to pytest as given; pytest checks
+# them (a bad value is a usage error naming the option, exit 4)
+PASSED_ON = (
+    ("--eval-images", "N", "evaluation images (default 200 embedded; all of ImageNet)"),
+    ("--calib-images", "N", "calibration images (default 200 embedded; 1000 ImageNet)"),
+    ("--threads", "N", "intra-op threads for torch and ONNX Runtime"),
+    ("--profile", "NAME", "latency budget profile fixtures/budgets/NAME.toml (default: detected; 'none': ratios only)"),
+    ("--cache-dir", "DIR", "artifact cache (default .zooconform-cache, or $ZOOCONFORM_CACHE)"),
+    ("--weights-source", "SOURCE", "where the reference weights come from: the card row accuracy is held to"),
+)
+PASSED_ON_FLAGS = (
+    ("--rescale-budgets", "judge a profile of another host class (or other peaks) with budgets scaled by the peak ratio"),
+)
+
+EPILOG = """\
+Any other option goes to pytest as given, for example:
+  -k EXPR            only tests matching EXPR (e.g. -k export)
+  -x, --maxfail N    stop after the first (N) failure(s)
+  --lf, --ff         re-run the last failures only / first (pytest's cache lives in <cache-dir>/pytest)
+  --sw               stepwise: stop at the first failure, resume from it next time
+  -v, --tb=long      show tracebacks of failing checks (by default a failing check is its one-line message)
+  --timeout S        pytest-timeout per test
+Exit codes: 0 pass, 1 a check failed, 2 incomplete, 3 internal error, 4 usage error, 5 no test selected,
+6 input/configuration error (README "Exit codes")."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
     p.add_argument("--tier", choices=("smoke", "full"), default="smoke")
     p.add_argument("--models", default=None, help="comma-separated ids")
     p.add_argument("--artifacts", default=None, help="TOML manifest of your artifacts")
@@ -63,6 +91,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", default=None, metavar="FILE", help="history file (default <report-dir>/history.jsonl)")
     p.add_argument("--no-history", action="store_true", help="do not append this run to the history")
     p.add_argument("--suites", default=str(ROOT / "suites"), metavar="PATH", help="suite folder or file (default: suites/)")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="exit 1 when the regression column flags a regression against the previous run of a model "
+                        "(a run that otherwise passed)")
+    g = p.add_argument_group("suite options (passed on to pytest)")
+    for opt, metavar, text in PASSED_ON:
+        g.add_argument(opt, default=None, metavar=metavar, help=text)
+    for opt, text in PASSED_ON_FLAGS:
+        g.add_argument(opt, action="store_true", help=text)
 
 
 def _jobs(value: str) -> str:
@@ -109,17 +145,31 @@ def phases(args: argparse.Namespace, folder: Path) -> list[Phase]:
             Phase("latency", folder / "phase2-latency", _and(args.marker, "latency"), ["-p", "no:xdist"])]
 
 
+def pytest_cache_dir(args: argparse.Namespace) -> Path:
+    """pytest's own cache (--lf, --ff, --sw) beside the artifact cache, not in the user's folder."""
+    from ..cache import default_root
+
+    return (Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_root()) / "pytest"
+
+
 def pytest_args(args: argparse.Namespace, extra: list[str], phase: Phase) -> list[str]:
     suites = Path(args.suites).resolve()
     inside = ROOT in suites.parents or suites == ROOT
     out = [str(suites), "-c", str(ROOT / "pyproject.toml"), f"--rootdir={ROOT if inside else (suites if suites.is_dir() else suites.parent)}",
-           "-p", "harness.plugin", "-p", "no:cacheprovider", f"--tier={args.tier}",
+           "-p", "harness.plugin", "-o", f"cache_dir={pytest_cache_dir(args)}", f"--tier={args.tier}",
            f"--report-dir={phase.folder}", f"--junitxml={phase.folder / 'junit.xml'}",
            f"--html={phase.folder / 'report.html'}", "--self-contained-html", "-o", "junit_family=xunit1"]
     for opt in ("models", "artifacts", "weights_dir", "imagenet", "shard"):
         value = getattr(args, opt)
         if value:
             out.append(f"--{opt.replace('_', '-')}={value}")
+    for opt, _, _ in PASSED_ON:
+        value = getattr(args, opt[2:].replace("-", "_"), None)
+        if value is not None:
+            out.append(f"{opt}={value}")
+    for opt, _ in PASSED_ON_FLAGS:
+        if getattr(args, opt[2:].replace("-", "_"), False):
+            out.append(opt)
     if phase.marker:
         out += ["-m", phase.marker]
     return out + phase.options + list(extra)
@@ -410,10 +460,22 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         for s, h in old.items():
             signal.signal(s, h)
 
+    if any(c == USAGE for _, c in codes) and not any((p.folder / "results.json").exists() for p, _ in codes):
+        # pytest refused the options (its message is above): nothing ran, so no run folder, no
+        # report, no history line and no "latest" files: leave no trace of a run that did not start
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        return USAGE
+
     docs, reasons = [], []
     for phase, code in codes:
         doc = phase_doc(phase, code)
         if doc is not None:
+            if phase.folder != folder:  # -j: a repro bundle's path is relative to the run folder's report
+                for t in doc.get("tests") or []:
+                    if t.get("repro"):
+                        t["repro"] = f"{phase.folder.name}/{t['repro']}"
             docs.append((phase.label, doc))
             if code < 0 and not (phase.folder / "junit.xml").exists():
                 # killed outright: pytest never wrote its JUnit; CI still gets what was measured
@@ -471,5 +533,15 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"input errors: {len(bad_inputs)} test(s) could not judge your files (InputError / ConfigError: "
               f"fix the input, exit code {INPUT_ERROR}); first: {bad_inputs[0]['nodeid']}: "
               f"{str(bad_inputs[0].get('message'))[:300]}")
-    return exit_code([c for _, c in codes], doc, bool(forwarder.count), bool(written.history_error),
+    code = exit_code([c for _, c in codes], doc, bool(forwarder.count), bool(written.history_error),
                      worker_died=bool(crashed))
+    from ..report.verdict import level, verdict_line
+
+    red = level(doc) in ("fail", "incomplete")
+    colour = ("\033[1;31m" if red else "\033[1;32m") if sys.stdout.isatty() else ""
+    print(f"{colour}verdict: {verdict_line(doc)}{chr(27) + '[0m' if colour else ''}")
+    if code == 0 and n_reg and args.fail_on_regression:
+        print(f"--fail-on-regression: {n_reg} regression(s) against the previous run (see the regression column "
+              f"of {written.index}): exit {CHECKS_FAILED}")
+        return CHECKS_FAILED
+    return code
