@@ -227,6 +227,17 @@ def _add_html_environment(config: pytest.Config, fp: dict) -> None:
     meta["U8S8 kernels may saturate"] = str(fp.get("u8s8_saturates"))
 
 
+_html_report_key = pytest.StashKey[object]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_report_title(report) -> None:
+    """Keep pytest-html's report object: its title becomes the verdict once the run knows it."""
+    config = getattr(report, "_config", None)
+    if config is not None:
+        config.stash[_html_report_key] = report
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix, summary, postfix, session) -> None:
     """pytest-html's summary: the fingerprint with its peaks and the run's latency-budget line."""
@@ -240,6 +251,9 @@ def pytest_html_results_summary(prefix, summary, postfix, session) -> None:
 
         colour = {"fail": ("#fde2e1", "#b00020"), "incomplete": ("#fde2e1", "#b00020"),
                   "known": ("#fff3d6", "#8a5a00")}.get(level(doc), ("#e4f4e8", "#11632b"))
+        report = config.stash.get(_html_report_key, None)
+        if report is not None:  # the page's title (its first line) is the verdict
+            report.title = f"zooconform: {verdict_line(doc)}"
         prefix.insert(0, f'<p style="font-size:16px;font-weight:700;padding:.4em .7em;background:{colour[0]};'
                          f'color:{colour[1]};border:1px solid {colour[1]}">{html.escape(verdict_line(doc))}</p>'
                          f"<p>{html.escape(settings_line(doc))}</p>")
@@ -490,7 +504,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if isinstance(exc, ZooconformError):
             # a user-input problem: short, actionable message instead of a traceback
             report.longrepr = f"{type(exc).__name__}: {exc}"
-        elif (isinstance(exc, CheckFailure) and report.failed and not hasattr(report, "wasxfail")
+        elif (isinstance(exc, CheckFailure) and (report.failed or hasattr(report, "wasxfail"))
               and not _wants_traceback(item.config)):
             # a check that failed: what was measured, what was expected, where to look; the
             # traceback (lab objects, array reprs) says nothing more (-v or --tb=long shows it)
@@ -513,6 +527,8 @@ def _write_repro(item: pytest.Item, report, exc: BaseException) -> None:
     config = item.config
     if config.getoption("--no-results") or not isinstance(exc, Exception):
         return
+    if not {"model_card", "lab"} & set(getattr(item, "fixturenames", ())):
+        return  # not a conformance check (the harness's own tests): no bundle
     try:
         from .report import repro
 
@@ -834,8 +850,13 @@ def _wrap_short_summary(terminal) -> None:
         for line, kw in lines:
             if verbose < 2:  # one line per test, as pytest's own (an assertion's explanation stays above)
                 line = line.split("\n", 1)[0]
-            for part in textwrap.wrap(line, width, subsequent_indent="    ", break_long_words=False,
-                                      break_on_hyphens=False, replace_whitespace=False) or [line]:
+            head, sep, msg = line.partition(" - ")
+            if len(line) <= width or not sep:
+                terminal.write_line(line, **kw)
+                continue
+            terminal.write_line(head, **kw)  # the outcome and the node id, never split
+            for part in textwrap.wrap(msg, width, initial_indent="    ", subsequent_indent="    ",
+                                      break_long_words=False, break_on_hyphens=False) or [msg]:
                 terminal.write_line(part, **kw)
 
     terminal.short_test_summary = short_test_summary

@@ -125,6 +125,7 @@ def test_run_folder_files_are_0644_with_csv_and_links(planted):
     assert 'class="banner verdict fail"' in page and "repro/test_mine.test_bad.repvgg_a0/command.txt" in page
     html = (folder / "report.html").read_text()
     assert "FAIL: 1 failed" in html and "budget profile: none" in html
+    assert "<h1 id=\"title\">zooconform: FAIL: 1 failed" in html or "zooconform: FAIL: 1 failed" in html[:3000]
 
 
 def test_lf_works_through_zooconform_run(planted):
@@ -199,3 +200,24 @@ def test_a_long_test_gets_a_progress_line():
     assert "(the check)" in w.due(t0 + 92)[0]
     w.finish("suites/test_quant.py::test_int8[repvgg_a0]")
     assert w.due(t0 + 500) == []
+
+
+EXPORT_SUITE = '''
+import os
+
+def test_onnx_matches_torch(model_card, record):
+    record(rel_max_error=float(os.environ["ZC_ERR"]), noise_floor=2e-7, top1_agreement=1.0, eval_images=200)
+'''
+
+
+def test_fail_on_regression_turns_a_flagged_regression_into_exit_1(tmp_path):
+    d = tmp_path / "suite"
+    d.mkdir()
+    (d / "test_export.py").write_text(EXPORT_SUITE)
+    common = ["run", "--suites", d, "--models", "repvgg_a0", "--report-dir", tmp_path / "reports",
+              "--cache-dir", tmp_path / "cache", "--fail-on-regression"]
+    r = zooconform(*common, env={**os.environ, "ZC_ERR": "3e-7"})
+    assert r.returncode == 0, r.stdout[-3000:]
+    r = zooconform(*common, env={**os.environ, "ZC_ERR": "5e-5"})  # passes, but x167 the previous error
+    assert "1 regression(s) flagged" in r.stdout and "--fail-on-regression: 1 regression(s)" in r.stdout
+    assert r.returncode == 1, r.stdout[-3000:]
