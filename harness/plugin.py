@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from . import figures as figure_contract
 from .compare import CheckFailure, Inconclusive
 from .errors import ConfigError, ZooconformError
 from .host import cpu_facts, host_class
@@ -445,6 +446,9 @@ class Recorder:
         self.figures: dict[str, object] = {}
 
     def __call__(self, **figures) -> None:
+        # names are a contract (harness/figures.py): an undeclared one is an error in the self-tests
+        # (ZOOCONFORM_STRICT_FIGURES=1), a warning in a production run
+        figure_contract.validate(figures, strict=os.environ.get("ZOOCONFORM_STRICT_FIGURES") == "1")
         for k, v in figures.items():
             v = jsonable(v)
             self.figures[k] = v
@@ -453,12 +457,17 @@ class Recorder:
 
 @pytest.fixture
 def record(request: pytest.FixtureRequest) -> Recorder:
-    rec = Recorder(request.node)
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and "model_card" in callspec.params:
-        request.node.user_properties.append(("model", callspec.params["model_card"].id))
-    request.node.user_properties.append(("suite", request.node.path.stem if request.node.path else ""))
-    return rec
+    return Recorder(request.node)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """results.json's structured fields of each test (model, family, check, precision, batch,
+    runtime, ...: harness/figures.py TEST_FIELDS), so that no reader parses node ids."""
+    callspec = getattr(item, "callspec", None)
+    fields = figure_contract.test_fields(callspec.params if callspec is not None else {},
+                                         suite=item.path.stem if item.path else "",
+                                         check=getattr(item, "originalname", None) or item.name)
+    item.user_properties.extend(fields.items())
 
 
 # --- reports ------------------------------------------------------------------------------

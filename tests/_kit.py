@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.figures import validate
+
 
 def recorder():
     """A stand-in for the ``record`` fixture: ``record(**figures)``, figures kept in ``record.figures``."""
     figures: dict = {}
 
     def record(**kw):
+        validate(kw, strict=True)  # the figure-name contract (harness/figures.py)
         figures.update(kw)
 
     record.figures = figures

@@ -160,7 +160,7 @@ def test_labelled_path_fails_int8_that_loses_correct_predictions_and_says_it_wid
     with pytest.raises(CheckFailure) as e:
         qc.check_int8_matches_fp32(real, real_card, "minmax", rec)
     msg = str(e.value)
-    assert rec.figures["mode"] == "labelled" and rec.figures["fp32_top1"] == 100.0
+    assert rec.figures["mode"] == "labelled" and rec.figures["fp32_top1_pct"] == 100.0
     assert "int8 top-1 of" in msg and "points below fp32" in msg
     n = rec.figures["eval_images"]
     assert n == len(real.images("eval")) and e.value.figures["binomial_widening_points"] > 0

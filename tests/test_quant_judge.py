@@ -68,7 +68,7 @@ def test_label_free_fails_a_broken_int8_model_naming_the_floor():
     msg = str(e.value)
     assert "but should be" in msg and "[synthetic.onnx]" in msg
     assert "+-2 grey levels" in msg and "conv7" in msg
-    assert e.value.figures["top1_agreement"] < e.value.figures["floor_top1_agreement"]
+    assert e.value.figures["top1_agreement"] < e.value.figures["noise_floor_top1_agreement"]
 
 
 def _one_class(fp32):

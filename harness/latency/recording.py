@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..figures import canonical
 from ..zoo import load_zoo
 from .budgets import PRECISIONS
 
@@ -24,7 +25,7 @@ def _latency_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
         return [dict(b.get("extra_info") or {}) for b in doc["benchmarks"]]
     out = []
     for t in doc.get("tests", []):
-        figs = dict(t.get("figures") or {})
+        figs = canonical(t.get("figures"))  # older figure names -> today's (harness/figures.py)
         figs.setdefault("model", t.get("model"))
         out.append(figs)
     return out
@@ -172,7 +173,7 @@ def runs_summary(docs: list[dict[str, Any]], names: list[str] | None = None) -> 
         for t in doc.get("tests", []):
             if "test_latency.py" not in t.get("nodeid", ""):
                 continue
-            f = t.get("figures") or {}
+            f = canonical(t.get("figures"))
             for key, unit in (("median_ms", "ms"), ("ratio", "x"), ("images_per_s", "img/s")):
                 if isinstance(f.get(key), (int, float)):
                     rows.setdefault(t["nodeid"].split("::", 1)[-1], []).append(

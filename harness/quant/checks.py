@@ -100,7 +100,7 @@ class LabelFree:
     def figures(self) -> dict:
         return {"eval_images": self.images, "fp32_distinct_top1": self.distinct_fp32,
                 "top1_agreement": round(self.agreement, 4), "centred_cosine": round(self.cosine, 5),
-                "floor_top1_agreement": round(self.floor_agreement, 4), "floor_centred_cosine": round(self.floor_cosine, 5),
+                "noise_floor_top1_agreement": round(self.floor_agreement, 4), "noise_floor_centred_cosine": round(self.floor_cosine, 5),
                 "agreement_vs_floor": round(self.agreement_vs_floor, 3),
                 "cosine_distance_vs_floor": round(self.cosine_distance_vs_floor, 2)}
 
@@ -169,9 +169,9 @@ class Labelled:
     full_set: bool
 
     def figures(self) -> dict:
-        return {"eval_images": self.images, "fp32_top1": round(100 * self.fp32_top1, 3),
-                "fp32_top5": round(100 * self.fp32_top5, 3), "int8_top1": round(100 * self.int8_top1, 3),
-                "int8_top5": round(100 * self.int8_top5, 3),
+        return {"eval_images": self.images, "fp32_top1_pct": round(100 * self.fp32_top1, 3),
+                "fp32_top5_pct": round(100 * self.fp32_top5, 3), "int8_top1_pct": round(100 * self.int8_top1, 3),
+                "int8_top5_pct": round(100 * self.int8_top5, 3),
                 "top1_drop_points": round(100 * (self.fp32_top1 - self.int8_top1), 3)}
 
 
@@ -183,7 +183,7 @@ def judge_labelled(m: Labelled, family: str, *, subject: str, where: str, explai
     floor_rel = rel * m.fp32_top1 - widen
     floor_abs = m.fp32_top1 - drop_points / 100.0 - widen
     need = max(floor_rel, floor_abs)
-    figs = {**m.figures(), "required_int8_top1": round(100 * need, 3), "binomial_widening_points": round(100 * widen, 3),
+    figs = {**m.figures(), "required_int8_top1_pct": round(100 * need, 3), "binomial_widening_points": round(100 * widen, 3),
             "max_top1_drop_points": drop_points}
     if m.int8_top1 < need:
         subset = (f"; widened by the 95% binomial half-width {100 * widen:.2f} points because only {m.images} of "

@@ -355,7 +355,7 @@ def judge(card_id: str, form: FormFigures, record, what: str, where: str,
     bad_blocks = over_tolerance(form)
     worst = max(form.blocks, key=lambda b: b.ratio, default=None)
     figures = {
-        "rel_max_error": form.error, "fp64_noise_floor": form.floor, "error_over_floor": round(form.ratio, 3),
+        "rel_max_error": form.error, "noise_floor_fp64": form.floor, "error_over_floor": round(form.ratio, 3),
         "min_cosine": form.cosine, "top1_agreement_not_judged": form.top1, "blocks": len(form.blocks),
         "blocks_over_tolerance": len(bad_blocks),
         "worst_block": worst.block if worst else None,
@@ -390,7 +390,7 @@ def check_bugs_would_show(card: ModelCard, lab, record) -> None:
     mean_spread = max(float(m.running_mean.abs().max()) for m in bns)
     var_spread = max(float((m.running_var - 1).abs().max()) for m in bns)
     figures = {"bn_max_abs_running_mean": mean_spread, "bn_max_abs_running_var_minus_1": var_spread,
-               "fp64_noise_floor": s.truth.floor}
+               "noise_floor_fp64": s.truth.floor}
     hidden = []
     for cause in CONTROLS:
         f = s.forms[f"control: {cause}"]

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..figures import TEST_FIELDS
+
 FIGURE_PREFIX = "fig:"
 
 
@@ -143,7 +145,7 @@ class ResultsCollector:
         for name, value in getattr(report, "user_properties", []):
             if name.startswith(FIGURE_PREFIX):
                 rec["figures"][name[len(FIGURE_PREFIX):]] = jsonable(value)
-            elif name in ("model", "suite", "check"):
+            elif name in TEST_FIELDS:  # model, family, check, precision, batch, ... (harness/figures.py)
                 rec[name] = value
         outcome = _outcome(report)
         if report.failed and outcome not in ("failed", "error"):

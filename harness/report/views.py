@@ -1,20 +1,23 @@
 """From ``results.json`` to one view per model: the cells of the nightly table and the
 metrics that go to history.
 
-The suites record figures under their own names (``record(...)``); this module is the one
-place that knows which figure feeds which column. Each column lists the names it accepts,
-best first, and falls back to the suite's outcomes when none is present, so the report
-renders whatever exists and fills in as suites land. Every cell remembers the test that
-produced it, so the page can link to it.
+Columns read figures only through the figure-name contract (``harness/figures.py``): each
+figure declares the role it feeds (``error``, ``agreement``, ``latency_ms``, ...) and its unit,
+and a column asks for a role. A test's model, family, check, row, precision, batch and runtime
+are structured fields of its record (written when it was collected), never parsed from its
+node id. A column falls back to the suite's outcomes when no figure feeds it, so the report
+renders whatever exists. Every cell remembers the test that produced it, so the page can
+link to it. Older results.json files are read through :func:`harness.figures.canonical`.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+from .. import figures as contract
 
 DASH = "\u2014"
 
@@ -127,48 +130,17 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("regression", "regression vs previous run", "model"),
 ]
 
-# The figure names each column reads, best first (globs allowed). Suites that record under
-# another name: add it here.
-# Units: figures named *_pct / *_points / *_pt, or listed in PERCENT_NAMES, are percent;
-# other proportions (agreement) are fractions.
-ERROR_NAMES = ("rel_max_error", "max_rel_error", "rel_error", "relative_error", "error_rel", "*rel*err*")
-FLOOR_NAMES = ("noise_floor", "fp64_noise_floor", "error_floor", "floor", "rel_floor", "*noise_floor*", "*floor*")
-AGREEMENT_NAMES = ("top1_agreement", "agreement", "*top1_agreement*", "*agreement*")
-AGREEMENT_FLOOR_NAMES = ("floor_top1_agreement", "agreement_floor", "floor_agreement", "noise_floor_agreement",
-                         "*agreement*floor*", "*floor*agreement*")
-TOP1_NAMES = ("top1_pct", "top1_measured", "top1", "measured_top1", "fp32_top1", "top1_fp32")
-TOP1_PUBLISHED_NAMES = ("published_top1_pct", "top1_published", "published_top1")
-RUNNER_NAMES = ("runner",)
-INT8_TOP1_NAMES = ("int8_top1", "top1_int8")
-DROP_NAMES = ("top1_drop_points", "top1_drop", "drop", "*drop*")
-PERCENT_NAMES = {"int8_top1", "fp32_top1", "top1", "top1_measured", "measured_top1", "top1_fp32", "top1_int8",
-                 "top1_published", "published_top1", "top1_drop", "drop"}
-METHOD_NAMES = ("method", "calibration", "calib_method", "calibration_method")
 METHODS = ("minmax", "percentile", "entropy", "user")
-LATENCY_NAMES = ("median_ms", "latency_ms", "latency_median_ms", "ms_median", "p50_ms", "*median*ms*", "*ms*median*")
-BUDGET_NAMES = ("budget_ms", "latency_budget_ms", "*budget*ms*", "budget")
-CV_NAMES = ("cv", "latency_cv", "*cv*")
-IQR_NAMES = ("iqr_ms", "latency_iqr_ms", "*iqr*")
-PRECISION_NAMES = ("precision", "dtype")
-BATCH_NAMES = ("batch", "batch_size")
-N_NAMES = ("eval_images", "images", "n_images", "n")
+GPU_RUNTIMES = ("ort-cuda", "ort-trt")  # harness/runtimes names whose latency is a GPU's (device "GPU")
 LATENCY_BATCHES = (1, 4, 8)
 PRECISIONS = ("fp32", "int8")
 
 
 # --- figure lookup ------------------------------------------------------------------------
 
-def figure(test: dict[str, Any], names: Iterable[str]) -> tuple[str, Any] | tuple[None, None]:
-    """The first figure of ``test`` matching ``names`` (exact names before globs)."""
-    figs = test.get("figures") or {}
-    for name in names:
-        if "*" in name:
-            for k in figs:
-                if fnmatch.fnmatchcase(k, name):
-                    return k, figs[k]
-        elif name in figs:
-            return name, figs[name]
-    return None, None
+def figure(test: dict[str, Any], role: str) -> tuple[str, Any] | tuple[None, None]:
+    """The first figure of ``test`` feeding ``role`` (harness/figures.py): (name, value)."""
+    return contract.value(test.get("figures"), role)
 
 
 def number(value: Any) -> float | None:
@@ -185,8 +157,8 @@ def number(value: Any) -> float | None:
     return None
 
 
-def num_figure(test, names) -> float | None:
-    _, v = figure(test, names)
+def num_figure(test, role: str) -> float | None:
+    _, v = figure(test, role)
     return number(v)
 
 
@@ -195,27 +167,13 @@ def suite_of(test: dict[str, Any]) -> str:
     return suite.removeprefix("test_")
 
 
-def case_id(nodeid: str) -> str:
-    """The parametrization id of a node (``test_x[a-b]`` -> ``a-b``), or ``""``."""
-    if nodeid.endswith("]") and "[" in nodeid:
-        return nodeid[nodeid.index("[") + 1:-1]
-    return ""
-
-
 def short_name(nodeid: str) -> str:
     return nodeid.split("::")[-1]
 
 
-def model_of(test: dict[str, Any], known: Iterable[str]) -> str | None:
-    if test.get("model"):
-        return str(test["model"])
-    cid = case_id(test["nodeid"])
-    best = None
-    for m in known:  # the longest id that the case id starts with (hrnet_w18 vs hrnet_w18_small_v1)
-        if cid == m or cid.startswith(m + "-") or cid.endswith("-" + m) or f"-{m}-" in cid:
-            if best is None or len(m) > len(best):
-                best = m
-    return best
+def model_of(test: dict[str, Any]) -> str | None:
+    """The model a test ran on: its record's ``model`` field (harness/figures.py TEST_FIELDS)."""
+    return str(test["model"]) if test.get("model") else None
 
 
 def worst_outcome(outcomes: Iterable[str | None]) -> str:
@@ -249,14 +207,17 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-def proportion(test: dict[str, Any], names: Iterable[str]) -> float | None:
-    """A proportion figure as a fraction 0-1, whatever unit it was recorded in."""
-    name, v = figure(test, names)
+def proportion(test: dict[str, Any], role: str) -> float | None:
+    """A proportion figure as a fraction 0-1, by the unit the contract declares for it."""
+    name, v = figure(test, role)
     v = number(v)
-    if v is None:
+    if v is None or name is None:
         return None
-    if name in PERCENT_NAMES or name.endswith(("_pct", "_points", "_pt")):
+    unit = contract.unit_of(name)
+    if unit in ("percent", "points"):
         return v / 100.0
+    if unit == "fraction":
+        return v
     return as_fraction(v)
 
 
@@ -300,18 +261,16 @@ def _by_suite(tests: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _row_tests(tests: list[dict[str, Any]], model: str, key: str) -> list[dict[str, Any]]:
-    """Tests parametrized over this published row (case id ``<model>-<row id>``, maybe with more)."""
-    full = f"{model}-{key}"
-    return [t for t in tests if (cid := case_id(t["nodeid"])) == full or cid.startswith(full + "-")
-            or cid.endswith("-" + full)]
+def _row_tests(tests: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Tests parametrized over this published row (their record's ``row`` field)."""
+    return [t for t in tests if t.get("row") == key]
 
 
-def _pub_measured(tests, pub_names, measured_names, published_default=None, digits=4) -> Cell:
+def _pub_measured(tests, pub_role: str, measured_role: str, published_default=None, digits=4) -> Cell:
     cell = Cell()
     for t in tests:
-        pub = num_figure(t, pub_names)
-        meas = num_figure(t, measured_names)
+        pub = num_figure(t, pub_role)
+        meas = num_figure(t, measured_role)
         if pub is None and meas is None:
             continue
         pub = pub if pub is not None else published_default
@@ -341,10 +300,10 @@ def _error_cell(view: ModelView, tests: list[dict[str, Any]], prefix: str) -> Ce
         return Cell()
     scored = []
     for t in _not_declared_failures(tests):
-        err = num_figure(t, ERROR_NAMES)
+        err = num_figure(t, "error")
         if err is None:
             continue
-        floor = num_figure(t, FLOOR_NAMES)
+        floor = num_figure(t, "error_floor")
         ratio = err / floor if floor and floor > 0 else err
         scored.append((ratio, err, floor, t))
     if not scored:
@@ -361,14 +320,10 @@ def _error_cell(view: ModelView, tests: list[dict[str, Any]], prefix: str) -> Ce
 
 
 def _method_of(test: dict[str, Any]) -> str:
-    _, m = figure(test, METHOD_NAMES)
+    m = test.get("method") or figure(test, "method")[1]
     if isinstance(m, str) and m:
         return m.lower()
-    cid = case_id(test["nodeid"]).lower()
-    for m in METHODS:
-        if m in cid:
-            return m
-    return short_name(test["nodeid"]).split("[")[0].removeprefix("test_")
+    return str(test.get("check") or short_name(test["nodeid"]).split("[")[0]).removeprefix("test_")
 
 
 def _int8_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
@@ -377,27 +332,27 @@ def _int8_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
         return Cell()
     cell = Cell()
     for t in tests:
-        ratio = num_figure(t, ("kernel_error_over_quantization_error",))
+        ratio = num_figure(t, "kernel_ratio")
         if ratio is not None:  # verdict (b): this host's kernels, not the model's agreement
-            host = (t.get("figures") or {}).get("host_class") or "this host"
+            host = figure(t, "host_class")[1] or "this host"
             cell.parts.append(Part(f"kernels on {host}: {ratio:.2f}x the quantization error", t["nodeid"],
                                    status_of(t.get("outcome")), tooltip(t)))
             continue
-        agree = proportion(t, AGREEMENT_NAMES)
-        top1 = proportion(t, INT8_TOP1_NAMES)
+        agree = proportion(t, "agreement")
+        top1 = proportion(t, "int8_top1")
         if agree is None and top1 is None:
             continue
         method = _method_of(t)
-        n = num_figure(t, N_NAMES)
+        n = num_figure(t, "images")
         n = int(n) if n else None
         bits = []
         if top1 is not None:
-            drop = proportion(t, DROP_NAMES)
+            drop = proportion(t, "top1_drop")
             bits.append(f"{pct(top1)}" + (f" (drop {100 * drop:.2f} pt)" if drop is not None else ""))
             view.metrics[f"int8.{method}.top1"] = Metric(f"int8.{method}.top1", top1, "proportion",
                                                          f"int8 top-1 ({method})", t["nodeid"], n=n)
         if agree is not None:
-            floor = proportion(t, AGREEMENT_FLOOR_NAMES)
+            floor = proportion(t, "agreement_floor")
             bits.append(f"agree {pct(agree)}" + (f" (floor {pct(floor)})" if floor is not None else ""))
             view.metrics[f"int8.{method}.agreement"] = Metric(f"int8.{method}.agreement", agree, "proportion",
                                                               f"int8 agreement ({method})", t["nodeid"], n=n)
@@ -422,26 +377,20 @@ def _with_unlisted(cell: Cell, tests: list[dict[str, Any]]) -> Cell:
     return cell
 
 
-_PREC_RE = re.compile(r"(?<![a-z0-9])(fp32|int8|fp16)(?![a-z0-9])")
-_BATCH_RE = re.compile(r"(?:^|[-_\[])(?:b|bs|batch)[_=]?(\d+)(?:$|[-_\]])")
-
-
 def _latency_key(test: dict[str, Any]) -> tuple[str | None, int | None]:
-    _, prec = figure(test, PRECISION_NAMES)
-    batch = num_figure(test, BATCH_NAMES)
-    cid = case_id(test["nodeid"]).lower()
-    if not isinstance(prec, str):
-        m = _PREC_RE.search(cid)
-        prec = m.group(1) if m else None
+    """(precision, batch) of a latency test: its record's fields, else the figures feeding them."""
+    prec = test.get("precision") or figure(test, "precision")[1]
+    batch = test.get("batch")
     if batch is None:
-        m = _BATCH_RE.search(cid)
-        batch = float(m.group(1)) if m else None
+        batch = num_figure(test, "batch")
     if not isinstance(prec, str):
         return None, None
     prec = prec.lower()
-    _, provider = figure(test, ("provider",))
-    if isinstance(provider, str) and provider and provider != "CPUExecutionProvider":
+    provider = test.get("runtime") or figure(test, "provider")[1]
+    if isinstance(provider, str) and (provider in GPU_RUNTIMES or (provider.endswith("ExecutionProvider")
+                                                                   and provider != "CPUExecutionProvider")):
         # GPU measurements get their own lines: never mixed with the CPU figures of that batch
+        # (CPU runtimes other than the first get views of their own: runtime_views)
         prec = f"{provider.removesuffix('ExecutionProvider')} {prec}"
     return prec, (int(batch) if batch is not None else None)
 
@@ -451,7 +400,7 @@ def _latency_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
         return Cell()
     grid: dict[tuple[str, int], tuple[float, float | None, dict]] = {}
     for t in tests:
-        ms = num_figure(t, LATENCY_NAMES)
+        ms = num_figure(t, "latency_ms")
         if ms is None:
             continue
         prec, batch = _latency_key(t)
@@ -460,12 +409,12 @@ def _latency_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
         key = (prec, batch)
         if key in grid and status_of(grid[key][2].get("outcome")) == "bad":
             continue  # keep the failing measurement visible
-        grid[key] = (ms, num_figure(t, BUDGET_NAMES), t)
-        cv = num_figure(t, CV_NAMES)
+        grid[key] = (ms, num_figure(t, "budget_ms"), t)
+        cv = num_figure(t, "latency_cv")
         if cv is None:
-            iqr = num_figure(t, IQR_NAMES)
+            iqr = num_figure(t, "latency_iqr_ms")
             cv = iqr / 1.349 / ms if iqr is not None and ms > 0 else None  # IQR of a normal = 1.349 sigma
-        if (t.get("figures") or {}).get("quiet") is False:
+        if figure(t, "quiet")[1] is False:
             continue  # measured under contention: shown, but no point on a trend, no baseline
         name = f"latency.{re.sub(r'[^a-z0-9]+', '_', prec.lower())}.b{batch}.ms"
         view.metrics[name] = Metric(name, ms, "latency", f"{prec} b{batch} ms", t["nodeid"], cv=cv)
@@ -503,16 +452,16 @@ def _fp32_row_cell(view: ModelView, row_tests: list[dict[str, Any]], published: 
     pub_text = DASH if published is None else f"{published:g}%"
     parts = []
     for t in row_tests:
-        top1 = proportion(t, TOP1_NAMES)
+        top1 = proportion(t, "top1")
         if top1 is None:
             continue
-        pub = proportion(t, TOP1_PUBLISHED_NAMES)
+        pub = proportion(t, "top1_published")
         if pub is not None:
             pub_text = f"{100 * pub:g}%"
-        _, runner = figure(t, RUNNER_NAMES)
-        runner = str(runner) if runner else short_name(t["nodeid"]).split("[")[0].removeprefix("test_")
+        _, runner = figure(t, "runner")
+        runner = str(runner) if runner else str(t.get("check") or short_name(t["nodeid"]).split("[")[0]).removeprefix("test_")
         key = re.sub(r"[^a-z0-9]+", "_", runner.lower()).strip("_")
-        n = num_figure(t, N_NAMES)
+        n = num_figure(t, "images")
         view.metrics[f"fp32.top1.{key}"] = Metric(f"fp32.top1.{key}", top1, "proportion", f"top-1 {runner}",
                                                   t["nodeid"], n=int(n) if n else None)
         parts.append(Part(f"{runner} {pct(top1)}", t["nodeid"], status_of(t.get("outcome")), tooltip(t)))
@@ -525,13 +474,13 @@ def _agreement_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
     """fp32 on the embedded default (no labels): ONNX vs torch top-1 agreement (the lowest)."""
     best = None
     for t in _not_declared_failures(tests):
-        a = proportion(t, AGREEMENT_NAMES)
+        a = proportion(t, "agreement")
         if a is not None and (best is None or a < best[0]):
             best = (a, t)
     if best is None:
         return Cell()
     a, t = best
-    n = num_figure(t, N_NAMES)
+    n = num_figure(t, "images")
     view.metrics["fp32.agreement"] = Metric("fp32.agreement", a, "proportion", "fp32 ONNX vs torch agreement",
                                             t["nodeid"], n=int(n) if n else None)
     return Cell([Part(f"agreement {pct(a)}", t["nodeid"], status_of(t.get("outcome")), tooltip(t))])
@@ -539,10 +488,9 @@ def _agreement_cell(view: ModelView, tests: list[dict[str, Any]]) -> Cell:
 
 def _claims_row(test: dict[str, Any], name: str, sources: str) -> bool:
     """The accuracy suite names the published row it holds the model to (claimed_row)."""
-    figs = test.get("figures") or {}
-    if figs.get("claimed_row") != name:
+    if figure(test, "claimed_row")[1] != name:
         return False
-    claimed = figs.get("claimed_sources")
+    claimed = figure(test, "claimed_sources")[1]
     return not claimed or "+".join(claimed) == sources
 
 
@@ -556,13 +504,40 @@ def build_views(doc: dict[str, Any], zoo: dict | None = None) -> tuple[list[Mode
     by_model: dict[str, list[dict[str, Any]]] = {}
     orphans = []
     for t in doc.get("tests", []):
-        m = model_of(t, known)
+        t = {**t, "figures": contract.canonical(t.get("figures"))}  # older names -> today's
+        m = model_of(t)
         if m is None:
             orphans.append(t)
         else:
             by_model.setdefault(m, []).append(t)
     order = [m for m in known if m in by_model] + [m for m in by_model if m not in known]
-    return [model_view(m, by_model[m], zoo.get(m)) for m in order], orphans
+    return [v for m in order for v in runtime_views(m, by_model[m], zoo.get(m))], orphans
+
+
+def runtime_of(test: dict[str, Any]) -> str | None:
+    """The runtime a test ran on (its ``runtime`` field or figure; ``--runtime``), or None."""
+    r = test.get("runtime") or (test.get("figures") or {}).get("runtime")
+    return str(r) if r else None
+
+
+def runtime_views(model: str, tests: list[dict[str, Any]], card=None) -> list[ModelView]:
+    """One view of ``model``, or one per runtime when its tests ran on several (``--runtime
+    ort,openvino,torch``): the family tables get a row per runtime, named ``model · runtime``.
+    Tests of no runtime (card, preprocessing, cross-runtime agreement) go with the first."""
+    names: list[str] = []
+    for t in tests:
+        r = runtime_of(t)
+        if r and r not in names:
+            names.append(r)
+    if len(names) < 2:
+        return [model_view(model, tests, card)]
+    views = []
+    for r in names:
+        mine = [t for t in tests if runtime_of(t) == r or (r == names[0] and runtime_of(t) is None)]
+        view = model_view(model, mine, card)
+        view.model = f"{model} · {r}"
+        views.append(view)
+    return views
 
 
 def _load_zoo() -> dict:
@@ -575,7 +550,7 @@ def _load_zoo() -> dict:
 
 
 def model_view(model: str, tests: list[dict[str, Any]], card=None) -> ModelView:
-    family = card.family if card is not None else _family_guess(model)
+    family = card.family if card is not None else next((str(t["family"]) for t in tests if t.get("family")), "other")
     view = ModelView(model, family, tests)
     suites = _by_suite(tests)
     for t in tests:
@@ -583,41 +558,39 @@ def model_view(model: str, tests: list[dict[str, Any]], card=None) -> ModelView:
         view.counts[o] = view.counts.get(o, 0) + 1
     view.verdict = worst_outcome(t.get("outcome") for t in tests)
     for t in tests:
-        w = (t.get("figures") or {}).get("weights")
+        w = figure(t, "weights")[1]
         if isinstance(w, str):
             view.weights = w
             break
 
-    # published rows: from the card where known, else from the case ids of the card suite
+    # published rows: from the card where known, else from the card suite tests' row fields
     card_tests = suites.get("card", [])
-    acc_tests = [t for t in suites.get("accuracy", []) if proportion(t, TOP1_NAMES) is not None]
+    acc_tests = [t for t in suites.get("accuracy", []) if proportion(t, "top1") is not None]
     if card is not None and card.published:
         rows = [(row_id(r), "+".join(r.sources), r.name, r) for r in card.published]
     else:
         keys = []
         for t in card_tests:
-            cid = case_id(t["nodeid"])
-            if cid.startswith(model + "-") and cid[len(model) + 1:] not in keys:
-                keys.append(cid[len(model) + 1:])
+            if t.get("row") and t["row"] not in keys:
+                keys.append(str(t["row"]))
         rows = [(k, k.split("-")[0], k, None) for k in keys]
     if not rows:
         rows = [("", DASH, "", None)]
     for key, source, name, pub in rows:
         row = Row(key, source, name)
-        rt_card = _row_tests(card_tests, model, key) if key else []
+        rt_card = _row_tests(card_tests, key) if key else []
         rt_acc = [t for t in acc_tests if _claims_row(t, name, source)]
         row.cells["source"] = Cell([Part(source, None, "", name)])
-        row.cells["params"] = _pub_measured([t for t in rt_card if "params_m_measured" in (t.get("figures") or {})],
-                                            ("params_m_published",), ("params_m_measured",),
-                                            getattr(pub, "params_m", None))
-        flops_tests = [t for t in rt_card if "flops_g_published" in (t.get("figures") or {})]
-        row.cells["flops"] = _pub_measured(flops_tests, ("flops_g_published",), ("flops_g_measured",),
+        row.cells["params"] = _pub_measured([t for t in rt_card if figure(t, "params_measured")[0]],
+                                            "params_published", "params_measured", getattr(pub, "params_m", None))
+        flops_tests = [t for t in rt_card if figure(t, "flops_published")[0]]
+        row.cells["flops"] = _pub_measured(flops_tests, "flops_published", "flops_measured",
                                            getattr(pub, "flops_g", None))
-        if flops_tests and (flops_tests[0].get("figures") or {}).get("flops_g_measured") is None:
+        if flops_tests and figure(flops_tests[0], "flops_measured")[1] is None:
             # convention not identified: show what was counted so the gap is visible
             t = flops_tests[0]
-            gmacs = num_figure(t, ("gmacs_measured",))
-            row.cells["flops"] = Cell([Part(f"{printed(num_figure(t, ('flops_g_published',)))} / {DASH}"
+            gmacs = num_figure(t, "gmacs_measured")
+            row.cells["flops"] = Cell([Part(f"{printed(num_figure(t, 'flops_published'))} / {DASH}"
                                             + (f" ({printed(gmacs)} GMACs)" if gmacs is not None else ""),
                                             t["nodeid"], status_of(t.get("outcome")), tooltip(t))])
         if acc_tests:
@@ -660,11 +633,6 @@ def row_id(row) -> str:
     """The case id suffix of a published row, as ``harness.plugin.row_id`` writes it (kept
     here so that rendering a report never imports the plugin, and with it torch)."""
     return f"{'+'.join(row.sources)}-{row.seed}-{row.name}"
-
-
-def _family_guess(model: str) -> str:
-    m = re.match(r"[a-z]+", model)
-    return m.group(0) if m else "other"
 
 
 def model_record(view: ModelView, doc: dict[str, Any], run_id: str) -> dict[str, Any]:
