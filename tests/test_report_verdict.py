@@ -209,3 +209,16 @@ def test_flips_of_int8_that_noise_does_not_make_are_listed_with_their_margins():
     assert "e.png (margin 9)" in text and "a.png (margin 4)" in text and "b.png" not in text.split("median")[0]
     arrays = f.arrays()
     assert list(arrays["int8_only_flip_index"]) == [4, 0]
+
+
+def test_a_killed_runs_junit_keeps_inconclusive_distinct(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from harness.commands.run import write_junit_from_doc
+
+    doc = smoke_doc(extra=[t("suites/test_latency.py::test_l[repvgg_a0]", "inconclusive", "repvgg_a0",
+                             "test_latency", message="contended")])
+    write_junit_from_doc(doc, "all", tmp_path / "junit.xml")
+    case = next(c for c in ET.parse(tmp_path / "junit.xml").getroot().iter("testcase") if c.get("name") == "test_l[repvgg_a0]")
+    assert case.find("skipped").get("type") == "zooconform.inconclusive"
+    assert {p.get("name"): p.get("value") for p in case.iter("property")} == {"outcome": "inconclusive"}

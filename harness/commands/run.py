@@ -304,7 +304,10 @@ def write_junit_from_doc(doc: dict, label: str, out: Path) -> None:
             ET.SubElement(case, "error", message=text[:2000]).text = text
             counts["errors"] += 1
         elif outcome not in ("passed", "xpassed"):
-            ET.SubElement(case, "skipped", message=f"{outcome}: {msg}"[:2000])
+            kind = {"type": "zooconform.inconclusive"} if outcome == "inconclusive" else {}  # plugin.INCONCLUSIVE_TYPE
+            if kind:
+                ET.SubElement(ET.SubElement(case, "properties"), "property", name="outcome", value="inconclusive")
+            ET.SubElement(case, "skipped", message=f"{outcome}: {msg}"[:2000], **kind)
             counts["skipped"] += 1
     kill = ET.SubElement(suite, "testcase", classname="zooconform", name=f"run-{label}-incomplete", time="0")
     ET.SubElement(kill, "error", message="; ".join(reasons)[:2000]).text = "; ".join(reasons)
