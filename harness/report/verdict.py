@@ -86,8 +86,8 @@ def applied_profile(tests: list[dict[str, Any]], settings: dict[str, Any] | None
                     "reason": figs.get("budgets_line") or ""}
     given = settings.get("profile_option", settings.get("profile"))
     if given:
-        return {"name": given, "how": "--profile", "reason": "given; no latency test ran in this run"}
-    return {"name": None, "how": "not used", "reason": "no latency test ran in this run"}
+        return {"name": given, "how": "--profile", "reason": "given; no absolute latency budget was judged in this run"}
+    return {"name": None, "how": "not used", "reason": "no absolute latency budget was judged in this run"}
 
 
 def profile_text(doc: dict[str, Any]) -> str:
