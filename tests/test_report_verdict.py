@@ -222,3 +222,17 @@ def test_a_killed_runs_junit_keeps_inconclusive_distinct(tmp_path):
     case = next(c for c in ET.parse(tmp_path / "junit.xml").getroot().iter("testcase") if c.get("name") == "test_l[repvgg_a0]")
     assert case.find("skipped").get("type") == "zooconform.inconclusive"
     assert {p.get("name"): p.get("value") for p in case.iter("property")} == {"outcome": "inconclusive"}
+
+
+def test_a_merged_run_reports_the_profile_its_latency_phase_applied():
+    from harness.report.merge import merge_documents
+
+    phase1 = counted(smoke_doc())
+    phase1["tests"] = [x for x in phase1["tests"] if "latency" not in x["nodeid"]]
+    phase1["settings"].update(profile=None, profile_how="not used", profile_reason="none judged")
+    phase2 = counted(smoke_doc(started="2026-11-20T01:05:00Z"))
+    phase2["tests"] = [dict(x, figures={**x["figures"], "profile": "cpu-2core", "profile_how": "detected",
+                                        "budgets_line": "profile cpu-2core detected"})
+                       for x in phase2["tests"] if "latency" in x["nodeid"]]
+    merged = merge_documents([("parallel", phase1), ("latency", phase2)], sequential=True)
+    assert merged["settings"]["profile"] == "cpu-2core" and merged["settings"]["profile_how"] == "detected"

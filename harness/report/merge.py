@@ -133,6 +133,12 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
         settings.pop("shard", None)
     settings["models"] = models
     settings["data_problems"] = problems[:50]
+    # the applied budget profile: the part whose latency tests chose one (phase 2 of run -j; a
+    # shard that ran latency), not the first part, which may have judged no absolute budget
+    from .verdict import applied_profile
+
+    applied = applied_profile(list(tests.values()), settings)
+    settings.update(profile=applied["name"], profile_how=applied["how"], profile_reason=applied["reason"])
     ids = hashlib.sha1("\n".join(sorted(s["run_id"] for s in summary)).encode()).hexdigest()[:8]
     started = min((d.get("started_utc") for _, d in parts if d.get("started_utc")), default=None)
     doc = {
