@@ -197,6 +197,16 @@ diverging_layer_floor | num | 1 | | fp64 noise floor of that layer's output
 diverging_layer_tolerance | num | 1 | | tolerance of that layer
 last_matching_module | text | | | last torch module whose output still matches
 layers_compared | int | count | | layers compared to locate the divergence
+# fp16 ONNX (harness/export/fp16.py)
+fp16_rel_max_error | num | 1 | | rel_max_error of the fp16 ONNX file vs the fp32 file, ORT CPU
+fp16_rounding_floor | num | 1 | | rel_max_error of the fp32 file with weights and input rounded to fp16, run in fp32: what fp16 storage alone costs
+fp16_tolerance | num | 1 | | the fp16 rel_max_error allowed: [export] fp16_floor_multiple x fp16_rounding_floor
+fp16_error_over_floor | num | 1 | | fp16_rel_max_error / fp16_rounding_floor
+fp16_min_cosine | num | 1 | | lowest cosine similarity of fp16 and fp32 logits over the images
+fp16_top1_agreement | num | fraction | | share of images where the fp16 and fp32 files agree on top-1
+fp16_io_types | text | | | element types of the fp16 file's input and output (float -> float: keep_io_types)
+fp16_float_initializers | int | count | | initializers the fp16 file still stores as fp32
+fp16_onnx_mb | num | MB | | fp16 file size
 # --- int8 (harness/quant/checks.py, qdq_report.py) ---------------------------------------------
 calibration | text | | method | calibration method (minmax, percentile, entropy, user)
 mode | text | | | how int8 was judged: labelled (top-1 drop) or noise-floor (agreement)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from harness.export import checks as exportchecks
+from harness.export import fp16
 from harness import runtime
 from harness.export.checks import CASES, EXPORT_IMAGES, ExportCase
 from harness.plugin import family
@@ -128,3 +129,13 @@ def test_ort_optimizations_keep_fp32_function(model_card, lab, record):
     ``disabled_optimizers``."""
     path, label = exportchecks.fp32_file_under_test(lab, model_card)
     exportchecks.check_ort_optimizations(path, lab.reference(model_card), lab, model_card, record, label=label)
+
+
+def test_fp16_onnx_within_tolerance(model_card, lab, record):
+    """The fp32 file under test, converted to fp16 by ONNX Runtime's float16 converter (fp32 input
+    and output), computes in ORT CPU what the fp32 file computes, within a multiple of the fp16
+    rounding floor (the fp32 file with weights and input rounded to fp16)."""
+    path, label = exportchecks.fp32_file_under_test(lab, model_card)
+    x, _ = lab.inputs(model_card, "eval", limit=EXPORT_IMAGES)
+    fp16.check_fp16_onnx_within_tolerance(path, fp16.fp16_file(lab, path), x.numpy(), record, label=label,
+                                          threads=lab.settings.threads)
