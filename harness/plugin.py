@@ -499,7 +499,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if isinstance(exc, (CheckFailure, Inconclusive)):
             for k, v in exc.figures.items():
                 report.user_properties.append((FIGURE_PREFIX + k, jsonable(v)))
-            report.user_properties.append(("message", str(exc)))
+            # results.json's message: the check's own (an inconclusive one says so first, as its skip does)
+            report.user_properties.append(("message", f"inconclusive: {exc}" if isinstance(exc, Inconclusive)
+                                           else str(exc)))
         if isinstance(exc, Inconclusive):
             report.user_properties.append(("inconclusive", str(exc)))
             if ("outcome", "inconclusive") not in item.user_properties:  # JUnit writes the item's properties
