@@ -32,7 +32,6 @@ proportion at n, with the finite-population correction sqrt((50000 - n) / (50000
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -210,9 +209,6 @@ def evaluate_on(lab, card: ModelCard, runners: dict[str, Runner], errors: dict |
 
 # --- the suite's evaluation: torch reference and the ONNX under test, one pass ------------
 
-_EVALUATIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def requirements(lab, card: ModelCard, runner: str) -> str | None:
     """Why ``runner`` ('torch' or 'onnx') cannot be judged against the card here (all that is
     missing, with what to provide), or None."""
@@ -242,9 +238,10 @@ def evaluation(lab, card: ModelCard) -> Evaluation:
     ONNX under test: the manifest's ``onnx``, else the suite's export of the reference.
     A runner that cannot be built (missing file, invalid ONNX) is an error of its own checks.
     """
-    per_lab = _EVALUATIONS.setdefault(lab, {})
-    if card.id in per_lab:
-        return per_lab[card.id]
+    return lab.memo("accuracy.evaluation", card.id, lambda: _evaluate(lab, card))
+
+
+def _evaluate(lab, card: ModelCard) -> Evaluation:
     from . import runtime
     from .export.exporter import exported
 
@@ -266,10 +263,9 @@ def evaluation(lab, card: ModelCard) -> Evaluation:
     except ZooconformError as e:
         errors["onnx"] = e
     if runners:
-        per_lab[card.id] = evaluate_on(lab, card, runners, errors)
-    else:  # nothing can run: no reason to decode the images
-        per_lab[card.id] = Evaluation(str(lab.settings.imagenet), errors=errors)
-    return per_lab[card.id]
+        return evaluate_on(lab, card, runners, errors)
+    # nothing can run: no reason to decode the images
+    return Evaluation(str(lab.settings.imagenet), errors=errors)
 
 
 # --- checks -----------------------------------------------------------------------------

@@ -5,6 +5,9 @@ digest, tool, options, library versions). It is built in a temporary folder and 
 by an atomic rename, under a file lock so two workers never build the same entry twice.
 A ``_complete.json`` marker with per-file sizes and sha256 is written last: an entry
 whose files do not match it (truncated, corrupted) is detected and rebuilt.
+
+In memory, :class:`Memo` holds the session's memos (one LRU per kind under a byte budget);
+the lab owns the one instance (``Lab.memo``).
 """
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Hashable, Protocol, TypeVar
 
 from filelock import FileLock
 
 MARKER = "_complete.json"
+T = TypeVar("T")
 
 
 def default_root() -> Path:
@@ -85,3 +90,131 @@ class ArtifactCache:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+
+# --- in-memory memos (the lab owns them: harness/lab.py Lab.memo) ------------------------------
+
+class BoundedCache(dict):
+    """A dict that forgets its least recently used entries once their sizes (``size_of(value)``:
+    bytes for the lab's tensors, 1 per entry for a count bound) add up to more than
+    ``capacity`` (the newest entry always stays, however large)."""
+
+    def __init__(self, capacity: int, size_of: Callable[[Any], int]):
+        super().__init__()
+        self.capacity, self.size_of = capacity, size_of
+        self._sizes: dict = {}
+
+    def __getitem__(self, key):
+        value = super().pop(key)  # re-insert: dict order is the recency order
+        super().__setitem__(key, value)
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        if key in self:
+            super().pop(key)
+        super().__setitem__(key, value)
+        self._sizes[key] = self.size_of(value)
+        while len(self) > 1 and sum(self._sizes[k] for k in self) > self.capacity:
+            oldest = next(iter(self))
+            super().pop(oldest)
+            self._sizes.pop(oldest, None)
+
+    def pop(self, key, *default):
+        self._sizes.pop(key, None)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self._sizes.clear()
+        super().clear()
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._sizes.get(k, 0) for k in self)
+
+
+def approx_bytes(value: Any, _seen: set | None = None) -> int:
+    """Memory held by ``value``: the buffers of numpy arrays, torch tensors and modules, summed
+    through tuples, lists, dicts and dataclasses; a small constant for anything else (a memo's
+    budget is about the large buffers, not exact Python object sizes)."""
+    seen = _seen if _seen is not None else set()
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):  # numpy arrays (and torch tensors since 2.1)
+        return nbytes
+    if hasattr(value, "element_size") and hasattr(value, "nelement"):  # a torch tensor
+        return int(value.element_size() * value.nelement())
+    if hasattr(value, "parameters") and hasattr(value, "buffers"):  # a torch module
+        return sum(t.element_size() * t.nelement() for t in list(value.parameters()) + list(value.buffers()))
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if hasattr(value, "ByteSize"):  # a protobuf message (an ONNX graph)
+        try:
+            return int(value.ByteSize())
+        except Exception:
+            return 64
+    if isinstance(value, dict):
+        return 64 + sum(approx_bytes(k, seen) + approx_bytes(v, seen) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return 64 + sum(approx_bytes(v, seen) for v in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return 64 + sum(approx_bytes(getattr(value, f.name), seen) for f in fields(value))
+    return 64
+
+
+class Memo:
+    """In-memory memos by kind: each kind an LRU :class:`BoundedCache` under its own byte budget
+    (``budgets[kind]``, else ``default_budget``). One lab holds one; nothing is cached at module
+    level (tests/test_no_module_caches.py)."""
+
+    def __init__(self, budgets: dict[str, int] | None = None, default_budget: int = 256 << 20):
+        self.budgets = dict(budgets or {})
+        self.default_budget = default_budget
+        self._kinds: dict[str, BoundedCache] = {}
+
+    def store(self, kind: str, size_of: Callable[[Any], int] | None = None) -> BoundedCache:
+        """The kind's LRU (created on first use with ``size_of``, bytes per value)."""
+        if kind not in self._kinds:
+            self._kinds[kind] = BoundedCache(self.budgets.get(kind, self.default_budget), size_of or approx_bytes)
+        return self._kinds[kind]
+
+    def get(self, kind: str, key: Hashable, build: Callable[[], T],
+            size_of: Callable[[Any], int] | None = None, valid: Callable[[Any], bool] | None = None) -> T:
+        """The memoised value of ``key``; ``build()`` makes it when absent, or when ``valid(value)``
+        says the kept one is stale (an exception in ``build`` is not memoised)."""
+        store = self.store(kind, size_of)
+        if key in store and (valid is None or valid(store[key])):
+            return store[key]
+        value = build()
+        store[key] = value
+        return value
+
+    def share(self, kind: str, other: "Memo") -> None:
+        """Use ``other``'s memo of ``kind`` (two labs over the same images share their inputs)."""
+        self._kinds[kind] = other.store(kind)
+
+    def forget(self, kind: str | None = None) -> None:
+        for k, store in self._kinds.items():
+            if kind is None or k == kind:
+                store.clear()
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Per kind: (entries, bytes)."""
+        return {k: (len(s), s.bytes) for k, s in self._kinds.items()}
+
+
+class HasMemo(Protocol):
+    def memo(self, kind: str, key: Hashable, build: Callable[[], T],
+             size_of: Callable[[Any], int] | None = None, valid: Callable[[Any], bool] | None = None) -> T: ...
+
+
+def memoised(owner: "HasMemo | Memo | None", kind: str, key: Hashable, build: Callable[[], T],
+             size_of: Callable[[Any], int] | None = None, valid: Callable[[Any], bool] | None = None) -> T:
+    """``owner.memo(...)`` (a lab) or ``owner.get(...)`` (a :class:`Memo`); with no owner the value
+    is built every time (a check called outside a session, as the self-tests do)."""
+    if owner is None:
+        return build()
+    if isinstance(owner, Memo):
+        return owner.get(kind, key, build, size_of, valid)
+    return owner.memo(kind, key, build, size_of, valid)

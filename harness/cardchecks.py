@@ -1,22 +1,20 @@
-"""Model-card checks: plain functions of (card, row, record) that know nothing of pytest.
+"""Model-card checks: plain functions of (card, lab, record, ...) that know nothing of pytest.
 
 Each raises :class:`CheckFailure` with the one message shape on a mismatch.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch.nn as nn
 
 from . import flops as flops_mod
+from .cache import memoised
 from .compare import CheckFailure, check, distinct_top1, message
 from .models import count_params, create_architecture, deploy_form
 from .tolerances import tolerance
 from .zoo import ModelCard, Printed, PublishedRow
 
 
-@lru_cache(maxsize=None)
-def measured_figures(card_id: str, card: ModelCard) -> dict:
+def measured_figures(card: ModelCard) -> dict:
     """Everything the card checks count, from one build of the architecture (weights irrelevant).
 
     Only numbers are kept, so a full-tier run does not hold 24 models in memory, and each
@@ -37,8 +35,9 @@ def measured_figures(card_id: str, card: ModelCard) -> dict:
     return figures
 
 
-def figures_of(card: ModelCard) -> dict:
-    return measured_figures(card.id, card)
+def figures_of(card: ModelCard, lab=None) -> dict:
+    """:func:`measured_figures`, memoised in the lab per card (numbers only: a few KB)."""
+    return memoised(lab, "card.figures", card, lambda: measured_figures(card), lambda _: 1000)
 
 
 def _where(card: ModelCard, row: PublishedRow) -> str:
@@ -57,8 +56,8 @@ def within_published(measured: float, published: float, rel: float, digit_units:
     return abs(measured - published) <= allowed, allowed
 
 
-def check_params(card: ModelCard, row: PublishedRow, record) -> None:
-    fig = figures_of(card)
+def check_params(card: ModelCard, lab, record, row: PublishedRow) -> None:
+    fig = figures_of(card, lab)
     measured = fig["params"] / 1e6
     deploy = fig["form"] == "deploy"
     ok, allowed = within_published(measured, row.params_m, tolerance("card", "params_rel"),
@@ -73,10 +72,10 @@ def check_params(card: ModelCard, row: PublishedRow, record) -> None:
                                 f"{(measured - row.params_m) / row.params_m:+.3%} (width/depth/groups?)")
 
 
-def check_flops(card: ModelCard, row: PublishedRow, record) -> None:
+def check_flops(card: ModelCard, lab, record, row: PublishedRow) -> None:
     size = row.input_size or card.input_size
-    measured = figures_of(card)["flops"][(row.flops_convention, size)]
-    plain = figures_of(card)["gmacs"][size]
+    measured = figures_of(card, lab)["flops"][(row.flops_convention, size)]
+    plain = figures_of(card, lab)["gmacs"][size]
     record(flops_convention=row.flops_convention, flops_g_published=row.flops_g,
            gmacs_measured=round(plain, 4), published_over_gmacs=round(row.flops_g / plain, 4), input_size=size)
     if measured is None:
@@ -116,7 +115,7 @@ def card_view(card: ModelCard) -> dict:
             "std": tuple(round(x, 3) for x in p.std)}
 
 
-def check_timm_data_config(card: ModelCard, record) -> None:
+def check_timm_data_config(card: ModelCard, lab, record) -> None:
     ours = card_view(card)
     cfg = timm_data_config(card)
     import math
@@ -138,9 +137,9 @@ def check_timm_data_config(card: ModelCard, record) -> None:
                            {"finding": found})
 
 
-def check_fusion_upsampling(card: ModelCard, record) -> None:
+def check_fusion_upsampling(card: ModelCard, lab, record) -> None:
     claimed = card.claims.get("fusion_upsample")
-    modes = figures_of(card)["upsample_modes"]
+    modes = figures_of(card, lab)["upsample_modes"]
     record(fusion_upsample_card=claimed, fusion_upsample_built=modes)
     check(modes == [claimed], f"fusion upsampling mode of {card.timm_arch}", modes, [claimed],
           f"{card.file.name} [family.claims] fusion_upsample",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -85,7 +84,6 @@ class ImageSet:
 
 # --- embedded ---------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
 def _skimage_photo(name: str) -> np.ndarray:
     import skimage.data
 
@@ -100,9 +98,13 @@ def _skimage_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def _view_of_photo(photo: str, index: int) -> Image.Image:
-    """A deterministic view: crop of varied size/aspect, maybe flipped, jittered, rescaled."""
-    base = _skimage_photo(photo)
+def _view_of_photo(photo: str, index: int, decoded: dict[str, np.ndarray] | None = None) -> Image.Image:
+    """A deterministic view: crop of varied size/aspect, maybe flipped, jittered, rescaled.
+    ``decoded``: the photos already decoded for this image set (its views share them)."""
+    decoded = {} if decoded is None else decoded
+    if photo not in decoded:
+        decoded[photo] = _skimage_photo(photo)
+    base = decoded[photo]
     rng = np.random.default_rng(_stable_seed(f"{photo}/{index}"))
     h, w = base.shape[:2]
     if index == 0:
@@ -170,9 +172,10 @@ def embedded(split: str, count: int) -> ImageSet:
     offset = 0 if split == "calib" else 1
     samples: list[Sample] = []
     per_photo = max(1, (count * 3 // 5) // len(photos))  # ~60% views of photos, the rest synthetic
+    decoded: dict[str, np.ndarray] = {}  # owned by this set's loaders: each photo decoded once per set
     for p in photos:
         for i in range(per_photo):
-            samples.append(Sample(f"{p}#{i}", p, (lambda p=p, i=i: _view_of_photo(p, i))))
+            samples.append(Sample(f"{p}#{i}", p, (lambda p=p, i=i: _view_of_photo(p, i, decoded))))
     i = 0
     while len(samples) < count:
         k = 2 * i + offset

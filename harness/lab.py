@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch
 from . import data as data_mod
 from . import manifest as manifest_mod
 from . import models as models_mod
-from .cache import ArtifactCache
+from .cache import ArtifactCache, Memo, T
 from .errors import ConfigError, InputError, OptionError, ZooconformError
 from .preprocess.reference import reference_batch, reference_transform
 from .zoo import ModelCard, load_zoo, select
@@ -23,7 +23,6 @@ from .zoo import ModelCard, load_zoo, select
 DEFAULT_EVAL_IMAGES = 200
 DEFAULT_CALIB_IMAGES = 200
 IMAGENET_CALIB_IMAGES = 1000  # the seeds: ~1000 images, every class represented
-MIN_DISTINCT_CLASSES = 10
 
 
 @dataclass
@@ -126,15 +125,19 @@ class Lab:
         self.data_problems.extend(_weights_dir_gaps(settings.weights_dir, self.cards))
         self._images: dict[str, data_mod.ImageSet] = {}
         self._split_problem: InputError | None = None  # an --imagenet folder too small for its calibration split
-        # Bounded by bytes, least recently used out first: one worker of the full tier met 12
-        # models and kept every reference and input tensor (12.4 GB resident when the fp64 floor
-        # of resnest269 at 416 px came; the kernel's OOM killer ended the worker). A dropped
-        # entry is rebuilt from the on-disk cache (a reference loads in about a second).
-        self._inputs: BoundedCache = BoundedCache(INPUTS_CACHE_BYTES, lambda v: v[0].element_size() * v[0].nelement())
-        self._refs: BoundedCache = BoundedCache(REFERENCES_CACHE_BYTES, _module_bytes)
-        self._logits: dict[tuple, np.ndarray] = {}
+        # every in-memory memo of the session: bounded by bytes per kind, least recently used
+        # out first (a dropped entry is rebuilt, a reference from the on-disk cache in about a second)
+        self.memos = Memo(MEMO_BUDGETS, DEFAULT_MEMO_BYTES)
         if settings.threads:
             torch.set_num_threads(settings.threads)
+
+    def memo(self, kind: str, key: Hashable, build: Callable[[], T],
+             size_of: Callable[[Any], int] | None = None, valid: Callable[[Any], bool] | None = None) -> T:
+        """The session's memo of ``key`` under ``kind`` (``build()`` makes it when absent): an LRU
+        per kind within its byte budget (``MEMO_BUDGETS``; ``size_of`` defaults to
+        :func:`harness.cache.approx_bytes`; ``valid(value)`` False rebuilds a stale entry).
+        Every in-memory cache of the harness lives here."""
+        return self.memos.get(kind, key, build, size_of, valid)
 
     # --- artifacts ----------------------------------------------------------------------
     def artifacts(self, card: ModelCard) -> manifest_mod.ModelArtifacts:
@@ -190,15 +193,15 @@ class Lab:
 
         Undecodable images are dropped and reported in ``data_problems``.
         """
-        key = (card.preprocess, split, limit)
-        if key not in self._inputs:
+        def build() -> tuple[torch.Tensor, list[data_mod.Sample]]:
             samples = self.images(split).samples[:limit] if limit else self.images(split).samples
             if not samples and self._split_problem is not None:
                 raise self._split_problem  # not "the model predicts one class" on 0 images
             imgs, kept, problems = data_mod.load_images(samples)
             self.data_problems.extend(p for p in problems if p not in self.data_problems)
-            self._inputs[key] = (reference_batch(imgs, card.preprocess), kept)
-        return self._inputs[key]
+            return reference_batch(imgs, card.preprocess), kept
+
+        return self.memo("inputs", (card.preprocess, split, limit), build, _tensor_bytes)
 
     def iter_batches(self, card: ModelCard, split: str, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, list[data_mod.Sample]]]:
         """Streaming version of :meth:`inputs` for large (real ImageNet) sets."""
@@ -213,13 +216,13 @@ class Lab:
     # --- reference models ---------------------------------------------------------------
     def reference(self, card: ModelCard) -> torch.nn.Module:
         """Checkpoint weights when given, else the seeded, recalibrated default (cached on disk)."""
-        if card.id not in self._refs:
+        def build() -> torch.nn.Module:
             ckpt = self.checkpoint_for(card)
             if ckpt is not None:
-                self._refs[card.id] = models_mod.build_reference(card, checkpoint=ckpt)
-            else:
-                self._refs[card.id] = self._recalibrated(card)
-        return self._refs[card.id]
+                return models_mod.build_reference(card, checkpoint=ckpt)
+            return self._recalibrated(card)
+
+        return self.memo("references", card.id, build, _module_bytes)
 
     def _recalibrated(self, card: ModelCard) -> torch.nn.Module:
         import timm
@@ -246,45 +249,37 @@ class Lab:
 
     def reference_logits(self, card: ModelCard, split: str = "eval") -> np.ndarray:
         """fp32 torch logits of the reference model on the split (cached)."""
-        key = (card.id, split)
-        if key not in self._logits:
+        def build() -> np.ndarray:
             x, _ = self.inputs(card, split)
-            self._logits[key] = torch_logits(self.reference(card), x)
-        return self._logits[key]
+            return torch_logits(self.reference(card), x)
+
+        return self.memo("reference_logits", (card.id, split), build)
 
 
 INPUTS_CACHE_BYTES = 1 << 30       # ~1.7x the 200 eval images at 416 px (resnest269), 9x at 224 px
 REFERENCES_CACHE_BYTES = 2 << 30   # the largest reference is ~0.5 GB (hrnet_w64 128 M params)
+DEFAULT_MEMO_BYTES = 256 << 20     # any other kind: logits, studies, reports, digests (KB to a few MB each)
+# Byte budgets of the lab's memo kinds (Lab.memo); a kind not listed gets DEFAULT_MEMO_BYTES.
+MEMO_BUDGETS: dict[str, int] = {
+    "inputs": INPUTS_CACHE_BYTES,
+    "references": REFERENCES_CACHE_BYTES,
+    # the HRNet card's fusion variant: a deep copy of a reference (one at a time)
+    "export.fusion_variant": 1,
+    # ONNX graphs without their external weights (a self-contained file holds its weights)
+    "export.header": 512 << 20,
+    # logits on the eval split: 0.8 MB per file on the embedded set, ~200 MB each with an
+    # ImageNet folder (49 000 images); a model's checks read the same runs one after another
+    "quant.fp32_run": 1 << 30,
+    "quant.int8_run": 2 << 30,
+}
 
 
 def _module_bytes(model: torch.nn.Module) -> int:
     return sum(t.element_size() * t.nelement() for t in list(model.parameters()) + list(model.buffers()))
 
 
-class BoundedCache(dict):
-    """A dict that forgets its least recently used entries once their sizes (``size_of(value)``:
-    bytes for the lab's tensors, 1 per entry for a count bound) add up to more than
-    ``capacity`` (the newest entry always stays, however large)."""
-
-    def __init__(self, capacity: int, size_of):
-        super().__init__()
-        self.capacity, self.size_of = capacity, size_of
-        self._sizes: dict = {}
-
-    def __getitem__(self, key):
-        value = super().pop(key)  # re-insert: dict order is the recency order
-        super().__setitem__(key, value)
-        return value
-
-    def __setitem__(self, key, value) -> None:
-        if key in self:
-            super().pop(key)
-        super().__setitem__(key, value)
-        self._sizes[key] = self.size_of(value)
-        while len(self) > 1 and sum(self._sizes[k] for k in self) > self.capacity:
-            oldest = next(iter(self))
-            super().pop(oldest)
-            self._sizes.pop(oldest, None)
+def _tensor_bytes(value: tuple[torch.Tensor, list]) -> int:
+    return value[0].element_size() * value[0].nelement()
 
 
 def torch_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:

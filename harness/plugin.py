@@ -182,14 +182,14 @@ def host_fingerprint(config: pytest.Config, measure_peaks: bool) -> dict:
     """This host's fingerprint as a dict (``one_line`` included). The peaks (fp32 and int8 ORT
     GEMMs, ~3 s) are measured once, at the run's --threads, only when asked: at the end of a
     run that ran tests (never for --help or --collect-only); the latency suite's own peaks are
-    the same measurement (cached per process)."""
+    the same measurement (memoised in the session's lab)."""
     cached = config.stash.get(_fingerprint_key, None)
     if cached is not None and (cached.get("fp32_peak_gflops") or not measure_peaks):
         return cached
     if measure_peaks:
         from .latency import checks as latencychecks
 
-        fp = latencychecks.host_figures(fingerprint_threads(config))
+        fp = latencychecks.host_figures(fingerprint_threads(config), lab=config.stash.get(_lab_key, None))
     else:  # CPU flags only: no onnxruntime, no measurement
         from . import host
 

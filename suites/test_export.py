@@ -33,19 +33,20 @@ def _label(card, case: ExportCase) -> str:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_export_writes_requested_opset(model_card, case, lab, record):
     res = _our_export(lab, model_card, case)
-    exportchecks.check_opset_written(res, record, label=model_card.id)
+    exportchecks.check_opset_written(res, record, label=model_card.id, lab=lab)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_export_passes_onnx_checker(model_card, case, lab, record):
     res = _our_export(lab, model_card, case)
-    exportchecks.check_onnx_valid(res.path, record, label=_label(model_card, case), self_contained=True)
+    exportchecks.check_onnx_valid(res.path, record, label=_label(model_card, case), self_contained=True, lab=lab)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_export_declares_io_with_dynamic_batch(model_card, case, lab, record):
     res = _our_export(lab, model_card, case)
-    exportchecks.check_declared_io(res.path, record, input_size=model_card.input_size, label=_label(model_card, case))
+    exportchecks.check_declared_io(res.path, record, input_size=model_card.input_size, label=_label(model_card, case),
+                                   lab=lab)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -92,19 +93,19 @@ def _user_onnx(lab, card):
 
 def _user_onnx_for_inputs(lab, card):
     path = _user_onnx(lab, card)
-    exportchecks.require_input_size(path, card)  # InputError: the file is for another input size
+    exportchecks.require_input_size(path, card, lab)  # InputError: the file is for another input size
     return path
 
 
 def test_user_onnx_passes_onnx_checker(model_card, lab, record):
     path = _user_onnx(lab, model_card)
-    exportchecks.check_onnx_valid(path, record, label=f"{path.name} ({model_card.id})")
+    exportchecks.check_onnx_valid(path, record, label=f"{path.name} ({model_card.id})", lab=lab)
 
 
 def test_user_onnx_declares_io(model_card, lab, record):
     path = _user_onnx(lab, model_card)
     exportchecks.check_declared_io(path, record, input_size=model_card.input_size, names=None,
-                                   require_dynamic_batch=False, label=f"{path.name} ({model_card.id})")
+                                   require_dynamic_batch=False, label=f"{path.name} ({model_card.id})", lab=lab)
 
 
 def test_user_onnx_matches_reference(model_card, lab, record):

@@ -33,7 +33,7 @@ def latency_profile(lab) -> budgets.Choice:
     """The profile and whether it applies to this host (host class and measured peaks; the
     peaks are the ones the roofline figures use, measured once per process)."""
     budgets.choose(lab.settings.profile, valid_models=list(lab.zoo))  # a profile typo fails before anything is measured
-    host = lc.host_figures(lc.threads_for(lab))
+    host = lc.host_figures(lc.threads_for(lab), lab=lab)
     return budgets.choose(lab.settings.profile, valid_models=list(lab.zoo), host=host,
                           rescale=bool(lab.settings.extra.get("rescale_budgets")))
 

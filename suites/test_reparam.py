@@ -45,13 +45,13 @@ def test_deploy_form_is_plain_3x3(model_card, lab, record):
 @family("repvgg")
 @rows_with(lambda row: row.params_m is not None)
 def test_deploy_params_match_published(model_card, published_row, lab, record):
-    reparamchecks.check_deploy_params(model_card, published_row, lab, record)
+    reparamchecks.check_deploy_params(model_card, lab, record, published_row)
 
 
 @family("repvgg")
 @rows_with(lambda row: row.flops_g is not None and row.flops_convention == "macs_1e9_deploy")
 def test_deploy_flops_match_published(model_card, published_row, lab, record):
-    reparamchecks.check_deploy_flops(model_card, published_row, lab, record)
+    reparamchecks.check_deploy_flops(model_card, lab, record, published_row)
 
 
 @family("repvgg")

@@ -26,16 +26,12 @@ from harness.errors import InputError
 from harness.export.exporter import ExportResult, export_onnx, exported
 from harness.export.checks import ExportCase
 from harness.lab import Lab, Settings
+from harness.testing import Recorder
 
 IMAGES = 4  # numerics self-tests: a few images keep each test to seconds
 
 
-class Rec:
-    def __init__(self):
-        self.figures: dict = {}
-
-    def __call__(self, **kw):
-        self.figures.update(kw)
+Rec = Recorder  # the record fixture's stand-in (harness/testing.py)
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +279,6 @@ def test_export_case_failure_is_a_check_failure_naming_exporter_and_opset(repvgg
         raise RuntimeError("Exporting the operator 'aten::foo' to ONNX opset version 7 is not supported")
 
     monkeypatch.setattr(ec, "exported", boom)
-    monkeypatch.setattr(ec, "_failed_exports", {})
     with pytest.raises(CheckFailure) as ei:
         ec.export_case(None, repvgg.card, ExportCase("legacy", 7))
     msg = str(ei.value)

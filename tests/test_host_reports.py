@@ -35,7 +35,7 @@ def fake_host(monkeypatch):
     """This host is an AVX2-only EPYC at fp32 126 GFLOP/s, int8 400 GOP/s; counts peak requests."""
     calls = []
 
-    def host_figures(threads, measure_peaks=True):
+    def host_figures(threads, measure_peaks=True, lab=None):
         calls.append(measure_peaks)
         fp = fingerprint(threads, measure_peaks=False, versions={}, cpu=AVX2)
         if measure_peaks:
@@ -136,7 +136,7 @@ def test_rescaled_budgets_are_judged_with_both_peaks_in_the_message(pytester, fa
     profile.write_text(PROFILE)
     suite = SUITE.replace("{profile}", str(profile)).replace(
         'valid_models=["repvgg_a0"])', 'valid_models=["repvgg_a0"], rescale=True)').replace(
-        "    pytest.skip(why)", "    from harness import timing\n    raise AssertionError(why.expected)")
+        "    pytest.skip(why)", "    from harness.latency import timing\n    raise AssertionError(why.expected)")
     pytester.makepyfile(test_sim=suite)
     result = pytester.runpytest("-p", "harness.plugin", "--models", "repvgg_a0", "-k", "latency",
                                 f"--report-dir={pytester.path / 'rep'}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.lab import BoundedCache, _module_bytes
+from harness.cache import BoundedCache, Memo, approx_bytes, memoised
+from harness.lab import _module_bytes
 
 
 def test_least_recently_used_entries_go_first_once_over_budget():
@@ -20,3 +21,41 @@ def test_least_recently_used_entries_go_first_once_over_budget():
 def test_module_size_counts_parameters_and_buffers():
     bn = torch.nn.BatchNorm2d(8)  # weight, bias, running_mean, running_var (fp32) + num_batches_tracked (int64)
     assert _module_bytes(bn) == 4 * 8 * 4 + 8
+
+
+def test_memo_builds_once_per_key_and_keeps_each_kind_within_its_budget():
+    memo = Memo({"small": 10}, default_budget=1 << 20)
+    calls = []
+
+    def build(n):
+        return lambda: (calls.append(n), bytes(n))[1]
+
+    assert memo.get("small", "a", build(6)) == bytes(6)
+    assert memo.get("small", "a", build(6)) == bytes(6) and calls == [6]  # memoised
+    memo.get("small", "b", build(6))  # 12 bytes > 10: "a" goes
+    assert memo.usage()["small"] == (1, 6)
+    memo.get("other", "a", build(6))  # another kind, its own budget
+    assert memo.usage()["other"] == (1, 6) and memo.usage()["small"] == (1, 6)
+
+
+def test_a_failing_build_is_not_memoised_and_no_owner_builds_every_time():
+    memo = Memo()
+    try:
+        memo.get("k", 1, lambda: 1 / 0)
+    except ZeroDivisionError:
+        pass
+    assert memo.get("k", 1, lambda: "ok") == "ok"
+    calls = []
+    for _ in range(2):
+        memoised(None, "k", 1, lambda: calls.append(1))
+    assert calls == [1, 1]
+
+
+def test_approx_bytes_counts_the_buffers_inside_containers():
+    import numpy as np
+
+    t = torch.zeros(10, dtype=torch.float32)
+    a = np.zeros(5, dtype=np.float64)
+    assert approx_bytes(t) == 40 and approx_bytes(a) == 40
+    assert approx_bytes((t, [a])) >= 80
+    assert approx_bytes((t, [a, a])) == approx_bytes((t, [a]))  # the same array counted once

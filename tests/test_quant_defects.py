@@ -115,7 +115,7 @@ def test_tampered_qdq_scale_is_caught_and_named(qlab, card, tmp_path, factor):
     manifest = tmp_path / "artifacts.toml"
     manifest.write_text(f'[models.{card.id}]\nint8_onnx = "{user.name}"\n')
     user_lab = Lab(Settings(artifacts=manifest, cache_dir=qlab.settings.cache_dir))
-    user_lab._inputs = qlab._inputs  # same images, already preprocessed
+    user_lab.memos.share("inputs", qlab.memos)  # same images, already preprocessed
     rec = _recorder()
     with pytest.raises(CheckFailure) as e:
         qc.check_layer_sqnr(user_lab, user_lab.zoo[card.id], "percentile", rec)

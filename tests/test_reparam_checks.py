@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from harness.reparam import fusion as reparam
 from harness.reparam import checks as reparamchecks
-from harness.cache import ArtifactCache
+from harness.testing import FakeLab, Recorder
 from harness.compare import CheckFailure
 from harness.errors import ConfigError, InputError
 from harness.manifest import ModelArtifacts
@@ -45,14 +44,13 @@ def tiny_repvgg(groups: int = 2, seed: int = 0, recalibrate: bool = True) -> nn.
     return model.eval()
 
 
-class TinyLab:
+class TinyLab(FakeLab):
     """The parts of harness.lab.Lab the reparam checks use, serving one tiny model."""
 
     def __init__(self, model: nn.Module, tmp: Path, deploy_checkpoint: Path | None = None,
                  checkpoint: Path | None = None):
+        super().__init__(tmp)
         self.model = model
-        self.settings = types.SimpleNamespace(threads=1)
-        self.cache = ArtifactCache(tmp / "cache")
         self._x = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
         self._paths = {k: v for k, v in (("deploy_checkpoint", deploy_checkpoint), ("checkpoint", checkpoint)) if v}
         self.manifest_path = tmp / "manifest.toml"
@@ -73,9 +71,7 @@ class TinyLab:
 CARD = types.SimpleNamespace(id="tiny_repvgg", input_size=SIZE, file=Path("fixtures/zoo/repvgg.toml"))
 
 
-class Figures(dict):
-    def __call__(self, **figures):
-        self.update(figures)
+Figures = Recorder  # the record fixture's stand-in
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -105,58 +101,15 @@ def fails(check, *args, **kwargs) -> tuple[str, dict]:
     return str(e.value), rec
 
 
-# --- the planted fusion bugs (copies of harness.reparam.fusion.Fusion with one step wrong) ----------
+# --- the planted fusion bugs: the harness's catalogue (harness/reparam/checks.py) ------------------
 
-class RunningMeanIgnored(reparam.Fusion):
-    def fold_bn(self, kernel, bn):
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        return kernel * scale.reshape(-1, 1, 1, 1), bn.bias.clone()
-
-
-class EpsDropped(reparam.Fusion):
-    def fold_bn(self, kernel, bn):
-        scale = bn.weight / torch.sqrt(bn.running_var)
-        return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
-
-
-class IdentityMissing(reparam.Fusion):
-    def identity_kernel(self, channels, groups, size, like):
-        return torch.zeros((channels, channels // groups, *size), dtype=like.dtype)
-
-
-class IdentityUngrouped(reparam.Fusion):
-    """The dense identity cut to the grouped weight's width: right for groups=1 only."""
-
-    def identity_kernel(self, channels, groups, size, like):
-        dense = torch.zeros((channels, channels, *size), dtype=like.dtype)
-        for c in range(channels):
-            dense[c, c, size[0] // 2, size[1] // 2] = 1.0
-        return dense[:, : channels // groups].contiguous()
-
-
-class OneByOneOffCentre(reparam.Fusion):
-    """The 1x1 kernel padded into the 3x3's top-left tap instead of its centre."""
-
-    def pad_to(self, kernel, size):
-        return F.pad(kernel, [0, size[1] - kernel.shape[3], 0, size[0] - kernel.shape[2]])
-
-
-class IdentityOffCentre(reparam.Fusion):
-    """The identity's 1 written into the 3x3's top-left tap (a shifted copy of the input)."""
-
-    def identity_kernel(self, channels, groups, size, like):
-        kernel = torch.zeros((channels, channels // groups, *size), dtype=like.dtype)
-        for c in range(channels):
-            kernel[c, c % (channels // groups), 0, 0] = 1.0
-        return kernel
-
-
-class OffCentreInOneBlock(reparam.Fusion):
-    def __init__(self, block):
-        self.block = block
-
-    def fuse_block(self, name, block):
-        return (OneByOneOffCentre() if name == self.block else reparam.Fusion()).fuse_block(name, block)
+RunningMeanIgnored = reparamchecks.MeanBlindFusion
+EpsDropped = reparamchecks.EpsBlindFusion
+IdentityMissing = reparamchecks.IdentityDroppedFusion
+IdentityUngrouped = reparamchecks.IdentityUngroupedFusion
+OneByOneOffCentre = reparamchecks.OneByOneCornerFusion
+IdentityOffCentre = reparamchecks.IdentityCornerFusion  # outside KNOWN_MISTAKES: traced, not named
+OffCentreInOneBlock = reparamchecks.InOneBlock  # the 1x1 off centre in one block
 
 
 def test_the_independent_fusion_passes(lab):
@@ -249,21 +202,21 @@ def test_timm_deploy_passes_and_a_corrupted_one_is_named(lab, monkeypatch):
     reparamchecks.check_timm_deploy(CARD, lab, Figures())
     real = reparamchecks.timm_deploy
     monkeypatch.setattr(reparamchecks, "timm_deploy", lambda t: corrupt_block_bias(real(t), "stages.1.2"))
-    reparamchecks._studies.clear()
+    lab.memos.forget("reparam.study")
     msg, rec = fails(reparamchecks.check_timm_deploy, CARD, lab)
     assert "timm deploy form of tiny_repvgg" in msg and "block stages.1.2" in msg
     assert "the fused bias of stages.1.2 is off" in msg  # no known mistake: the bias probe names it
-    reparamchecks._studies.clear()
+    lab.memos.forget("reparam.study")
 
 
 def test_fusions_disagreeing_are_named(lab, monkeypatch):
     reparamchecks.check_fusions_agree(CARD, lab, Figures())
     monkeypatch.setattr(reparamchecks, "independent_deploy",
                         lambda t, fusion=None: OffCentreInOneBlock("stages.2.3").fuse(t))
-    reparamchecks._studies.clear()
+    lab.memos.forget("reparam.study")
     msg, _ = fails(reparamchecks.check_fusions_agree, CARD, lab)
     assert "block stages.2.3" in msg and "timm vs harness/reparam/fusion.py" in msg
-    reparamchecks._studies.clear()
+    lab.memos.forget("reparam.study")
 
 
 def test_a_block_left_unfused_is_found(lab, monkeypatch):
@@ -307,12 +260,12 @@ def test_deploy_params_and_flops_of_a_wrongly_grouped_model_fail(lab, tmp_path):
     card = CARD
     ungrouped_row = row_for(tiny_repvgg(groups=0))
     right = TinyLab(tiny_repvgg(groups=0), tmp_path)
-    reparamchecks.check_deploy_params(card, ungrouped_row, right, Figures())
-    reparamchecks.check_deploy_flops(card, ungrouped_row, right, Figures())
+    reparamchecks.check_deploy_params(card, right, Figures(), ungrouped_row)
+    reparamchecks.check_deploy_flops(card, right, Figures(), ungrouped_row)
     # the card describes the ungrouped model; the lab serves one with groups=2
-    msg, _ = fails(reparamchecks.check_deploy_params, card, ungrouped_row, lab)
+    msg, _ = fails(reparamchecks.check_deploy_params, card, lab, row=ungrouped_row)
     assert "deploy params of tiny_repvgg" in msg and "Tiny-RepVGG" in msg and "width/groups" in msg
-    msg, _ = fails(reparamchecks.check_deploy_flops, card, ungrouped_row, lab)
+    msg, _ = fails(reparamchecks.check_deploy_flops, card, lab, row=ungrouped_row)
     assert "deploy FLOPs (MACs / 1e9) of tiny_repvgg" in msg and "off the published 'FLOPs (B)'" in msg
 
 

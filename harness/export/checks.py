@@ -18,6 +18,7 @@ probe can tell, the cause (weights, Resize mode, reversed input channels, batch 
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from .. import runtime
 from ..compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
 from ..errors import InputError
 from .exporter import TWO_GB, ExportResult, exported
-from ..lab import BoundedCache, torch_logits
+from ..cache import memoised
+from ..lab import torch_logits
 from ..runtime import INPUT_NAME, OUTPUT_NAME
 from ..tolerances import tolerance
 from ..zoo import ModelCard
@@ -61,28 +63,26 @@ CASES = (ExportCase("legacy", 11), ExportCase("legacy", 13), ExportCase("legacy"
 
 # --- exports ------------------------------------------------------------------------------
 
-_failed_exports: dict[tuple, CheckFailure] = {}
-_variants: dict[tuple, nn.Module] = {}
-
-
 def export_case(lab, card: ModelCard, case: ExportCase, *, model: nn.Module | None = None,
                 tag: str = "reference") -> ExportResult:
     """The cached export for ``case``; an exporter that raises becomes a CheckFailure (once
-    per process: the other checks of the case report the same failure without re-trying)."""
-    key = (card.id, case, tag)
-    if key in _failed_exports:
-        raise _failed_exports[key]
-    try:
-        return exported(lab, card, exporter=case.exporter, opset=case.opset, model=model, tag=tag)
-    except Exception as e:  # the exporter's own error types vary by version and path
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        fail = CheckFailure(message(
-            f"{case.exporter} export of {card.id} ({tag}) at opset {case.opset}", f"{type(e).__name__}: {first}",
-            "an ONNX file", "harness/export/exporter.py export_onnx -> torch.onnx.export",
-            cause=f"the {case.exporter} exporter cannot express this model at opset {case.opset}"),
-            {"export_error": f"{type(e).__name__}: {first}"})
-        _failed_exports[key] = fail
-        raise fail from None
+    session, in the lab's memo: the other checks of the case report the same failure without
+    re-trying)."""
+    def attempt() -> ExportResult | CheckFailure:
+        try:
+            return exported(lab, card, exporter=case.exporter, opset=case.opset, model=model, tag=tag)
+        except Exception as e:  # the exporter's own error types vary by version and path
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            return CheckFailure(message(
+                f"{case.exporter} export of {card.id} ({tag}) at opset {case.opset}", f"{type(e).__name__}: {first}",
+                "an ONNX file", "harness/export/exporter.py export_onnx -> torch.onnx.export",
+                cause=f"the {case.exporter} exporter cannot express this model at opset {case.opset}"),
+                {"export_error": f"{type(e).__name__}: {first}"})
+
+    outcome = memoised(lab, "export.outcome", (card.id, case, tag), attempt, lambda _: 1)
+    if isinstance(outcome, CheckFailure):
+        raise outcome from None
+    return outcome
 
 
 def card_fusion_model(lab, card: ModelCard) -> tuple[nn.Module, str]:
@@ -92,30 +92,32 @@ def card_fusion_model(lab, card: ModelCard) -> tuple[nn.Module, str]:
     says bilinear. The exporter's behaviour at opset 10 depends on exactly this.
     """
     mode = card.claims.get("fusion_upsample", "nearest")
-    key = (card.id, mode)
-    if key not in _variants:
+
+    def build() -> nn.Module:
         variant = copy.deepcopy(lab.reference(card))
         for m in variant.modules():
             if isinstance(m, nn.Upsample):
                 m.mode = mode
                 m.align_corners = False if mode in ("bilinear", "bicubic") else None
-        _variants[key] = variant.eval()
-    return _variants[key], mode
+        return variant.eval()
+
+    # a deep copy of the reference: one at a time (the kind's budget in harness/lab.py)
+    return lab.memo("export.fusion_variant", (card.id, mode), build), mode
 
 
 def _mb(path: Path) -> float:
     return round(path.stat().st_size / 2 ** 20, 2)
 
 
-def opset_in_file(path: Path) -> int | None:
+def opset_in_file(path: Path, lab=None) -> int | None:
     """The ai.onnx opset the file declares (read from the file, not from the export's log)."""
-    proto = header(path)
+    proto = header(path, lab)
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def check_opset_written(res: ExportResult, record, *, label: str) -> None:
+def check_opset_written(res: ExportResult, record, *, label: str, lab=None) -> None:
     """The file declares the opset that was asked of the exporter."""
-    written = opset_in_file(res.path)
+    written = opset_in_file(res.path, lab)
     record(exporter=res.exporter, opset_requested=res.opset_requested, opset_written=written,
            export_seconds=round(res.seconds, 2), export_cached=res.cached, onnx_mb=_mb(res.path))
     import torch as _t
@@ -128,7 +130,7 @@ def check_opset_written(res: ExportResult, record, *, label: str) -> None:
 
 # --- structure ----------------------------------------------------------------------------
 
-def check_onnx_valid(path: Path, record, *, label: str, self_contained: bool = False) -> None:
+def check_onnx_valid(path: Path, record, *, label: str, self_contained: bool = False, lab=None) -> None:
     """``onnx.checker.check_model(full_check=True)`` (by path: external data and >2 GB work).
 
     ``self_contained``: the suite's own exports must carry their weights inline (one file to
@@ -138,7 +140,7 @@ def check_onnx_valid(path: Path, record, *, label: str, self_contained: bool = F
 
     from onnx.external_data_helper import uses_external_data
 
-    proto = header(path)
+    proto = header(path, lab)
     external = sorted({next((e.value for e in t.external_data if e.key == "location"), "")
                        for t in proto.graph.initializer if uses_external_data(t)})
     record(onnx_ir_version=proto.ir_version, onnx_external_data=external, onnx_nodes=len(proto.graph.node))
@@ -163,26 +165,19 @@ def _dims(value_info) -> list:
     return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
 
 
-_headers: dict[tuple, object] = {}
-
-
-def header(path: Path):
+def header(path: Path, lab=None):
     """The file's graph without external weights (after the escaping-location check); memoised
-    by path, size and mtime so a rewritten file is read again."""
+    in the lab by path, size and mtime so a rewritten file is read again."""
     path = Path(path)
     runtime.require_onnx_file(path)  # a folder or an empty file named as such
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _headers:
-        if len(_headers) >= 8:
-            _headers.clear()
-        # the one guarded loader: InputError naming the file when invalid or escaping its folder
-        _headers[key] = runtime.load_checked_header(path)
-    return _headers[key]
+    # the one guarded loader: InputError naming the file when invalid or escaping its folder
+    return memoised(lab, "export.header", key, lambda: runtime.load_checked_header(path))
 
 
-def declared_io(path: Path) -> dict:
-    proto = header(path)
+def declared_io(path: Path, lab=None) -> dict:
+    proto = header(path, lab)
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     return {"inputs": [(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in inputs],
@@ -199,11 +194,11 @@ def elem_type_name(elem_type: int) -> str:
         return f"element type {elem_type}"
 
 
-def run_failure_cause(path: Path, default: str) -> str:
+def run_failure_cause(path: Path, default: str, lab=None) -> str:
     """Why ORT may refuse the harness's float32 image batch: the file's declared inputs first
     (an fp16 input, two inputs), else ``default``."""
     try:
-        inputs = declared_io(path)["inputs"]
+        inputs = declared_io(path, lab)["inputs"]
     except Exception:  # the check that reads the header reports a bad file by itself
         return default
     if len(inputs) != 1:
@@ -216,9 +211,9 @@ def run_failure_cause(path: Path, default: str) -> str:
 
 
 def check_declared_io(path: Path, record, *, input_size: int, label: str, names: tuple[str, str] | None = (
-        INPUT_NAME, OUTPUT_NAME), require_dynamic_batch: bool = True) -> None:
+        INPUT_NAME, OUTPUT_NAME), require_dynamic_batch: bool = True, lab=None) -> None:
     """One float input [batch, 3, S, S], one output [batch, 1000]; batch symbolic."""
-    io = declared_io(path)
+    io = declared_io(path, lab)
     record(declared_inputs=[f"{n}{d}" for n, _, d in io["inputs"]],
            declared_outputs=[f"{n}{d}" for n, _, d in io["outputs"]])
     problems: list[tuple[str, object, object, str]] = []  # (what, measured, expected, cause)
@@ -251,9 +246,9 @@ def check_declared_io(path: Path, record, *, input_size: int, label: str, names:
                                    cause=cause + more), {"io_problems": [p[0] for p in problems]})
 
 
-def require_input_size(path: Path, card: ModelCard) -> None:
+def require_input_size(path: Path, card: ModelCard, lab=None) -> None:
     """A user file with fixed spatial dims other than the card's cannot be compared: say so."""
-    io = declared_io(path)
+    io = declared_io(path, lab)
     if not io["inputs"]:
         raise InputError(path, "the graph has no input", fix="export the model with its image input")
     dims = io["inputs"][0][2]
@@ -265,30 +260,32 @@ def require_input_size(path: Path, card: ModelCard) -> None:
 
 # --- numerics -----------------------------------------------------------------------------
 
-# The last few models' float32/float64 logits: a plain dict here kept every model of a
-# full-tier worker alive (and so defeated the lab's bounded reference cache).
-_floors = BoundedCache(2, lambda entry: 1)  # two entries: a check's cases for one model run one after another
 FLOOR_BATCH = 4
 
 
-def reference_and_floor(model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """torch float32 and float64 logits of ``model`` on ``x`` (memoised per model and batch).
+def reference_and_floor(model: nn.Module, x: torch.Tensor, lab=None) -> tuple[np.ndarray, np.ndarray]:
+    """torch float32 and float64 logits of ``model`` on ``x`` (memoised in the lab per model and
+    batch; the memo holds weak references, so it keeps neither the model nor the batch alive).
 
     float64 is the model's own rounding noise: how far float32 arithmetic may drift from the
     exact function on these images. Deep random-init nets are conditioned very differently
     (measured 6.5e-7 repvgg_a0 .. 3.2e-6 resnest50), so the floor is measured, not assumed.
     """
-    key = (id(model), id(x))
-    if key not in _floors:
+    def build() -> tuple:
         ref32 = torch_logits(model, x)
         with torch.no_grad():
-            # a few images at a time: resnest269's fp64 activations for 16 images at 416 px
-            # took a full-tier worker to 11-12 GB resident
+            # a few images at a time: fp64 activations of a large model at 416 px are large
             model64 = copy.deepcopy(model).double()
             ref64 = np.concatenate([model64(xb.double()).numpy() for xb in x.split(FLOOR_BATCH)])
             del model64
-        _floors[key] = (model, x, ref32, ref64)  # keeps model and x alive: their ids stay theirs
-    return _floors[key][2], _floors[key][3]
+        return weakref.ref(model), weakref.ref(x), ref32, ref64
+
+    def same_objects(entry: tuple) -> bool:  # an id can be reused once its object is gone
+        return entry[0]() is model and entry[1]() is x
+
+    entry = memoised(lab, "export.floor", (id(model), id(x)), build,
+                     lambda e: e[2].nbytes + e[3].nbytes, same_objects)
+    return entry[2], entry[3]
 
 
 def numerics_tolerance(floor: float) -> float:
@@ -300,15 +297,15 @@ def _session(path: Path, lab=None):
     return runtime.session(path, threads=threads)
 
 
-def _fixed_batch(path: Path) -> int | None:
-    dims = declared_io(path)["inputs"][0][2]
+def _fixed_batch(path: Path, lab=None) -> int | None:
+    dims = declared_io(path, lab)["inputs"][0][2]
     return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
 
 
 def run_file(path: Path, x: np.ndarray, lab=None, batch_size: int | None = 8) -> np.ndarray:
     """The file's first output on ``x``; a fixed-batch file is fed exactly its batch size."""
     sess = _session(path, lab)
-    fixed = _fixed_batch(path)
+    fixed = _fixed_batch(path, lab)
     if fixed is None:
         return runtime.run(sess, x, batch_size=batch_size)
     outs = []
@@ -324,14 +321,14 @@ def run_file(path: Path, x: np.ndarray, lab=None, batch_size: int | None = 8) ->
 def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, record, *, label: str,
                             lab=None) -> None:
     """ORT on the file vs torch eager: scale-relative max error within k x the fp64 floor."""
-    ref32, ref64 = reference_and_floor(model, x)
+    ref32, ref64 = reference_and_floor(model, x, lab)
     xn = x.numpy()
     try:
         out = run_file(path, xn, lab)
     except Exception as e:
         raise CheckFailure(message(f"ONNX Runtime on {label}", f"{type(e).__name__}: {str(e)[:200]}",
                                    f"logits for {tuple(xn.shape)}", str(path),
-                                   cause=run_failure_cause(path, "the file does not run on the card's input"))) from None
+                                   cause=run_failure_cause(path, "the file does not run on the card's input", lab))) from None
     if out.shape != ref32.shape:
         raise CheckFailure(message(f"output shape of {label}", out.shape, ref32.shape, str(path),
                                    cause="the file does not compute the model's logits"))
@@ -393,7 +390,7 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
     """Rows at batch 1 equal the same rows computed at batch 4 and 8."""
     xn = np.ascontiguousarray(x[:BATCH_IMAGES].numpy())
     tol = tolerance(SECTION, "batch_rel_max")
-    fixed = _fixed_batch(path)
+    fixed = _fixed_batch(path, lab)
     sizes = [b for b in BATCH_SIZES if fixed is None or b == fixed]
     record(batch_sizes=sizes, batch_fixed=fixed)
     if len(sizes) < 2:
@@ -408,7 +405,7 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
             raise CheckFailure(message(f"ONNX Runtime on {label} at batch {b}", f"{type(e).__name__}: {str(e)[:200]}",
                                        "logits", str(path),
                                        cause=run_failure_cause(path, "a shape is fixed inside the graph "
-                                                                     "(a Reshape to batch 1?)"))) from None
+                                                                     "(a Reshape to batch 1?)", lab))) from None
     base = outs[sizes[0]]
     errs = {b: rel_max_error(outs[b], base) for b in sizes[1:]}
     record(**{f"batch{b}_vs_batch{sizes[0]}_rel": e for b, e in errs.items()}, batch_tolerance=tol)
@@ -448,7 +445,7 @@ def check_ort_optimizations(path: Path, model: nn.Module, lab, card: ModelCard, 
     """ORT_ENABLE_ALL vs ORT_DISABLE_ALL on the same fp32 file, within the export tolerance
     (k x the model's fp64 floor); ``runner`` replaces ORT (self-tests plant a faulty transformer)."""
     x, _ = lab.inputs(card, "eval", limit=EXPORT_IMAGES)
-    ref32, ref64 = reference_and_floor(model, x)
+    ref32, ref64 = reference_and_floor(model, x, lab)
     floor = rel_max_error(ref32, ref64)
     run = runner or ortopt.ort_runner(path, x.numpy(), threads=lab.settings.threads)
     ortopt.check_optimizations_keep_function(run, record, tolerance=numerics_tolerance(floor), floor=floor,

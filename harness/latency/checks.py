@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +42,7 @@ from .. import runtime
 from . import timing
 from .budgets import Budget, Choice
 from ..compare import CheckFailure, Inconclusive, check, message
+from ..cache import memoised
 from ..tolerances import Limit, tolerance
 from ..zoo import ModelCard
 
@@ -73,21 +73,22 @@ def plan_for(threads: int | None, **override: Any) -> timing.Plan:
     return timing.plan_from_tolerances(threads, SECTION, **{"cpus": default_threads(), **override})
 
 
-def peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Peak:
+def peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS, lab=None) -> timing.Peak:
+    """The fp32 peak at ``threads``, measured once per session (memoised in ``lab``)."""
     return timing.machine_peak(threads, matrix=int(tolerance(SECTION, "peak_matrix")),
                                calls=int(tolerance(SECTION, "peak_calls")), clocks=clocks, plan=plan_for(threads),
-                               rounds=int(tolerance(SECTION, "peak_rounds")))
+                               rounds=int(tolerance(SECTION, "peak_rounds")), memo=lab)
 
 
-def int8_peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Peak:
+def int8_peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS, lab=None) -> timing.Peak:
     return timing.int8_peak(threads, matrix=int(tolerance(SECTION, "peak_matrix")),
                             calls=int(tolerance(SECTION, "peak_calls")), clocks=clocks, plan=plan_for(threads),
-                            rounds=int(tolerance(SECTION, "peak_rounds")))
+                            rounds=int(tolerance(SECTION, "peak_rounds")), memo=lab)
 
 
-def host_figures(threads: int, measure_peaks: bool = True):
+def host_figures(threads: int, measure_peaks: bool = True, lab=None):
     """This host's :class:`harness.host.Fingerprint` with the fp32 and int8 peaks at ``threads``:
-    the same measurements (cached per process) the roofline figures use."""
+    the same measurements (memoised in ``lab``) the roofline figures use."""
     from dataclasses import replace
 
     from .. import host
@@ -95,17 +96,16 @@ def host_figures(threads: int, measure_peaks: bool = True):
     fp = host.fingerprint(threads, measure_peaks=False)
     if not measure_peaks:
         return fp
-    p32, p8 = peak_for(threads), int8_peak_for(threads)
+    p32, p8 = peak_for(threads, lab=lab), int8_peak_for(threads, lab=lab)
     if not (p32.quiet and p8.quiet):  # a neighbour's burst: settle, then the one retry timing allows
         import time
 
         time.sleep(tolerance(SECTION, "settle_s"))
-        p32, p8 = peak_for(threads), int8_peak_for(threads)
+        p32, p8 = peak_for(threads, lab=lab), int8_peak_for(threads, lab=lab)
     return replace(fp, fp32_peak_gflops=round(p32.gflops, 1), int8_peak_gops=round(p8.gflops, 1), peak_threads=threads,
                    peaks_quiet=bool(p32.quiet and p8.quiet))
 
 
-@lru_cache(maxsize=1)
 def this_host_class() -> str:
     """This machine's host class (harness/host.py): which per-class ratio limits apply."""
     from .. import host
@@ -178,8 +178,7 @@ def call_of(sess, x: np.ndarray) -> Callable[[], Any]:
     return call
 
 
-@lru_cache(maxsize=64)
-def _macs(path: str, mtime_ns: int, size: int) -> tuple[int | None, int]:
+def _macs(path: str) -> tuple[int | None, int]:
     import onnx
 
     from ..runtime import load_checked_header
@@ -221,11 +220,13 @@ def _macs(path: str, mtime_ns: int, size: int) -> tuple[int | None, int]:
     return total, convs
 
 
-def onnx_work(path: Path) -> tuple[int | None, int]:
+def onnx_work(path: Path, lab=None) -> tuple[int | None, int]:
     """(multiply-adds per image of Conv/Gemm/MatMul nodes, number of conv nodes) counted on
-    the graph with inferred shapes; (None, n) when shapes cannot be inferred."""
+    the graph with inferred shapes; (None, n) when shapes cannot be inferred. Memoised in
+    ``lab`` by path, mtime and size."""
     st = Path(path).stat()
-    return _macs(str(path), st.st_mtime_ns, st.st_size)
+    return memoised(lab, "latency.onnx_work", (str(path), st.st_mtime_ns, st.st_size), lambda: _macs(str(path)),
+                    lambda _: 100)
 
 
 # --- pytest-benchmark -----------------------------------------------------------------------
@@ -334,12 +335,12 @@ def measure_latency(lab, card: ModelCard, precision: str, batch: int, record, *,
         path, what = artifact(lab, card, precision)
         threads: int | None = threads_for(lab)
         sess = runtime.session(path, threads=threads)
-        peak: timing.Peak | None = peak_for(threads, clocks)
+        peak: timing.Peak | None = peak_for(threads, clocks, lab)
     else:
         path, what = artifact(lab, card, "fp32" if precision == "fp16" else precision)
         threads, peak = None, None  # host CPU time says nothing about GPU work; no GPU peak measured
         sess = gpu_session(path, provider, precision)
-    macs, convs = onnx_work(path)
+    macs, convs = onnx_work(path, lab)
     m = timing.measure(call_of(sess, x), plan_for(threads), name=f"{card.id} {precision} b{batch}", clocks=clocks,
                        first_runner=pedantic_runner(benchmark), flops_per_call=2.0 * macs * batch if macs else None,
                        peak=peak, items_per_call=batch)
@@ -421,10 +422,11 @@ def interleave(sides: dict[str, Side], inputs: dict[int, np.ndarray], threads: i
     return timing.measure_interleaved(calls, plan or plan_for(threads), clocks=clocks)
 
 
-def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.Peak | None) -> dict[str, Any]:
+def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.Peak | None,
+                 lab=None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, s in sides.items():
-        macs, convs = onnx_work(s.path)
+        macs, convs = onnx_work(s.path, lab)
         m = run.measurement(name, flops_per_call=2.0 * macs * s.batch if macs else None, peak=peak,
                             items_per_call=s.batch)
         f = m.figures()
@@ -485,21 +487,21 @@ def judge_ratio(r: timing.Ratio, limit: "float | Limit", limit_key: str, record,
 def compare_files(num: Side, den: Side, inputs: dict[int, np.ndarray], threads: int, record, *, limit_key: str,
                   what: str, cause: Callable[[timing.Ratio], str], clocks: timing.Clocks = timing.REAL_CLOCKS,
                   peak: timing.Peak | None = None, plan: timing.Plan | None = None,
-                  host_class: str | None = None) -> timing.Ratio:
+                  host_class: str | None = None, lab=None) -> timing.Ratio:
     """Interleave ``num`` and ``den``; judge (num per image) / (den per image) against the
     [latency] ``limit_key`` tolerance of ``host_class`` (default: this host's)."""
     sides = {"num": num, "den": den}
     run = interleave(sides, inputs, threads, clocks=clocks, plan=plan)
     r = run.ratio("num", "den", num.batch, den.batch)
-    record(numerator=num.label, denominator=den.label, threads=threads, **side_figures(run, sides, peak))
+    record(numerator=num.label, denominator=den.label, threads=threads, **side_figures(run, sides, peak, lab))
     judge_ratio(r, ratio_limit(limit_key, host_class), limit_key, record, what=what,
                 where=f"{num.path} vs {den.path}", cause=cause(r), note=run.remeasure)
     return r
 
 
-def _work_cause(num: Side, den: Side, same: str) -> str:
-    a, ca = onnx_work(num.path)
-    b, cb = onnx_work(den.path)
+def _work_cause(num: Side, den: Side, same: str, lab=None) -> str:
+    a, ca = onnx_work(num.path, lab)
+    b, cb = onnx_work(den.path, lab)
     if a and b and abs(a / b - 1) > 0.01:
         return (f"{num.label} does {a / b:.2f}x the multiply-adds of {den.label} "
                 f"({a / 1e9:.4g} vs {b / 1e9:.4g} GMACs per image; {ca} vs {cb} conv nodes)")
@@ -508,21 +510,21 @@ def _work_cause(num: Side, den: Side, same: str) -> str:
 
 def check_onnx_not_slower(user: Path, own: Path, x: np.ndarray, threads: int, record, *, label: str,
                           clocks: timing.Clocks = timing.REAL_CLOCKS, plan: timing.Plan | None = None,
-                          peak: timing.Peak | None = None) -> timing.Ratio:
+                          peak: timing.Peak | None = None, lab=None) -> timing.Ratio:
     """A deployment file against the suite's own export of the same model, at x's batch."""
     b = len(x)
     num, den = Side(Path(user), b, f"the file under test ({Path(user).name})"), Side(Path(own), b, "the suite's export")
     return compare_files(num, den, {b: x}, threads, record, limit_key="user_over_own_max", clocks=clocks, plan=plan,
-                         peak=peak, what=f"latency of {label} / the suite's own export at batch {b}",
+                         peak=peak, what=f"latency of {label} / the suite's own export at batch {b}", lab=lab,
                          cause=lambda r: _work_cause(num, den, "same work done slower: operators the runtime "
-                                                               "optimises less (opset, layout, unfused ops)"))
+                                                               "optimises less (opset, layout, unfused ops)", lab))
 
 
 def check_user_onnx_speed(lab, card: ModelCard, record, user: Path, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
     threads = threads_for(lab)
     x = batch_of(lab, card, 1)
     check_onnx_not_slower(user, own_export(lab, card), x, threads, record, label=f"manifest onnx of {card.id}",
-                          clocks=clocks, peak=peak_for(threads, clocks))
+                          clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab)
 
 
 def check_int8_faster(lab, card: ModelCard, batch: int, record, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
@@ -532,7 +534,7 @@ def check_int8_faster(lab, card: ModelCard, batch: int, record, *, clocks: timin
     num, den = Side(int8, batch, int8_what), Side(fp32, batch, fp32_what)
     record(model=card.id, batch=batch)
     compare_files(num, den, {batch: batch_of(lab, card, batch)}, threads, record, limit_key="int8_over_fp32_max",
-                  clocks=clocks, peak=peak_for(threads, clocks),
+                  clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab,
                   what=f"int8 / fp32 latency of {card.id} at batch {batch} ({threads} threads)",
                   cause=lambda r: "int8 is not faster than fp32: Q/DQ pairs the runtime could not fuse into integer "
                                   "kernels (int8 activations, per-tensor Q/DQ around unsupported ops) cost more than "
@@ -545,7 +547,8 @@ def check_batching_pays(lab, card: ModelCard, record, *, big: int = 8, clocks: t
     num, den = Side(path, big, f"{what} at batch {big}"), Side(path, 1, f"{what} at batch 1")
     record(model=card.id)
     compare_files(num, den, {1: batch_of(lab, card, 1), big: batch_of(lab, card, big)}, threads, record,
-                  limit_key="batch8_per_image_over_batch1_max", clocks=clocks, peak=peak_for(threads, clocks),
+                  limit_key="batch8_per_image_over_batch1_max", clocks=clocks, peak=peak_for(threads, clocks, lab),
+                  lab=lab,
                   what=f"per-image latency of {card.id} at batch {big} / batch 1 ({threads} threads)",
                   cause=lambda r: f"batch {big} costs more per image than batch 1: the graph does not batch "
                                   "(a fixed batch dimension, a per-image loop) or its activations no longer fit "
@@ -558,10 +561,10 @@ def check_deploy_faster(lab, card: ModelCard, record, *, batch: int = 1, clocks:
     num, den = Side(deploy, batch, "the deploy form"), Side(train, batch, "the training form")
     record(model=card.id, batch=batch)
     compare_files(num, den, {batch: batch_of(lab, card, batch)}, threads, record, limit_key="deploy_over_train_max",
-                  clocks=clocks, peak=peak_for(threads, clocks),
+                  clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab,
                   what=f"deploy / training form latency of {card.id} at batch {batch} ({threads} threads)",
                   cause=lambda r: _work_cause(num, den, "the fused model is not faster: re-parameterization left "
-                                                        "branches (1x1, identity, BN) in the graph"))
+                                                        "branches (1x1, identity, BN) in the graph", lab))
 
 
 # --- throughput -----------------------------------------------------------------------------
@@ -577,11 +580,11 @@ def measure_throughput(lab, card: ModelCard, record, *, instances: int | None = 
     calls = int(tolerance(SECTION, "throughput_calls"))
     c = timing.measure_concurrent([call_of(s, x) for s in sessions], calls, plan_for(n * intra),
                                   items_per_call=batch, clocks=clocks)
-    macs, _ = onnx_work(path)
+    macs, _ = onnx_work(path, lab)
     figures = {"latency_kind": "throughput", "model": card.id, "precision": "fp32", "provider": CPU,
                "file": str(path), "artifact": what, "intra_op_threads": intra, "processes": 1, **c.figures()}
     if macs:
-        peak = peak_for(threads, clocks)
+        peak = peak_for(threads, clocks, lab)
         gflops = 2.0 * macs * c.items_per_s / 1e9
         figures.update(achieved_gflops=round(gflops, 3), peak_gflops=round(peak.gflops, 2),
                        roofline_ratio=round(gflops / peak.gflops, 4), gmacs_per_image=round(macs / 1e9, 4))

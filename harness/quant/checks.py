@@ -39,7 +39,6 @@ from .. import runtime as rt
 from ..compare import (CheckFailure, Inconclusive, binomial_halfwidth, check, cosine_rows, distinct_top1, message,
                       top1_agreement, topk_accuracy)
 from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
-from ..lab import BoundedCache
 from ..tolerances import tolerance
 from .qdq_report import (WORST_SHOWN, LayerReport, TensorError, dequantize, layer_report, qdq_pairs,  # noqa: F401
                          sqnr_db, weight_errors)  # (re-exported: the self-tests reach them through checks)
@@ -212,9 +211,6 @@ class EvalRun:
     origin: str
 
 
-_FP32_RUNS: dict[tuple, EvalRun] = {}
-
-
 def _eval_batches(lab, card):
     """(NCHW float32 numpy, labels or None) batches of the eval split: in memory for the
     embedded set (shared with other suites), streamed for an ImageNet folder."""
@@ -231,8 +227,9 @@ def _eval_batches(lab, card):
 
 def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
     """fp32 logits (and noisy-input logits for the floor) on the eval set, once per session."""
-    key = (qmod.cached_file_digest(fp32_path), card.id, lab.images("eval").digest(), with_noise)
-    if key not in _FP32_RUNS:
+    key = (qmod.cached_file_digest(fp32_path, lab), card.id, lab.images("eval").digest(), with_noise)
+
+    def build() -> EvalRun:
         sess = rt.session(fp32_path, threads=lab.settings.threads)
         levels = int(tolerance(SECTION, "noise_grey_levels"))
         outs, noisy, labels = [], [], []
@@ -243,26 +240,26 @@ def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
                 noisy.append(rt.run(sess, grey_level_noise(x, card.preprocess.std, levels, seed=i)))
             if y is not None:
                 labels.append(y)
-        _FP32_RUNS[key] = EvalRun(np.concatenate(outs), np.concatenate(noisy) if with_noise else None,
-                                  np.concatenate(labels) if labels else None, time.perf_counter() - t0,
-                                  lab.images("eval").origin)
-    return _FP32_RUNS[key]
+        return EvalRun(np.concatenate(outs), np.concatenate(noisy) if with_noise else None,
+                       np.concatenate(labels) if labels else None, time.perf_counter() - t0,
+                       lab.images("eval").origin)
 
-
-_INT8_RUNS = BoundedCache(8, lambda entry: 1)  # int8 logits per file x optimization level (a model's checks run together)
+    return lab.memo("quant.fp32_run", key, build)
 
 
 def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None) -> tuple[np.ndarray, float]:
     """The int8 file's logits on the eval set: ``optimization="all"`` through this host's
     integer kernels, ``"none"`` as a QDQ float simulation. ``run_int8(path, optimization, x)``
     replaces ONNX Runtime (self-tests plant kernel faults through it)."""
-    key = (qmod.cached_file_digest(int8_path), card.id, lab.images("eval").digest(), optimization, run_int8)
-    if key not in _INT8_RUNS:
-        run_int8 = run_int8 or _default_run_int8(lab.settings.threads)
+    key = (qmod.cached_file_digest(int8_path, lab), card.id, lab.images("eval").digest(), optimization, run_int8)
+
+    def build() -> tuple[np.ndarray, float]:
+        run = run_int8 or _default_run_int8(lab.settings.threads)
         t0 = time.perf_counter()
-        out = np.concatenate([run_int8(int8_path, optimization, x) for x, _ in _eval_batches(lab, card)])
-        _INT8_RUNS[key] = (out, time.perf_counter() - t0)
-    return _INT8_RUNS[key]
+        out = np.concatenate([run(int8_path, optimization, x) for x, _ in _eval_batches(lab, card)])
+        return out, time.perf_counter() - t0
+
+    return lab.memo("quant.int8_run", key, build)
 
 
 # --- what kind of int8 file it is -------------------------------------------------------
@@ -666,13 +663,11 @@ def calibration_images_taken(lab) -> int:
 
 # --- the layer report (harness/quant/qdq_report.py builds it) -----------------------
 
-_REPORTS: dict[tuple, LayerReport] = {}
-
-
 def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:
     """The layer report on the first few eval images (cached per int8 file), recorded."""
-    key = (qmod.cached_file_digest(subject.int8), card.id)
-    if key not in _REPORTS:
+    key = (qmod.cached_file_digest(subject.int8, lab), card.id)
+
+    def build() -> LayerReport:
         x, _ = lab.inputs(card, "eval", limit=None) if not lab.uses_real_data else next(
             (b.numpy(), s) for b, s in lab.iter_batches(card, "eval", batch_size=REPORT_IMAGES))
         x = np.asarray(x)[:: max(1, len(x) // REPORT_IMAGES)][:REPORT_IMAGES]
@@ -680,8 +675,9 @@ def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:
         t0 = time.perf_counter()
         rep = layer_report(float_path, subject.int8, x)
         rep.notes.append(f"seconds {time.perf_counter() - t0:.1f}")
-        _REPORTS[key] = rep
-    rep = _REPORTS[key]
+        return rep
+
+    rep = lab.memo("quant.layer_report", key, build)
     record(**rep.figures())
     return rep
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import memoised
 from ..errors import InputError
 from ..runtime import INPUT_NAME
 
@@ -374,14 +375,9 @@ def _digest_cache_key(path: Path) -> tuple:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-_DIGESTS: dict[tuple, str] = {}
-
-
-def cached_file_digest(path: Path) -> str:
-    key = _digest_cache_key(path)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_digest(path)
-    return _DIGESTS[key]
+def cached_file_digest(path: Path, lab=None) -> str:
+    """The file's digest, memoised in the lab by path, size and mtime (a rewritten file is read again)."""
+    return memoised(lab, "quant.file_digest", _digest_cache_key(path), lambda: file_digest(path), lambda _: 100)
 
 
 def fp32_source(lab, card) -> Path:
@@ -403,7 +399,7 @@ def preprocessed(lab, fp32: Path) -> Path:
     from ..runtime import require_onnx_file
 
     require_onnx_file(Path(fp32))
-    key = {"fp32": cached_file_digest(fp32), "auto_merge": True, **library_key()}
+    key = {"fp32": cached_file_digest(fp32, lab), "auto_merge": True, **library_key()}
 
     def build(folder: Path) -> None:
         seconds = preprocess_for_quantization(fp32, folder / "model.pre.onnx")
@@ -434,7 +430,7 @@ def quantized_result(lab, card, method: str = DEFAULT_METHOD, *, options: QuantO
         samples = calibration_samples(lab)
         calib_id = {"images": images.digest(), "count": len(samples), "preprocess": repr(card.preprocess),
                     "source": images.origin}
-    key = {"model": card.id, "fp32": cached_file_digest(fp32), "options": options.key(),
+    key = {"model": card.id, "fp32": cached_file_digest(fp32, lab), "options": options.key(),
            "calib": calib_id, **library_key()}
 
     def build(folder: Path) -> None:

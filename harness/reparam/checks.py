@@ -206,6 +206,28 @@ class OneByOneDroppedFusion(reparam.Fusion):
         return torch.zeros((*kernel.shape[:2], *size), dtype=kernel.dtype)
 
 
+class IdentityCornerFusion(reparam.Fusion):
+    """The identity's 1 written into the 3x3's top-left tap (a shifted copy of the input). Not
+    in :data:`KNOWN_MISTAKES` on purpose: the self-tests plant it to show that a mistake outside
+    the catalogue is still traced to its branch."""
+
+    def identity_kernel(self, channels, groups, size, like):
+        kernel = torch.zeros((channels, channels // groups, *size), dtype=like.dtype)
+        for c in range(channels):
+            kernel[c, c % (channels // groups), 0, 0] = 1.0
+        return kernel
+
+
+class InOneBlock(reparam.Fusion):
+    """``mistake`` (a Fusion class) in block ``block`` only; every other block fused right."""
+
+    def __init__(self, block: str, mistake: type[reparam.Fusion] = OneByOneCornerFusion):
+        self.block, self.mistake = block, mistake
+
+    def fuse_block(self, name, block):
+        return (self.mistake() if name == self.block else reparam.Fusion()).fuse_block(name, block)
+
+
 CONTROLS = {"running_mean ignored": MeanBlindFusion, "BN eps dropped": EpsBlindFusion}
 KNOWN_MISTAKES = {
     **CONTROLS,
@@ -214,6 +236,9 @@ KNOWN_MISTAKES = {
     "the 1x1 kernel padded into a corner instead of the centre tap": OneByOneCornerFusion,
     "the 1x1 branch missing": OneByOneDroppedFusion,
 }
+# Every planted fusion mistake (the self-tests plant these; tests/test_reparam_checks.py):
+# the catalogue a failing block is matched against, plus one it must trace without a name.
+PLANTED_MISTAKES = {**KNOWN_MISTAKES, "the identity's 1 in the top-left tap": IdentityCornerFusion}
 
 
 def diagnose(train: nn.Module, conv: nn.Module, figures: BlockFigures, x_block: torch.Tensor) -> str:
@@ -287,9 +312,6 @@ class Study:
     weights_digest: str
 
 
-_studies: dict[str, Study] = {}
-
-
 def eval_images(card: ModelCard, lab) -> torch.Tensor:
     n = int(tolerance(SECTION, "eval_images"))
     x, _ = lab.inputs(card, "eval", limit=n)
@@ -314,9 +336,13 @@ def study(card: ModelCard, lab) -> Study:
 
     train = lab.reference(card)
     digest = state_digest(train)
-    cached = _studies.get(card.id)
-    if cached is not None and cached.weights_digest == digest:
-        return cached
+    # kept for every model (logits and figures: a few MB): pytest runs one check over all
+    # models before the next check, and each check reads the same study
+    return lab.memo("reparam.study", card.id, lambda: _measure_study(card, lab, train, digest),
+                    valid=lambda s: s.weights_digest == digest)
+
+
+def _measure_study(card: ModelCard, lab, train: nn.Module, digest: str) -> Study:
     x = eval_images(card, lab)
     timm_form = timm_deploy(train)
     mine = independent_deploy(train)
@@ -325,10 +351,7 @@ def study(card: ModelCard, lab) -> Study:
         control = fusion().fuse(train)
         candidates[f"control: {cause}"] = (control, deploy_convs(control))
     truth, forms = measure(train, x, candidates)
-    # kept for every model (logits and figures: a few MB): pytest runs one check over all
-    # models before the next check, and each check reads the same study
-    _studies[card.id] = Study(card.id, truth, forms, digest)
-    return _studies[card.id]
+    return Study(card.id, truth, forms, digest)
 
 
 # --- judging ------------------------------------------------------------------------------
@@ -503,7 +526,7 @@ def _where_row(card: ModelCard, row: PublishedRow) -> str:
     return f"{card.file.name} models.{card.id} '{row.name}' ({'/'.join(row.sources)}, seed {row.seed})"
 
 
-def check_deploy_params(card: ModelCard, row: PublishedRow, lab, record) -> None:
+def check_deploy_params(card: ModelCard, lab, record, row: PublishedRow) -> None:
     train = lab.reference(card)
     ours, theirs = count_params(independent_deploy(train)), count_params(timm_deploy(train))
     measured = ours / 1e6
@@ -518,7 +541,7 @@ def check_deploy_params(card: ModelCard, row: PublishedRow, lab, record) -> None
                                        f"{(measured - row.params_m) / row.params_m:+.3%} (width/groups?)")
 
 
-def check_deploy_flops(card: ModelCard, row: PublishedRow, lab, record) -> None:
+def check_deploy_flops(card: ModelCard, lab, record, row: PublishedRow) -> None:
     train = lab.reference(card)
     size = row.input_size or card.input_size
     measured = flops_mod.conv_linear_macs(independent_deploy(train), size) / 1e9
