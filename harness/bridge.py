@@ -36,7 +36,7 @@ output agrees with the reference, max|out_i - ref_i| / max|ref| within ``rel_flo
 times that image's own fp32 noise floor (the reference in float32 vs float64, measured by
 ``prepare``; never below ``rel_min``), and its cosine with the reference is at least
 ``min_cosine``. The floor is per image because it varies by 10^5 between images of one
-model (seeded resnest50 on 200 embedded images: 7.8e-9 .. 1.05e-3, /tmp/acc/floor_all.py,
+model (seeded resnest50 on 200 embedded images: 7.8e-9 .. 1.05e-3, ``zooconform prepare``,
 and ORT follows it within 3.2x): one global floor would let a tampered file hide behind the
 worst-conditioned image. float64 is slow on CPU, so ``prepare --floor-images N`` measures
 the first N images only (default: all embedded images, 200 of an ImageNet folder); the

@@ -2,7 +2,7 @@
 
 ORT picks its int8 kernels by the CPUID it sees. ``qemu-x86_64 -cpu Haswell`` (Debian's
 ``qemu-user``) shows AVX2 and FMA, no AVX-512 and no VNNI, so ORT runs the saturating U8S8
-path (VPMADDUBSW) of the AVX2-only hosts of ../shared/DESIGN.md on any x86-64 machine. It is
+path (VPMADDUBSW) of AVX2-only hosts (README.md, "Hosts") on any x86-64 machine. It is
 slow (measured 150x for the kernels, 330x for a QDQ float simulation: hrnet_w18_small_v1 on 48
 images took 47 s and 465 s), so it suits small models and a few images: the self-tests of the
 kernel check (tests/test_quant_hosts.py), or a look at how one file fares on a host you do

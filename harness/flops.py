@@ -1,6 +1,7 @@
 """FLOPs under each published table's stated convention.
 
-Conventions (the ``flops_convention`` of a published row):
+Conventions (the ``flops_convention`` of a published row, validated against
+``harness.zoo.FLOPS_CONVENTIONS`` when the card loads):
 
 - ``macs_gib``: conv + linear multiply-accumulates / 2^30 (official HRNet "flops(G)").
 - ``macs_1e9_deploy``: conv + linear MACs of the *deploy* (re-parameterized) form / 1e9
@@ -20,9 +21,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
-
-CONVENTIONS = ("macs_gib", "macs_1e9_deploy", "mmcv", "paddle", "paddle_page", "timm_card")
-
 
 def conv_linear_macs(model: nn.Module, size: int) -> int:
     with FlopCounterMode(display=False) as fc, torch.no_grad():

@@ -1,7 +1,7 @@
 """Which host this run is on: the machine fingerprint every report carries.
 
 The project's machines are all "2-vCPU AMD EPYC", but the CPU under them differs between
-sessions and CI (../shared/DESIGN.md, "Hosts differ"): AVX-512 with VNNI on one, AVX2 only on
+sessions and CI (README.md, "Hosts"): AVX-512 with VNNI on one, AVX2 only on
 another, fp32 peaks from 126 to 545 GFLOP/s. What changes ONNX Runtime's kernels is the ISA,
 not the model name, so the fingerprint reads the CPU's feature flags (``/proc/cpuinfo``, else
 py-cpuinfo) and derives a short **host class** from them:

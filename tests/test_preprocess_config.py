@@ -11,6 +11,7 @@ from harness.preprocess import deploy as dp
 from harness import manifest as manifest_mod
 from harness.preprocess import checks as pc
 from harness.errors import ConfigError, InputError
+from harness.testing import FakeLab
 from harness.zoo import load_zoo
 
 ZOO = load_zoo()
@@ -133,21 +134,13 @@ def test_example_manifest_names_existing_configs():
         assert dp.differing_keys(cfg, dp.config_from_card(ZOO[mid])) == [], mid
 
 
-class FakeLab:
-    def __init__(self, manifest):
-        self.manifest = manifest
-
-    def artifacts(self, card):
-        return self.manifest.for_model(card.id)
-
-
 def test_deploy_config_for_uses_manifest_else_card(tmp_path):
     card = ZOO["hrnet_w18_small_v1"]
-    assert pc.deploy_config_for(card, FakeLab(manifest_mod.empty())).source.startswith("config derived from hrnet.toml")
+    assert pc.deploy_config_for(card, FakeLab(manifest=manifest_mod.empty())).source.startswith("config derived from hrnet.toml")
     cfg_path = write(tmp_path, {**GOOD, "interpolation": "bicubic"}, "hr.json")
     man = tmp_path / "m.toml"
     man.write_text(f'[models.hrnet_w18_small_v1]\npreprocess = "{cfg_path.name}"\n[models.repvgg_a0]\npreprocess = "gone.json"\n')
-    lab = FakeLab(manifest_mod.load(man, list(ZOO)))
+    lab = FakeLab(manifest=manifest_mod.load(man, list(ZOO)))
     got = pc.deploy_config_for(card, lab)
     assert got.interpolation == "bicubic" and got.source == str(cfg_path)
     with pytest.raises(InputError, match="gone.json"):  # named by the manifest, missing on disk

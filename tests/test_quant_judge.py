@@ -14,6 +14,7 @@ from harness.quant import checks as qc
 from harness.quant import quantize as qz
 from harness.compare import CheckFailure, Inconclusive, binomial_halfwidth
 from harness.data import ImageSet, Sample
+from harness.testing import FakeLab
 from harness.tolerances import tolerance
 
 STD = (0.229, 0.224, 0.225)
@@ -165,13 +166,8 @@ def _set(names, groups=None, labels=None, origin="x"):
     return ImageSet([Sample(n, g, lambda: None, lab) for n, g, lab in zip(names, groups, labels)], origin)
 
 
-class _SplitLab:
-    def __init__(self, calib, ev):
-        self._s = {"calib": calib, "eval": ev}
-        self.settings = types.SimpleNamespace(threads=None)
-
-    def images(self, split):
-        return self._s[split]
+def _SplitLab(calib, ev) -> FakeLab:
+    return FakeLab(images={"calib": calib, "eval": ev}, settings=types.SimpleNamespace(threads=None))
 
 
 def test_calibration_split_catches_eval_images_used_for_calibration():

@@ -72,6 +72,13 @@ def test_bad_published_figure_type(tmp_path):
         load_family_file(f)
 
 
+def test_unknown_flops_convention_is_named_with_the_known_ones(tmp_path):
+    f = _broken_copy(tmp_path, 'flops_convention = "macs_gib"', 'flops_convention = "macs_gb"')
+    with pytest.raises(ConfigError, match=r"published\[\d+\].flops_convention.*'macs_gb' is not one of "
+                                          r"\['macs_gib', 'macs_1e9_deploy', 'mmcv'"):
+        load_family_file(f)
+
+
 def test_invalid_toml_names_the_file(tmp_path):
     f = _broken_copy(tmp_path, "[models.hrnet_w18]", "[models.hrnet_w18")
     with pytest.raises(ConfigError, match="not valid TOML") as e:

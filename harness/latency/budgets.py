@@ -47,7 +47,7 @@ Which profile is taken (:func:`choose`), in this order:
 
 Whether a CPU profile's budgets **apply** on this host (:func:`applicability`): the
 machine kind is not enough, the CPU under a "2-vCPU AMD EPYC" VM differs between hosts
-(../shared/DESIGN.md, "Hosts differ"). A CPU profile applies only when this host's class
+(README.md, "Hosts"). A CPU profile applies only when this host's class
 (``harness/host.py``) equals its ``[profile.match] host_class`` AND this host's measured fp32
 peak (and int8 peak, where the profile records one) is within ``profile_peak_rel``
 (fixtures/tolerances.toml [latency]) of the recorded one. When it does not, the absolute

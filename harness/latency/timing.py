@@ -1,7 +1,7 @@
 """Latency measurement that knows when the machine was not quiet.
 
 A latency figure from a shared machine is only worth something if the run can say whether
-someone else was using the CPUs at the time (../shared/DESIGN.md: a busy neighbour on this
+someone else was using the CPUs at the time (a busy neighbour on this
 2-core machine inflates latency 2-100x). So every measured call records, besides its wall
 time (``time.perf_counter``):
 

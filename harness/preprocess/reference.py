@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
@@ -60,7 +59,3 @@ def reference_batch(images: Sequence[Image.Image], pre: Preprocess) -> torch.Ten
     if not images:
         return torch.empty(0, 3, pre.crop, pre.crop)
     return torch.stack([tf(im.convert("RGB")) for im in images])
-
-
-def to_numpy(batch: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(batch.detach().cpu().numpy().astype(np.float32))

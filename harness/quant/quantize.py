@@ -2,7 +2,7 @@
 
 ``quantize_file`` does the work (``quant_pre_process`` then ``quantize_static``);
 ``quantized(lab, card, method)`` is the cached entry point the suites (and the latency
-helper) use. Choices, each measured on this machine (../shared/DESIGN.md):
+helper) use. Choices, each measured on this project's machines:
 
 - QDQ format, per-channel QInt8 weights, **QUInt8 activations** by default: with Int8
   activations ORT leaves many convs unfused and HRNet/ResNeSt run slower than fp32.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .views import BAD, DASH, ModelView, Part, fmt, nodeid_digest, outcome_of, pct
+from .views import BAD, ModelView, Part, fmt, nodeid_digest, outcome_of, pct
 
 DEFAULT_N = 200  # the embedded evaluation split (harness/lab.py DEFAULT_EVAL_IMAGES)
 
@@ -93,7 +93,3 @@ def find_regressions(view: ModelView, current: dict[str, Any], previous: dict[st
     if len(newly) > 5:
         out.append(Part(f"... and {len(newly) - 5} more newly failing", None, "bad"))
     return out
-
-
-def no_baseline_text(previous: dict[str, Any] | None) -> str:
-    return "first run" if previous is None else DASH
