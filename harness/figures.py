@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 TYPES = ("num", "int", "text", "bool", "list", "dict", "any")
 UNITS = ("1", "fraction", "percent", "points", "ms", "s", "MB", "GFLOP/s", "GOP/s", "GMAC", "GFLOP", "M", "dB",
@@ -94,12 +95,14 @@ class Family:
 _TABLE = """
 # --- shared by several checks -----------------------------------------------------------------
 rel_max_error | num | 1 | error | max |artifact - reference| / max |reference| over the judged images
-noise_floor_fp64 | num | 1 | error_floor | rel_max_error of the fp32 reference vs its own fp64 run: the floor an fp32 artifact cannot beat
+noise_floor | num | 1 | error_floor | the floor an error is judged against: noise_floor_fp64 or an in-run bf16/fp16 floor
+noise_floor_kind | text | | | which floor that is (fp64 noise floor; bf16 noise floor: torch bf16 vs fp64, this run)
+noise_floor_fp64 | num | 1 | error_floor | rel_max_error of the fp32 reference vs its fp64 run: what no fp32 artifact beats
 tolerance | num | 1 | | the rel_max_error allowed (a multiple of the floor, fixtures/tolerances.toml)
 error_over_floor | num | 1 | | rel_max_error / noise_floor_fp64
 min_cosine | num | 1 | | lowest cosine similarity of artifact and reference logits over the images
 top1_agreement | num | fraction | agreement | share of images whose top-1 class equals the reference's
-noise_floor_top1_agreement | num | fraction | agreement_floor | top-1 agreement of fp32 with itself under input noise of the size the artifact adds
+noise_floor_top1_agreement | num | fraction | agreement_floor | fp32's top-1 agreement with itself under input noise
 eval_images | int | count | images | images of the eval split the figures rest on
 n_images | int | count | images | images the export comparison ran on
 images | int | count | images | images evaluated (accuracy)
@@ -199,7 +202,7 @@ last_matching_module | text | | | last torch module whose output still matches
 layers_compared | int | count | | layers compared to locate the divergence
 # fp16 ONNX (harness/export/fp16.py)
 fp16_rel_max_error | num | 1 | | rel_max_error of the fp16 ONNX file vs the fp32 file, ORT CPU
-fp16_rounding_floor | num | 1 | | rel_max_error of the fp32 file with weights and input rounded to fp16, run in fp32: what fp16 storage alone costs
+fp16_rounding_floor | num | 1 | | rel_max_error of the fp32 file with weights and input rounded to fp16, run in fp32
 fp16_tolerance | num | 1 | | the fp16 rel_max_error allowed: [export] fp16_floor_multiple x fp16_rounding_floor
 fp16_error_over_floor | num | 1 | | fp16_rel_max_error / fp16_rounding_floor
 fp16_min_cosine | num | 1 | | lowest cosine similarity of fp16 and fp32 logits over the images
@@ -369,7 +372,7 @@ card_pipeline | text | | | the card's pipeline as steps
 timm_pipeline | text | | | timm's eval transform as steps
 timm_transform | text | | | timm's eval transform as it prints
 timm_config_note | text | | | what differs in timm's config
-timm_as_config_max_grey_levels | num | grey levels | | largest pixel difference of timm's transform vs the same config in the reference
+timm_as_config_max_grey_levels | num | grey levels | | largest pixel difference: timm's transform vs the reference's
 differing_keys | list | | | config keys that differ from the card
 restoring_keys | list | | | keys whose restoring removes the difference
 size | int | | | input side length
@@ -416,8 +419,6 @@ params_m_independent | num | M | | parameters of the independent fusion
 deploy_gmacs_timm | num | GMAC | | GMACs of timm's deploy form
 deploy_gmacs_independent | num | GMAC | | GMACs of the independent fusion
 # --- runtimes (harness/runtimes, harness/export/crossruntime.py) -------------------------------
-noise_floor | num | 1 | | the floor a runtime's error is judged against: noise_floor_fp64 for fp32 arithmetic, a bf16/fp16 floor measured in-run otherwise
-noise_floor_kind | text | | | which floor that is (fp64 noise floor; bf16 noise floor, torch bf16 vs fp64, measured in this run)
 runtime_a | text | | | the first runtime of a cross-runtime comparison (the first --runtime)
 runtime_b | text | | | the runtime compared with it
 runtime_a_settings | any | | | runtime A's session settings

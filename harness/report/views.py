@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .. import figures as contract
 
@@ -459,7 +460,9 @@ def _fp32_row_cell(view: ModelView, row_tests: list[dict[str, Any]], published: 
         if pub is not None:
             pub_text = f"{100 * pub:g}%"
         _, runner = figure(t, "runner")
-        runner = str(runner) if runner else str(t.get("check") or short_name(t["nodeid"]).split("[")[0]).removeprefix("test_")
+        if not runner:
+            runner = str(t.get("check") or short_name(t["nodeid"]).split("[")[0]).removeprefix("test_")
+        runner = str(runner)
         key = re.sub(r"[^a-z0-9]+", "_", runner.lower()).strip("_")
         n = num_figure(t, "images")
         view.metrics[f"fp32.top1.{key}"] = Metric(f"fp32.top1.{key}", top1, "proportion", f"top-1 {runner}",
