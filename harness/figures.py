@@ -581,6 +581,25 @@ TEST_FIELDS = {
 }
 
 
+def legacy_fields(test: Mapping[str, Any], models: Iterable[str]) -> dict[str, Any]:
+    """The structured fields of a record written before they existed (it has no ``check``): read
+    once from its node id, ``suites/test_card.py::test_x[<model>-<row>]``, so that an older
+    results.json still renders. A record that has the fields gets nothing from here."""
+    if test.get("check"):
+        return {}
+    path, _, name = str(test.get("nodeid", "")).partition("::")
+    out: dict[str, Any] = {"suite": test.get("suite") or path.rsplit("/", 1)[-1].removesuffix(".py"),
+                           "check": name.split("[", 1)[0]}
+    case = name[name.index("[") + 1:-1] if name.endswith("]") and "[" in name else ""
+    model = test.get("model") or max((m for m in models if case == m or case.startswith(m + "-")), key=len,
+                                      default=None)
+    if model:
+        out["model"] = model
+        if out["suite"] == "test_card" and case.startswith(f"{model}-"):
+            out["row"] = case[len(model) + 1:]
+    return out
+
+
 def test_fields(params: Mapping[str, Any], *, suite: str, check: str) -> dict[str, Any]:
     """The structured fields of one collected test, from its parametrization (``callspec.params``)."""
     out: dict[str, Any] = {"suite": suite, "check": check}

@@ -117,3 +117,17 @@ def test_the_report_reads_no_name_globs_nor_node_ids():
     src = (ROOT / "harness" / "report" / "views.py").read_text()
     for banned in ("fnmatch", "case_id(", "_family_guess", "_NAMES", "re.compile("):
         assert banned not in src, banned
+
+
+def test_an_older_results_json_gets_its_fields_from_node_ids_once():
+    """Records written before the structured fields existed (no ``check``) still render."""
+    from harness.report.views import build_views
+
+    old = {"nodeid": "suites/test_card.py::test_params_match_published[repvgg_a0-official+mmcls-004-RepVGG-A0]",
+           "outcome": "passed", "duration_s": 0.1, "figures": {"params_m_measured": 8.3094, "params_m_published": 8.3}}
+    assert F.legacy_fields(old, ["repvgg_a0", "repvgg_a"]) == {
+        "suite": "test_card", "check": "test_params_match_published", "model": "repvgg_a0",
+        "row": "official+mmcls-004-RepVGG-A0"}
+    assert F.legacy_fields({**old, "check": "test_params_match_published"}, ["repvgg_a0"]) == {}
+    views, orphans = build_views({"tests": [old], "settings": {"models": ["repvgg_a0"]}})
+    assert not orphans and views[0].rows[0].cells["params"].lines() == ["8.3 / 8.3094"]

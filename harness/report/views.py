@@ -507,7 +507,8 @@ def build_views(doc: dict[str, Any], zoo: dict | None = None) -> tuple[list[Mode
     by_model: dict[str, list[dict[str, Any]]] = {}
     orphans = []
     for t in doc.get("tests", []):
-        t = {**t, "figures": contract.canonical(t.get("figures"))}  # older names -> today's
+        # an older results.json: figure names of then -> today's, structured fields it lacked
+        t = {**contract.legacy_fields(t, known), **t, "figures": contract.canonical(t.get("figures"))}
         m = model_of(t)
         if m is None:
             orphans.append(t)
