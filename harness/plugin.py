@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import tomllib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,6 +122,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # every model case carries xdist_group; declared here too so that a run without xdist
     # (-p no:xdist, the serial latency phase of `zooconform run -j`) passes --strict-markers
     config.addinivalue_line("markers", "xdist_group(name): the cases of one model run on one xdist worker")
+    for line in ZOO_MARKERS:  # which models a check applies to (read in pytest_generate_tests)
+        config.addinivalue_line("markers", line)
     settings = settings_from(config)
     try:
         lab = Lab(settings, check_folders=True)  # unusable options and folders: a usage error now
@@ -310,11 +313,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     Every case of a model shares an xdist group, so its artifacts are built once per worker.
     """
     lab = lab_of(metafunc.config)
-    fam = getattr(metafunc.function, "zoo_family", None)
-    tier = getattr(metafunc.function, "zoo_tier", None)
+    fam, tier, want = (_marker_arg(metafunc, name) for name in ("zoo_family", "zoo_tier", "zoo_rows"))
     cards = [c for c in lab.cards if (fam is None or c.family == fam) and (tier is None or tier in c.tiers)]
     if "published_row" in metafunc.fixturenames:
-        want = getattr(metafunc.function, "row_filter", None) or (lambda row: True)
+        want = want or (lambda row: True)
         metafunc.parametrize(
             ("model_card", "published_row"),
             [pytest.param(c, r, id=f"{c.id}-{row_id(r)}", marks=[pytest.mark.xdist_group(c.id)])
@@ -331,28 +333,36 @@ def row_id(row) -> str:
     return f"{'+'.join(row.sources)}-{row.seed}-{row.name}"
 
 
-def rows_with(predicate):
-    """Decorator: parametrize a check only over published rows that satisfy ``predicate``."""
-    def mark(fn):
-        fn.row_filter = predicate
-        return fn
-    return mark
+ZOO_MARKERS = (
+    "zoo_family(name): the check applies to the models of one family (hrnet, resnest, repvgg)",
+    "zoo_tier(name): the check runs only for the models of one tier (smoke, full)",
+    "zoo_rows(predicate): parametrize over the published rows for which predicate(row) is true",
+)
 
 
-def family(name: str):
-    """Decorator: restrict a check to one family (e.g. RepVGG re-parameterization)."""
-    def mark(fn):
-        fn.zoo_family = name
-        return fn
-    return mark
+def _marker_arg(metafunc: pytest.Metafunc, name: str):
+    """The first argument of the closest ``name`` marker (function, then class, then module
+    ``pytestmark``), or None."""
+    marker = next(metafunc.definition.iter_markers(name), None)
+    return marker.args[0] if marker is not None and marker.args else None
 
 
-def only_tier(name: str):
-    """Decorator: run a check only for models of a tier (e.g. costly checks on "smoke" models)."""
-    def mark(fn):
-        fn.zoo_tier = name
-        return fn
-    return mark
+def rows_with(predicate) -> pytest.MarkDecorator:
+    """``pytest.mark.zoo_rows(predicate)``: parametrize a check only over published rows that
+    satisfy ``predicate``."""
+    return pytest.mark.zoo_rows(predicate)
+
+
+def family(name: str) -> pytest.MarkDecorator:
+    """``pytest.mark.zoo_family(name)``: restrict a check to one family (e.g. RepVGG
+    re-parameterization); as ``pytestmark`` it applies to a whole suite file."""
+    return pytest.mark.zoo_family(name)
+
+
+def only_tier(name: str) -> pytest.MarkDecorator:
+    """``pytest.mark.zoo_tier(name)``: run a check only for models of a tier (e.g. costly checks
+    on "smoke" models)."""
+    return pytest.mark.zoo_tier(name)
 
 
 def _load_expectations() -> list[dict]:
@@ -395,6 +405,41 @@ def _expectation_applies(e: dict, this_host_class: str, lab: Lab, card) -> bool:
     return True
 
 
+class ExpectationWarning(pytest.PytestWarning):
+    """An ``[[xfail]]`` entry of fixtures/expectations.toml that covers no test: stale."""
+
+
+def suite_test_names(folder: Path = ROOT / "suites") -> set[str]:
+    """Names of the test functions defined in the harness's suite files (read, not imported)."""
+    import ast
+
+    names: set[str] = set()
+    for path in sorted(folder.glob("test_*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError):
+            continue
+        names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    return names
+
+
+def unmatched_expectations(entries: list[dict], cases: list[tuple[str, str]], defined: set[str],
+                           every_model: bool) -> list[str]:
+    """The ``[[xfail]]`` entries that match no test, one line each: an entry whose ``test`` names
+    no test function of the suites (always), and, when the run collected every model of the
+    zoo, an entry that matches no collected (function, case id) of a collected function."""
+    collected = {name for name, _ in cases}
+    out = []
+    for e in entries:
+        what = f"[[xfail]] test = {e['test']!r}, params = {e['params']!r}"
+        if not any(fnmatch.fnmatchcase(n, e["test"]) for n in defined):
+            out.append(f"{what}: no test function of suites/ has that name")
+        elif every_model and any(fnmatch.fnmatchcase(n, e["test"]) for n in collected) and not any(
+                fnmatch.fnmatchcase(n, e["test"]) and fnmatch.fnmatchcase(cid, e["params"]) for n, cid in cases):
+            out.append(f"{what}: matches none of the collected cases")
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Known failures are data (fixtures/expectations.toml): strict, with a reason, and they
     only cover a *check* failing (CheckFailure), never a crash of the harness."""
@@ -429,6 +474,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.xfail(reason=e["reason"], strict=e.get("strict", True),
                                                   raises=CheckFailure))
                 break
+    cases = [(getattr(it, "originalname", it.name), it.callspec.id) for it in items if hasattr(it, "callspec")]
+    every_model = {c.id for c in lab.cards} == set(lab.zoo)
+    for line in unmatched_expectations(entries, cases, suite_test_names(), every_model):
+        warnings.warn(ExpectationWarning(f"{EXPECTATIONS}: {line} (a stale known failure: fix or remove it)"))
 
 
 # --- fixtures -----------------------------------------------------------------------------

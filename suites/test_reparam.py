@@ -12,54 +12,45 @@ from __future__ import annotations
 import pytest
 
 from harness.reparam import checks as reparamchecks
-from harness.plugin import family, rows_with
+from harness.plugin import rows_with
 
-pytestmark = pytest.mark.reparam
+pytestmark = [pytest.mark.reparam, pytest.mark.zoo_family("repvgg")]  # every check here: RepVGG only
 
 
-@family("repvgg")
 def test_fusion_bugs_would_show(model_card, lab, record):
     reparamchecks.check_bugs_would_show(model_card, lab, record)
 
 
-@family("repvgg")
 def test_timm_deploy_equals_training_form(model_card, lab, record):
     reparamchecks.check_timm_deploy(model_card, lab, record)
 
 
-@family("repvgg")
 def test_independent_deploy_equals_training_form(model_card, lab, record):
     reparamchecks.check_independent_deploy(model_card, lab, record)
 
 
-@family("repvgg")
 def test_timm_and_independent_fusions_agree(model_card, lab, record):
     reparamchecks.check_fusions_agree(model_card, lab, record)
 
 
-@family("repvgg")
 def test_deploy_form_is_plain_3x3(model_card, lab, record):
     reparamchecks.check_deploy_is_plain(model_card, lab, record)
 
 
-@family("repvgg")
 @rows_with(lambda row: row.params_m is not None)
 def test_deploy_params_match_published(model_card, published_row, lab, record):
     reparamchecks.check_deploy_params(model_card, lab, record, published_row)
 
 
-@family("repvgg")
 @rows_with(lambda row: row.flops_g is not None and row.flops_convention == "macs_1e9_deploy")
 def test_deploy_flops_match_published(model_card, published_row, lab, record):
     reparamchecks.check_deploy_flops(model_card, lab, record, published_row)
 
 
-@family("repvgg")
 def test_deploy_onnx_matches_training_form(model_card, lab, record):
     reparamchecks.check_deploy_onnx(model_card, lab, record)
 
 
-@family("repvgg")
 def test_deploy_checkpoint_matches_training_form(model_card, lab, record):
     path = lab.artifacts(model_card).get("deploy_checkpoint")
     if path is None:

@@ -31,6 +31,28 @@ def test_suite_artifacts_only_entry_never_covers_a_users_file():
     assert not plugin._expectation_applies(ENTRY, "x86-avx2", _lab({"int8_onnx": Path("mine.onnx")}), CARD)
 
 
+def test_an_entry_that_names_no_suite_test_is_reported():
+    entries = [{"test": "test_export_matches_torch", "params": "*", "reason": "r"},
+               {"test": "test_export_matches_torhc", "params": "*", "reason": "r"}]  # a typo
+    lines = plugin.unmatched_expectations(entries, [], plugin.suite_test_names(), every_model=False)
+    assert len(lines) == 1 and "test_export_matches_torhc" in lines[0] and "no test function" in lines[0]
+
+
+def test_an_entry_matching_no_case_is_reported_only_when_every_model_was_collected():
+    entry = {"test": "test_flops_match_published", "params": "resnest50-gone-*", "reason": "r"}
+    cases = [("test_flops_match_published", "resnest50-timm-000-x")]
+    defined = {"test_flops_match_published"}
+    assert plugin.unmatched_expectations([entry], cases, defined, every_model=False) == []  # maybe another model
+    [line] = plugin.unmatched_expectations([entry], cases, defined, every_model=True)
+    assert "resnest50-gone-*" in line and "none of the collected cases" in line
+    hit = {**entry, "params": "resnest50-timm-*"}
+    assert plugin.unmatched_expectations([hit], cases, defined, every_model=True) == []
+
+
+def test_the_shipped_expectations_all_name_a_suite_test():
+    assert plugin.unmatched_expectations(plugin._load_expectations(), [], plugin.suite_test_names(), False) == []
+
+
 def test_entries_without_filters_hold_everywhere():
     plain = {"test": "t", "params": "*", "reason": "r"}
     assert plugin._expectation_applies(plain, "x86-avx512-vnni", _lab({"onnx": Path("a.onnx")}), CARD)
