@@ -79,6 +79,26 @@ def test_unknown_flops_convention_is_named_with_the_known_ones(tmp_path):
         load_family_file(f)
 
 
+def test_every_tolerance_why_is_short():
+    """A tolerance's why holds the measurement and the command that re-measures it; the history
+    belongs in commit messages (issue 16)."""
+    import tomllib
+
+    data = tomllib.loads((ZOO_DIR.parent / "tolerances.toml").read_text(encoding="utf-8"))
+    long = []
+
+    def walk(table, prefix=""):
+        for key, value in table.items():
+            if isinstance(value, dict) and "why" in value:
+                if len(value["why"]) > 450:
+                    long.append(f"{prefix}{key} ({len(value['why'])} characters)")
+            elif isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+
+    walk(data)
+    assert not long, f"why strings over 450 characters in fixtures/tolerances.toml: {long}"
+
+
 def test_invalid_toml_names_the_file(tmp_path):
     f = _broken_copy(tmp_path, "[models.hrnet_w18]", "[models.hrnet_w18")
     with pytest.raises(ConfigError, match="not valid TOML") as e:
