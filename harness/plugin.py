@@ -564,6 +564,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if isinstance(exc, ZooconformError):
             # a user-input problem: short, actionable message instead of a traceback
             report.longrepr = f"{type(exc).__name__}: {exc}"
+            if report.failed and ("outcome", INPUT_ERROR_OUTCOME) not in item.user_properties:
+                item.user_properties.append(("outcome", INPUT_ERROR_OUTCOME))  # JUnit: type zooconform.input_error
         elif (isinstance(exc, CheckFailure) and (report.failed or hasattr(report, "wasxfail"))
               and not _wants_traceback(item.config)):
             # a check that failed: what was measured, what was expected, where to look; the
@@ -764,12 +766,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     collector.fingerprint = fp
     _junit_fingerprint(config, fp)
     if config.getoption("--no-results"):
+        if exitstatus == pytest.ExitCode.TESTS_FAILED and _input_errors(session, None):
+            session.exitstatus = INPUT_ERROR_EXIT
         return
     listener = config.pluginmanager.get_plugin("zooconform-results")
     doc = listener.write(True, int(exitstatus), listener.incomplete_reasons(interrupted))
     if doc is not None:
         config.stash[_doc_key] = doc
         _junit_run_properties(config, doc)
+    if exitstatus == pytest.ExitCode.TESTS_FAILED and not hasattr(config, "workerinput") and _input_errors(session, doc):
+        # the same code as `zooconform run`: a CI tells a bad input from a failing check
+        session.exitstatus = INPUT_ERROR_EXIT
+
+
+def _input_errors(session: pytest.Session, doc: dict | None) -> bool:
+    """Whether a test ended on an input or configuration error (InputError / ConfigError):
+    from the results (under xdist the controller has no items), else from the items."""
+    if doc is not None:
+        return any(t.get("outcome") in ("failed", "error")
+                   and str(t.get("message") or "").startswith(("InputError:", "ConfigError:", "OptionError:"))
+                   for t in doc.get("tests") or [])
+    return any(("outcome", INPUT_ERROR_OUTCOME) in getattr(item, "user_properties", ()) for item in session.items)
 
 
 def _junit_run_properties(config: pytest.Config, doc: dict) -> None:
@@ -787,6 +804,9 @@ def _junit_run_properties(config: pytest.Config, doc: dict) -> None:
 
 
 INCONCLUSIVE_TYPE = "zooconform.inconclusive"
+INPUT_ERROR_OUTCOME = "input_error"
+INPUT_ERROR_TYPE = "zooconform.input_error"
+INPUT_ERROR_EXIT = 6  # = harness/commands/run.py INPUT_ERROR: your input is wrong, not your model
 
 
 def mark_inconclusive_in_junit(path: Path) -> int:
@@ -802,8 +822,14 @@ def mark_inconclusive_in_junit(path: Path) -> int:
     n = 0
     for case in tree.getroot().iter("testcase"):
         props = case.find("properties")
-        if props is None or not any(p.get("name") == "outcome" and p.get("value") == "inconclusive"
-                                    for p in props.iter("property")):
+        outcomes = {p.get("value") for p in props.iter("property") if p.get("name") == "outcome"} if props is not None else set()
+        if INPUT_ERROR_OUTCOME in outcomes:
+            for tag in ("failure", "error"):
+                el = case.find(tag)
+                if el is not None:
+                    el.set("type", INPUT_ERROR_TYPE)
+                    n += 1
+        if "inconclusive" not in outcomes:
             continue
         for tag in ("skipped", "failure"):
             el = case.find(tag)

@@ -30,6 +30,7 @@ concurrent runs never tear a file and never leave a mix of two runs' files.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -226,6 +227,14 @@ def run_phase(cmd: list[str], forwarder: _Forwarder, crashes: list[str] | None =
         return forwarder.proc.wait()  # PEP 475: resumes after our handler runs
     finally:
         forwarder.proc = None
+
+
+def _reported_tests(phase: Phase) -> int:
+    """How many tests a phase's results.json holds (0 when it wrote none or an unreadable one)."""
+    try:
+        return len(json.loads((phase.folder / "results.json").read_text(encoding="utf-8")).get("tests") or [])
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def phase_doc(phase: Phase, code: int) -> dict | None:
@@ -448,15 +457,30 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     old = {s: signal.signal(s, forwarder) for s in (signal.SIGINT, signal.SIGTERM)}
     codes: list[tuple[Phase, int]] = []
     crashed: dict[str, list[str]] = {}  # phase label -> xdist's lines about dead workers
+    recovered: dict[str, list[str]] = {}  # serial re-run's label -> the crash that made it
     try:
         for phase in phases(args, folder):
             phase.folder.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "pytest", *pytest_args(args, extra, phase)]
             print(f"zooconform run: phase {phase.label}: {' '.join(cmd[1:])}", flush=True)
             crashes: list[str] | None = [] if args.jobs else None
-            codes.append((phase, run_phase(cmd, forwarder, crashes)))
-            if crashes:
+            code = run_phase(cmd, forwarder, crashes)
+            if crashes and not forwarder.count and not _reported_tests(phase):
+                # a worker died before any test reported (killed while collecting: OOM, a lost
+                # runner): xdist then stops the whole phase, the healthy workers' tests with it.
+                # Run the phase once more, serially, so their results are not lost; the crash
+                # stays in the report as a note.
+                retry = Phase(f"{phase.label}-serial", phase.folder.with_name(phase.folder.name + "-serial"),
+                              phase.marker, ["-p", "no:xdist"])
+                retry.folder.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "pytest", *pytest_args(args, extra, retry)]
+                print(f"zooconform run: an xdist worker died before any test reported ({crashes[0]}); "
+                      f"re-running phase {phase.label} serially: {' '.join(cmd[1:])}", flush=True)
+                recovered[retry.label] = crashes
+                phase, code = retry, run_phase(cmd, forwarder, None)
+            elif crashes:
                 crashed[phase.label] = crashes
+            codes.append((phase, code))
             if forwarder.count:  # interrupted: no further phase
                 break
     finally:
@@ -500,6 +524,10 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     if reasons:
         doc["complete"] = False
         doc["incomplete_reasons"] = list(doc.get("incomplete_reasons") or []) + reasons
+    for label, lines in recovered.items():
+        doc["notes"] = list(doc.get("notes") or []) + [
+            f"an xdist worker died before any test reported ({'; '.join(lines[:2])}); "
+            f"phase {label.removesuffix('-serial')} was re-run serially ({label})"]
     doc["run_id"] = folder.name
 
     links = {}
