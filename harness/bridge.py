@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .constants import NUM_CLASSES
 from . import accuracy as acc
 from .compare import CheckFailure, cosine_rows, message, rel_max_error
 from .errors import InputError
@@ -73,7 +74,6 @@ INPUTS = "inputs"
 INPUT_KEY = "input_0"
 OUTPUT_KEYS = ("output_0", "logits")
 OUTPUT_SUFFIXES = (".npz", ".bin", ".raw")
-NUM_CLASSES = 1000
 IMAGENET_FLOOR_IMAGES = 200  # float64 convolutions are slow on CPU (1.5 s per repvgg_a0 image on 2 busy cores)
 SECTION = "export"  # the export suite's numerics tolerances: the same question, ORT vs torch
 _OWN = (META, DATALIST, REFERENCE, LABELS)

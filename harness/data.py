@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from .errors import InputError
+from .constants import NUM_CLASSES
 
-NUM_CLASSES = 1000
 
 # Photos and graphics shipped in skimage/data (no network: these are package files). The
 # split is by source, and every kind of source is dealt to both sides, so that the

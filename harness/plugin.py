@@ -20,6 +20,7 @@ import pytest
 
 from . import figures as figure_contract
 from .compare import CheckFailure, Inconclusive
+from .constants import parse_shard
 from .errors import ConfigError, ZooconformError
 from .host import cpu_facts, host_class
 from .report.results import (FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions,
@@ -283,12 +284,9 @@ def shard_option(config: pytest.Config) -> tuple[int, int] | None:
     if not value:
         return None
     try:
-        i, n = (int(x) for x in str(value).split("/"))
-    except ValueError:
-        raise pytest.UsageError(f"--shard {value!r}: expected I/N, e.g. --shard 2/4") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise pytest.UsageError(f"--shard {value!r}: I must be between 1 and N (N >= 1)")
-    return i, n
+        return parse_shard(value)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def shard_cards(cards: list, index: int, count: int) -> list:

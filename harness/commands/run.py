@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..constants import parse_shard
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS_FAILED = 1
 INTERRUPTED = 2  # pytest's exit code for an interrupted session; ours for any incomplete run
@@ -112,12 +114,9 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     if not value:
         return None
     try:
-        i, n = (int(x) for x in value.split("/"))
-    except ValueError:
-        raise SystemExit(f"zooconform run: --shard {value!r}: expected I/N, e.g. --shard 2/4") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise SystemExit(f"zooconform run: --shard {value!r}: I must be between 1 and N")
-    return i, n
+        return parse_shard(value)
+    except ValueError as e:
+        raise SystemExit(f"zooconform run: {e}") from None
 
 
 @dataclass

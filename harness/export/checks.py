@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..constants import NUM_CLASSES
 from .. import divergence
 from . import ortopt
 from .. import runtime
@@ -42,7 +43,6 @@ SECTION = "export"
 EXPORT_IMAGES = 16  # eval images per numerics check: enough for a max over images, seconds on 2 cores
 BATCH_IMAGES = 8
 BATCH_SIZES = (1, 4, 8)
-NUM_CLASSES = 1000
 
 
 @dataclass(frozen=True)

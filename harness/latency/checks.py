@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import runtime
+from ..constants import PRECISIONS  # the suite parametrizes over lc.PRECISIONS
 from . import timing
 from .budgets import Budget, Choice
 from ..compare import CheckFailure, Inconclusive, check, message
@@ -49,7 +50,6 @@ from ..zoo import ModelCard
 SECTION = "latency"
 CPU = "CPUExecutionProvider"
 BATCHES = (1, 4, 8)  # the seeds' tables
-PRECISIONS = ("fp32", "int8")
 RATIO_BATCHES = (1, 8)
 THROUGHPUT_BATCH = 8
 GPU_PRECISIONS = {"TensorrtExecutionProvider": ("fp32", "fp16"), "CUDAExecutionProvider": ("fp32",)}

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..constants import parse_shard
 from ..errors import InputError
 from .results import run_notes
 from .views import OUTCOME_ORDER
@@ -102,7 +103,7 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
             reasons.extend(f"{label}: {r}" for r in own)
         shard = settings.get("shard")
         if shard and not sequential:  # phases of one shard are one shard
-            i, n = (int(x) for x in str(shard).split("/"))
+            i, n = parse_shard(shard)
             shards.setdefault(i, []).append(label)
             shard_total.add(n)
         summary.append({"label": label, "source": doc.get("source"), "run_id": run_id_of(doc),

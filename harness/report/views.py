@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import PRECISIONS
 from .. import figures as contract
 
 DASH = "\u2014"
@@ -134,7 +135,6 @@ COLUMNS: list[tuple[str, str, str]] = [
 METHODS = ("minmax", "percentile", "entropy", "user")
 GPU_RUNTIMES = ("ort-cuda", "ort-trt")  # harness/runtimes names whose latency is a GPU's (device "GPU")
 LATENCY_BATCHES = (1, 4, 8)
-PRECISIONS = ("fp32", "int8")
 
 
 # --- figure lookup ------------------------------------------------------------------------
