@@ -129,7 +129,7 @@ def test_ort_optimizations_keep_fp32_function(model_card, lab, record):
     on failure the responsible ORT graph transformer is named by bisecting
     ``disabled_optimizers``."""
     path, label = exportchecks.fp32_file_under_test(lab, model_card)
-    exportchecks.check_ort_optimizations(path, lab.reference(model_card), lab, model_card, record, label=label)
+    exportchecks.check_ort_optimizations(model_card, lab, record, path=path, model=lab.reference(model_card), label=label)
 
 
 def test_fp16_onnx_within_tolerance(model_card, lab, record):

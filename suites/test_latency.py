@@ -55,11 +55,11 @@ def _judge_or_skip(m, choice, card, precision, batch, provider, threads, record,
 @pytest.mark.parametrize("batch", lc.BATCHES, ids=lambda b: f"b{b}")
 @pytest.mark.parametrize("precision", lc.PRECISIONS)
 def test_latency_within_budget(model_card, precision, batch, lab, record, benchmark, latency_profile):
-    m = lc.measure_latency(lab, model_card, precision, batch, record, benchmark=benchmark)
+    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark)
     threads = lc.threads_for(lab)
 
     def remeasure():  # an over-budget quiet median must reproduce (harness/latency/checks.py judge_absolute)
-        return lc.measure_latency(lab, model_card, precision, batch, lambda **figures: None)
+        return lc.measure_latency(model_card, lab, lambda **figures: None, precision, batch)
 
     _judge_or_skip(m, latency_profile, model_card, precision, batch, lc.CPU, threads, record,
                    f"{model_card.id} {precision} batch {batch} (ORT CPU, {threads} threads)",
@@ -69,18 +69,18 @@ def test_latency_within_budget(model_card, precision, batch, lab, record, benchm
 @pytest.mark.latency_ratio
 @pytest.mark.parametrize("batch", lc.RATIO_BATCHES, ids=lambda b: f"b{b}")
 def test_int8_faster_than_fp32(model_card, batch, lab, record):
-    lc.check_int8_faster(lab, model_card, batch, record)
+    lc.check_int8_faster(model_card, lab, record, batch)
 
 
 @pytest.mark.latency_ratio
 def test_batch8_per_image_not_slower_than_batch1(model_card, lab, record):
-    lc.check_batching_pays(lab, model_card, record)
+    lc.check_batching_pays(model_card, lab, record)
 
 
 @pytest.mark.latency_ratio
 @family("repvgg")
 def test_deploy_form_faster_than_training_form(model_card, lab, record):
-    lc.check_deploy_faster(lab, model_card, record)
+    lc.check_deploy_faster(model_card, lab, record)
 
 
 @pytest.mark.latency_ratio
@@ -88,11 +88,11 @@ def test_user_onnx_not_slower_than_own_export(model_card, lab, record):
     user = lab.artifacts(model_card).get("onnx")
     if user is None:
         pytest.skip(f"the manifest names no onnx for {model_card.id} (--artifacts): nothing to compare with the suite's export")
-    lc.check_user_onnx_speed(lab, model_card, record, user)
+    lc.check_user_onnx_speed(model_card, lab, record, user)
 
 
 def test_throughput_within_budget(model_card, lab, record, latency_profile):
-    c = lc.measure_throughput(lab, model_card, record)
+    c = lc.measure_throughput(model_card, lab, record)
     record(**latency_profile.figures())
     floor = lc.throughput_budget_for(latency_profile, model_card, lc.threads_for(lab))
     if isinstance(floor, str):
@@ -114,7 +114,7 @@ def test_gpu_latency_within_budget(model_card, gpu_case, lab, record, benchmark,
         pytest.skip("no CUDA or TensorRT execution provider in this onnxruntime (CPU only): GPU budgets "
                     "(e.g. --profile t4-tensorrt) need onnxruntime-gpu on a GPU machine")
     provider, precision, batch = gpu_case
-    m = lc.measure_latency(lab, model_card, precision, batch, record, benchmark=benchmark, provider=provider)
+    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, provider=provider)
     _judge_or_skip(m, latency_profile, model_card, precision, batch, provider, None, record,
                    f"{model_card.id} {precision} batch {batch} ({provider})",
                    lc.artifact(lab, model_card, "fp32" if precision == "fp16" else precision)[0])

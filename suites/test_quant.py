@@ -26,7 +26,7 @@ def _skip_other_methods_for_user_file(lab, card, method):
 
 
 def test_calibration_set_is_not_the_eval_set(model_card, lab, record):
-    quantchecks.check_calibration_split(lab, model_card, record)
+    quantchecks.check_calibration_split(model_card, lab, record)
 
 
 # The default method (Percentile, the seeds' "int8-percentile") runs in every tier; MinMax
@@ -38,17 +38,17 @@ METHOD_CASES = [pytest.param(m, marks=() if m == DEFAULT_METHOD else pytest.mark
 @pytest.mark.parametrize("method", METHOD_CASES)
 def test_int8_matches_fp32(model_card, method, lab, record):
     _skip_other_methods_for_user_file(lab, model_card, method)
-    quantchecks.check_int8_matches_fp32(lab, model_card, method, record)
+    quantchecks.check_int8_matches_fp32(model_card, lab, record, method)
 
 
 def test_int8_layers_keep_sqnr(model_card, lab, record):
-    quantchecks.check_layer_sqnr(lab, model_card, DEFAULT_METHOD, record)
+    quantchecks.check_layer_sqnr(model_card, lab, record, DEFAULT_METHOD)
 
 
 def test_int8_kernels_match_simulation(model_card, lab, record):
     """Verdict (b), about this host: ORT's integer kernels compute the QDQ graph (its float
     simulation). Without VNNI, U8S8 files quantized without reduce_range fail here, and the
     message gives the same file's figures with 7-bit weights."""
-    not_applicable = quantchecks.check_int8_kernels_match_simulation(lab, model_card, DEFAULT_METHOD, record)
+    not_applicable = quantchecks.check_int8_kernels_match_simulation(model_card, lab, record, DEFAULT_METHOD)
     if not_applicable:
         pytest.skip(f"not applicable: {not_applicable}")

@@ -25,7 +25,7 @@ def test_a_failing_int8_agreement_lists_the_images_only_int8_flips(lab):
                          quant=flat, float_for_report=qz.preprocessed(qlab, qz.fp32_source(qlab, card)))
     rec = recorder()
     with pytest.raises(CheckFailure) as e:
-        qc.check_int8_matches_fp32(qlab, card, "minmax", rec, subject=subject)
+        qc.check_int8_matches_fp32(card, qlab, rec, "minmax", subject=subject)
     figs = {**rec.figures, **e.value.figures}
     flips = figs["int8_only_flip_list"]
     assert figs["int8_flips"] == figs["int8_only_flips"] + figs["int8_flips_also_under_noise"] > 0

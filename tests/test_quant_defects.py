@@ -60,7 +60,7 @@ def flat_grey_images(card, levels=(16, 48, 80, 112, 144, 176, 208, 240, 128, 96)
 
 def test_flat_grey_calibration_fails_the_noise_floor_while_real_calibration_passes(qlab, card):
     good = _recorder()
-    qc.check_int8_matches_fp32(qlab, card, "minmax", good)
+    qc.check_int8_matches_fp32(card, qlab, good, "minmax")
     assert good.figures["mode"] == "noise-floor"
 
     flat = qz.quantized_result(qlab, card, "minmax", calib=flat_grey_images(card), calib_source="flat grey images")
@@ -68,7 +68,7 @@ def test_flat_grey_calibration_fails_the_noise_floor_while_real_calibration_pass
                          quant=flat, float_for_report=qz.preprocessed(qlab, qz.fp32_source(qlab, card)))
     bad = _recorder()
     with pytest.raises(CheckFailure) as e:
-        qc.check_int8_matches_fp32(qlab, card, "minmax", bad, subject=subject)
+        qc.check_int8_matches_fp32(card, qlab, bad, "minmax", subject=subject)
     msg = str(e.value)
     assert "+-2 grey levels of input noise" in msg and str(flat.path) in msg
     assert "worst QDQ tensors" in msg  # the layer report names where it breaks
@@ -86,7 +86,7 @@ def test_degenerate_fp32_model_is_judged_on_cosine_not_left_inconclusive(qlab, c
     subject = qc.Subject(res.path, fp32, f"int8 of raw-init {card.id}", quant=res)
     rec = _recorder()
     try:
-        qc.check_int8_matches_fp32(qlab, card, "minmax", rec, subject=subject)
+        qc.check_int8_matches_fp32(card, qlab, rec, "minmax", subject=subject)
         figures = rec.figures
     except CheckFailure as e:  # a verdict either way; what matters is what it was judged on
         assert "centred-logit cosine distance" in str(e) and "top-1 agreement /" not in str(e)
@@ -118,7 +118,7 @@ def test_tampered_qdq_scale_is_caught_and_named(qlab, card, tmp_path, factor):
     user_lab.memos.share("inputs", qlab.memos)  # same images, already preprocessed
     rec = _recorder()
     with pytest.raises(CheckFailure) as e:
-        qc.check_layer_sqnr(user_lab, user_lab.zoo[card.id], "percentile", rec)
+        qc.check_layer_sqnr(user_lab.zoo[card.id], user_lab, rec, "percentile")
     msg = str(e.value)
     assert f"tensor '{tensor}'" in msg and f"scale '{scale}'" in msg and str(user) in msg
     assert e.value.figures["worst_activations"][0]["tensor"] == tensor
@@ -128,7 +128,7 @@ def test_untampered_int8_model_keeps_every_pair_above_the_sqnr_floor(qlab, card)
     subject = qc.Subject(qz.quantized(qlab, card, "minmax"), qz.fp32_source(qlab, card), f"int8 (minmax) {card.id}",
                          float_for_report=qz.preprocessed(qlab, qz.fp32_source(qlab, card)))
     rec = _recorder()
-    qc.check_layer_sqnr(qlab, card, "minmax", rec, subject=subject)
+    qc.check_layer_sqnr(card, qlab, rec, "minmax", subject=subject)
     assert rec.figures["min_activation_sqnr_db"] >= 20 and rec.figures["qdq_activation_pairs"] > 100
 
 
@@ -158,7 +158,7 @@ def test_labelled_path_fails_int8_that_loses_correct_predictions_and_says_it_wid
     assert qc.has_labels(real, real_card)
     rec = _recorder()
     with pytest.raises(CheckFailure) as e:
-        qc.check_int8_matches_fp32(real, real_card, "minmax", rec)
+        qc.check_int8_matches_fp32(real_card, real, rec, "minmax")
     msg = str(e.value)
     assert rec.figures["mode"] == "labelled" and rec.figures["fp32_top1_pct"] == 100.0
     assert "int8 top-1 of" in msg and "points below fp32" in msg
@@ -208,7 +208,7 @@ def test_portable_int8_file_passes_verdict_b_on_this_host(qlab, card):
     rr = qz.quantized_result(qlab, card, "percentile", options=qz.QuantOptions("percentile", reduce_range=True))
     subject = qc.Subject(rr.path, qz.fp32_source(qlab, card), f"int8 (percentile, reduce_range) {card.id}", quant=rr)
     rec = _recorder()
-    assert qc.check_int8_kernels_match_simulation(qlab, card, "percentile", rec, subject=subject) is None
+    assert qc.check_int8_kernels_match_simulation(card, qlab, rec, "percentile", subject=subject) is None
     assert rec.figures["kernel_error_over_quantization_error"] <= tolerance_limit()
     assert rec.figures["host_class"] == host_class(cpu_facts())
 
@@ -217,7 +217,7 @@ def test_full_range_file_passes_verdict_b_exactly_where_kernels_do_not_saturate(
     if u8s8_may_saturate(cpu_facts()):
         pytest.skip(f"this host ({host_class(cpu_facts())}) saturates U8S8: the planted tests below cover it")
     rec = _recorder()
-    assert qc.check_int8_kernels_match_simulation(qlab, card, "percentile", rec) is None
+    assert qc.check_int8_kernels_match_simulation(card, qlab, rec, "percentile") is None
     assert rec.figures["int8_weight_max_abs"] > 64  # full range, and still right on a VNNI host
 
 
@@ -231,7 +231,7 @@ def test_kernel_fault_without_vnni_names_saturation_and_measures_the_reduce_rang
     subject = qc.Subject(full, qz.fp32_source(qlab, card), f"int8 (percentile, full-range weights) {card.id}")
     rec = _recorder()
     with pytest.raises(CheckFailure) as e:
-        qc.check_int8_kernels_match_simulation(qlab, card, "percentile", rec, subject=subject,
+        qc.check_int8_kernels_match_simulation(card, qlab, rec, "percentile", subject=subject,
                                                run_int8=_saturating_kernels(full, tmp_path), cpu=AVX2)
     msg = str(e.value)
     assert "x86-avx2, no VNNI" in msg and "VPMADDUBSW" in msg and "max |q| 127" in msg
@@ -246,7 +246,7 @@ def test_kernel_fault_on_a_vnni_host_is_not_blamed_on_saturation(qlab, card, tmp
     full = _full_range_file(qlab, card)
     subject = qc.Subject(full, qz.fp32_source(qlab, card), f"int8 (percentile, full-range weights) {card.id}")
     with pytest.raises(CheckFailure) as e:
-        qc.check_int8_kernels_match_simulation(qlab, card, "percentile", _recorder(), subject=subject,
+        qc.check_int8_kernels_match_simulation(card, qlab, _recorder(), "percentile", subject=subject,
                                                run_int8=_saturating_kernels(full, tmp_path), cpu=VNNI)
     msg = str(e.value)
     assert "x86-avx512-vnni" in msg and "not the known U8S8 saturation (this host has VNNI/AMX" in msg
@@ -278,7 +278,7 @@ def test_reduced_range_copy_has_7_bit_weights_and_keeps_the_model(qlab, card, tm
 
 def test_model_verdict_is_the_float_simulation_for_qdq_files(qlab, card):
     rec = _recorder()
-    qc.check_int8_matches_fp32(qlab, card, "percentile", rec)
+    qc.check_int8_matches_fp32(card, qlab, rec, "percentile")
     assert rec.figures["int8_format"] == "QDQ" and rec.figures["int8_judged_as"].startswith("QDQ float simulation")
 
 

@@ -173,14 +173,14 @@ def _SplitLab(calib, ev) -> FakeLab:
 def test_calibration_split_catches_eval_images_used_for_calibration():
     lab = _SplitLab(_set(["a", "b", "c"]), _set(["c", "d"]))
     with pytest.raises(CheckFailure) as e:
-        qc.check_calibration_split(lab, None, lambda **k: None)
+        qc.check_calibration_split(None, lab, lambda **k: None)
     assert "['c']" in str(e.value) and "flatters" in str(e.value)
 
 
 def test_calibration_split_catches_views_of_one_photo_on_both_sides():
     lab = _SplitLab(_set(["coffee#0", "coffee#1"], ["coffee", "coffee"]), _set(["coffee#2"], ["coffee"]))
     with pytest.raises(CheckFailure) as e:
-        qc.check_calibration_split(lab, None, lambda **k: None)
+        qc.check_calibration_split(None, lab, lambda **k: None)
     assert "coffee" in str(e.value)
 
 
@@ -188,7 +188,7 @@ def test_calibration_split_requires_every_class_on_labelled_data():
     calib = _set([f"c{i}" for i in range(6)], labels=[0, 0, 1, 1, 2, 2])
     ev = _set([f"e{i}" for i in range(6)], labels=[0, 1, 2, 3, 4, 5])
     with pytest.raises(CheckFailure) as e:
-        qc.check_calibration_split(_SplitLab(calib, ev), None, lambda **k: None)
+        qc.check_calibration_split(None, _SplitLab(calib, ev), lambda **k: None)
     assert "classes represented" in str(e.value)
     good = _set([f"c{i}" for i in range(6)], labels=[0, 1, 2, 3, 4, 5])
-    qc.check_calibration_split(_SplitLab(good, ev), None, lambda **k: None)
+    qc.check_calibration_split(None, _SplitLab(good, ev), lambda **k: None)

@@ -440,7 +440,7 @@ def fp32_file_under_test(lab, card: ModelCard) -> tuple[Path, str]:
                         else f"{card.id} (legacy exporter, opset 17)")
 
 
-def check_ort_optimizations(path: Path, model: nn.Module, lab, card: ModelCard, record, *, label: str,
+def check_ort_optimizations(card: ModelCard, lab, record, *, path: Path, model: nn.Module, label: str,
                             runner=None) -> None:
     """ORT_ENABLE_ALL vs ORT_DISABLE_ALL on the same fp32 file, within the export tolerance
     (k x the model's fp64 floor); ``runner`` replaces ORT (self-tests plant a faulty transformer)."""

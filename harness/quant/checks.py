@@ -400,7 +400,7 @@ def subject_for(lab, card, method: str) -> Subject:
                    float_for_report=qmod.preprocessed(lab, fp32))
 
 
-def check_int8_matches_fp32(lab, card, method: str, record, subject: Subject | None = None, run_int8=None) -> None:
+def check_int8_matches_fp32(card, lab, record, method: str, subject: Subject | None = None, run_int8=None) -> None:
     """Verdict (a), the model: the int8 file run as a QDQ float simulation (``ORT_DISABLE_ALL``:
     Q/DQ and float ops, no integer kernels) against fp32, so that the verdict is the same on
     every host; labelled accuracy when the run has labels and weights, else the noise floor.
@@ -596,7 +596,7 @@ def measure_kernels(path: Path, x: np.ndarray, fp32: np.ndarray, noisy: np.ndarr
     return kernel_figures(fp32, noisy, run_int8(path, "none", x), run_int8(path, "all", x))
 
 
-def check_int8_kernels_match_simulation(lab, card, method: str, record, subject: Subject | None = None,
+def check_int8_kernels_match_simulation(card, lab, record, method: str, subject: Subject | None = None,
                                         run_int8=None, cpu: CpuFacts | None = None) -> str | None:
     """Verdict (b), this host: ORT's integer kernels (``ORT_ENABLE_ALL``: QDQ fused into
     QLinearConv and friends) compute what the QDQ graph says (its float simulation). The kernels
@@ -682,7 +682,7 @@ def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:
     return rep
 
 
-def check_layer_sqnr(lab, card, method: str, record, subject: Subject | None = None) -> None:
+def check_layer_sqnr(card, lab, record, method: str, subject: Subject | None = None) -> None:
     """Every QDQ pair and quantized weight keeps a minimum SQNR; the weakest are named."""
     subject = subject or subject_for(lab, card, method)
     rep = layer_report_for(lab, card, subject, record)
@@ -719,7 +719,7 @@ def judge_layer_report(rep: LayerReport, *, subject: str, where: str) -> None:
 
 # --- the calibration set ----------------------------------------------------------------
 
-def check_calibration_split(lab, card, record) -> None:
+def check_calibration_split(card, lab, record) -> None:
     """Calibration images never overlap evaluation images (not even views of one source
     photo); on labelled data every class is represented, as the seeds prescribe."""
     calib, ev = lab.images("calib"), lab.images("eval")
