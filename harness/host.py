@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -162,21 +163,53 @@ class Fingerprint:
         return " · ".join(parts)
 
 
-def fingerprint(threads: int | None = None, measure_peaks: bool = True, versions: dict[str, str] | None = None,
+def fingerprint(threads: int | None = None, versions: dict[str, str] | None = None,
                 cpu: CpuFacts | None = None) -> Fingerprint:
-    """The machine fingerprint; with ``measure_peaks`` the fp32 and int8 peaks of ORT's CPU EP
-    at ``threads`` intra-op threads (measured once per process, a few seconds)."""
+    """The machine fingerprint from the CPU's flags, without peaks: the fp32 and int8 peaks are
+    measured by the latency package (``harness.latency.checks.host_figures``), which fills them in."""
     cpu = cpu or cpu_facts()
-    fp32 = int8 = quiet = None
-    if measure_peaks:
-        from .latency import timing
-
-        p32 = timing.machine_peak(threads)
-        p8 = timing.int8_peak(threads)
-        fp32, int8, quiet = round(p32.gflops, 1), round(p8.gflops, 1), bool(p32.quiet and p8.quiet)
     if versions is None:
-        from .report.results import library_versions
-
         versions = library_versions()
     return Fingerprint(cpu.model, cpu.cores, cpu.arch, cpu.isa, host_class(cpu), u8s8_may_saturate(cpu),
-                       fp32, int8, threads, quiet, cpu.source, dict(versions))
+                       None, None, threads, None, cpu.source, dict(versions))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a verdict depends on (what a report must name)."""
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "numpy",
+                 "pillow", "scikit-image", "pytest", "pytest-benchmark", "pytest-html", "pytest-xdist"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine as older reports and pytest-benchmark name it (hostname, platform, CPU model, GPU)."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
+            "cores": os.cpu_count(), "gpu": _gpu()}
+
+
+def _gpu() -> str | None:
+    """Accelerator execution providers ONNX Runtime offers here (None: no GPU claim)."""
+    try:
+        import onnxruntime as ort  # lazily: the fingerprint of a --help run needs no runtime
+
+        eps = ort.get_available_providers()
+        # only accelerator EPs: onnxruntime also lists AzureExecutionProvider (a remote call EP)
+        accel = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                 "DmlExecutionProvider", "OpenVINOExecutionProvider", "CoreMLExecutionProvider")
+        return ",".join(e for e in eps if e in accel) or None
+    except Exception:  # onnxruntime missing or broken: no GPU claim
+        return None
+

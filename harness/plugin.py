@@ -197,7 +197,7 @@ def host_fingerprint(config: pytest.Config, measure_peaks: bool) -> dict:
     else:  # CPU flags only: no onnxruntime, no measurement
         from . import host
 
-        fp = host.fingerprint(fingerprint_threads(config), measure_peaks=False)
+        fp = host.fingerprint(fingerprint_threads(config))
     out = {**fp.as_dict(), "one_line": fp.one_line()}
     config.stash[_fingerprint_key] = out
     return out

@@ -54,7 +54,7 @@ def test_proc_cpuinfo_is_parsed_for_model_and_flags(tmp_path):
 
 
 def test_fingerprint_without_peaks_carries_class_isa_and_versions():
-    fp = host.fingerprint(measure_peaks=False, versions={"onnxruntime": "1.0"}, cpu=_cpu("avx2 fma"))
+    fp = host.fingerprint(versions={"onnxruntime": "1.0"}, cpu=_cpu("avx2 fma"))
     d = fp.as_dict()
     assert d["host_class"] == "x86-avx2" and d["u8s8_saturates"] and d["versions"] == {"onnxruntime": "1.0"}
     assert d["fp32_peak_gflops"] is None

@@ -37,7 +37,7 @@ def fake_host(monkeypatch):
 
     def host_figures(threads, measure_peaks=True, lab=None):
         calls.append(measure_peaks)
-        fp = fingerprint(threads, measure_peaks=False, versions={}, cpu=AVX2)
+        fp = fingerprint(threads, versions={}, cpu=AVX2)
         if measure_peaks:
             from dataclasses import replace
 

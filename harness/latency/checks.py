@@ -93,7 +93,7 @@ def host_figures(threads: int, measure_peaks: bool = True, lab=None):
 
     from .. import host
 
-    fp = host.fingerprint(threads, measure_peaks=False)
+    fp = host.fingerprint(threads)
     if not measure_peaks:
         return fp
     p32, p8 = peak_for(threads, lab=lab), int8_peak_for(threads, lab=lab)

@@ -8,54 +8,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..figures import TEST_FIELDS
+from ..host import library_versions, machine_info  # noqa: F401  (re-exported: the run's machine and versions)
 
 FIGURE_PREFIX = "fig:"
-
-
-def library_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "numpy",
-                 "pillow", "scikit-image", "pytest", "pytest-benchmark", "pytest-html", "pytest-xdist"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
-            "cores": os.cpu_count(), "gpu": _gpu()}
-
-
-def _gpu() -> str | None:
-    try:
-        import onnxruntime as ort
-
-        eps = ort.get_available_providers()
-        # only accelerator EPs: onnxruntime also lists AzureExecutionProvider (a remote call EP)
-        accel = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
-                 "DmlExecutionProvider", "OpenVINOExecutionProvider", "CoreMLExecutionProvider")
-        return ",".join(e for e in eps if e in accel) or None
-    except Exception:  # onnxruntime missing or broken: no GPU claim
-        return None
 
 
 def jsonable(value: Any) -> Any:
