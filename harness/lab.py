@@ -17,7 +17,7 @@ from . import manifest as manifest_mod
 from . import models as models_mod
 from .cache import ArtifactCache, Memo, T
 from .errors import ConfigError, InputError, OptionError, ZooconformError
-from .preprocess.reference import reference_batch, reference_transform
+from .transforms import reference_batch, reference_transform
 from .zoo import ModelCard, load_zoo, select
 
 DEFAULT_EVAL_IMAGES = 200

@@ -91,7 +91,7 @@ def test_raw_init_is_degenerate_and_recalibration_fixes_it():
     """Why the default recalibrates: raw timm init predicts one class for every image."""
     from harness import data
     from harness.compare import distinct_top1
-    from harness.preprocess.reference import reference_batch
+    from harness.transforms import reference_batch
 
     card = ZOO["repvgg_a0"]
     imgs, _, _ = data.load_images(data.embedded("eval", 200).samples)

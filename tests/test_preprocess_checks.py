@@ -13,7 +13,7 @@ import torch.nn as nn
 from harness.preprocess import deploy as dp
 from harness.preprocess import checks as pc
 from harness.compare import CheckFailure, Inconclusive
-from harness.preprocess.reference import ECenterCrop, reference_transform
+from harness.transforms import ECenterCrop, reference_transform
 from harness.zoo import load_zoo
 
 ZOO = load_zoo()

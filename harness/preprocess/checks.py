@@ -2,7 +2,7 @@
 
 Three views of one card's preprocessing:
 
-- the card's reference (:mod:`harness.preprocess.reference`, torchvision exactly as the seed's code);
+- the card's reference (:mod:`harness.transforms`, torchvision exactly as the seed's code);
 - timm's own eval transform for the architecture (``resolve_data_config`` + ``create_transform``);
 - a deploy-side config under test (:mod:`harness.preprocess.deploy`: the manifest's
   ``preprocess`` JSON, or else the config derived from the card, so the implementation
@@ -28,7 +28,7 @@ from PIL import Image
 from . import deploy as dp
 from ..compare import CheckFailure, Inconclusive, binomial_halfwidth, check, message, top1_agreement
 from ..errors import ConfigError
-from .reference import reference_batch, reference_transform
+from ..transforms import reference_batch, reference_transform
 from ..tolerances import tolerance
 from ..zoo import ModelCard, Preprocess
 
@@ -286,7 +286,7 @@ def _diagnosis_text(diag: dict[str, Any], cfg: dp.DeployConfig, good: dp.DeployC
     if not diag["differing_keys"]:
         return ("harness/preprocess/deploy.py (the config equals the card-derived one)",
                 "the config equals the card-derived config, yet its output differs: a defect in the "
-                "implementation (harness/preprocess/deploy.py) or in the reference (harness/preprocess/reference.py)")
+                "implementation (harness/preprocess/deploy.py) or in the reference (harness/transforms.py)")
     if diag["restoring"]:
         best = diag["restoring"]
         keys = sorted({k for ks in best for k in ks}, key=dp.SEMANTIC_KEYS.index)
@@ -445,7 +445,7 @@ def check_ecenter_square_identity(card: ModelCard, natural: Sequence[Image.Image
            square_max_normalised=stats["max_norm"])
     check(all(equal), f"ECenterCrop({pre.crop}) vs Resize({side})+CenterCrop({pre.crop}) on {side}x{side} images",
           f"{equal.count(False)}/{len(equal)} differ ({_stats_text(stats)})", "bit-identical",
-          f"harness/preprocess/reference.py ECenterCrop / {card.file.name} models.{card.id}.preprocess",
+          f"harness/transforms.py ECenterCrop / {card.file.name} models.{card.id}.preprocess",
           cause=f"on a square of side S+32 both crop the centred {pre.crop}x{pre.crop} pixels without resampling; "
                 "a difference means the crop fraction or the crop offsets are not what the seed's code computes")
 

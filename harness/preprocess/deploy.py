@@ -31,7 +31,7 @@ Decisions, shared with the reference (tested in ``tests/test_preprocess_*.py``):
 
 - **Decoding.** Every input, whatever its mode, becomes 8-bit RGB through PIL's
   ``convert("RGB")`` (:func:`decode_rgb`), exactly as torchvision's ``ImageFolder`` loader
-  and :func:`harness.preprocess.reference.reference_batch` do. Hence:
+  and :func:`harness.transforms.reference_batch` do. Hence:
   - *alpha* (LA, RGBA, P with transparency) is **discarded, not composited**: a fully
     transparent pixel keeps its hidden colour. The output does not depend on alpha at all.
   - *L / LA / I;16* become grey RGB; PIL clips 16-bit values at 255 (measured: 256..65535

@@ -464,7 +464,7 @@ def calibration_samples(lab) -> list:
 def calibration_inputs(samples: list, card) -> np.ndarray:
     """The card's reference preprocessing of the calibration samples (undecodable ones dropped)."""
     from ..data import load_images
-    from ..preprocess.reference import reference_batch
+    from ..transforms import reference_batch
 
     imgs, _, _ = load_images(samples)
     return reference_batch(imgs, card.preprocess).numpy()

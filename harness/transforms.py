@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from ..zoo import Preprocess
+from .zoo import Preprocess
 
 _TV_INTERP = {
     "bilinear": InterpolationMode.BILINEAR,
