@@ -4,6 +4,8 @@ Each raises :class:`CheckFailure` with the one message shape on a mismatch.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch.nn as nn
 
 from . import flops as flops_mod
@@ -12,6 +14,9 @@ from .compare import CheckFailure, check, distinct_top1, message
 from .models import count_params, create_architecture, deploy_form
 from .tolerances import tolerance
 from .zoo import ModelCard, Printed, PublishedRow
+
+if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
+    from .testing import LabLike, Record
 
 
 def measured_figures(card: ModelCard) -> dict:
@@ -56,7 +61,7 @@ def within_published(measured: float, published: float, rel: float, digit_units:
     return abs(measured - published) <= allowed, allowed
 
 
-def check_params(card: ModelCard, lab, record, row: PublishedRow) -> None:
+def check_params(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
     fig = figures_of(card, lab)
     measured = fig["params"] / 1e6
     deploy = fig["form"] == "deploy"
@@ -72,7 +77,7 @@ def check_params(card: ModelCard, lab, record, row: PublishedRow) -> None:
                                 f"{(measured - row.params_m) / row.params_m:+.3%} (width/depth/groups?)")
 
 
-def check_flops(card: ModelCard, lab, record, row: PublishedRow) -> None:
+def check_flops(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
     size = row.input_size or card.input_size
     measured = figures_of(card, lab)["flops"][(row.flops_convention, size)]
     plain = figures_of(card, lab)["gmacs"][size]
@@ -115,7 +120,7 @@ def card_view(card: ModelCard) -> dict:
             "std": tuple(round(x, 3) for x in p.std)}
 
 
-def check_timm_data_config(card: ModelCard, lab, record) -> None:
+def check_timm_data_config(card: ModelCard, lab: LabLike, record: Record) -> None:
     ours = card_view(card)
     cfg = timm_data_config(card)
     import math
@@ -137,7 +142,7 @@ def check_timm_data_config(card: ModelCard, lab, record) -> None:
                            {"finding": found})
 
 
-def check_fusion_upsampling(card: ModelCard, lab, record) -> None:
+def check_fusion_upsampling(card: ModelCard, lab: LabLike, record: Record) -> None:
     claimed = card.claims.get("fusion_upsample")
     modes = figures_of(card, lab)["upsample_modes"]
     record(fusion_upsample_card=claimed, fusion_upsample_built=modes)
@@ -146,7 +151,7 @@ def check_fusion_upsampling(card: ModelCard, lab, record) -> None:
           cause=f"the card says '{claimed}', the built model upsamples with {modes}")
 
 
-def check_diverse_predictions(card: ModelCard, lab, record) -> None:
+def check_diverse_predictions(card: ModelCard, lab: LabLike, record: Record) -> None:
     logits = lab.reference_logits(card, "eval")
     n = distinct_top1(logits)
     need = int(tolerance("card", "min_distinct_classes"))

@@ -36,6 +36,12 @@ class LabLike(Protocol):
     def images(self, split: str) -> Any: ...
 
 
+class Record(Protocol):
+    """The ``record`` a check takes: ``record(name=value, ...)`` keeps figures for the report."""
+
+    def __call__(self, **figures: Any) -> None: ...
+
+
 class Recorder(dict):
     """The ``record`` fixture's stand-in: ``record(**figures)`` keeps them; read them as a dict
     (``rec["opset_written"]``) or as ``rec.figures``. ``check(figures)``, when given, sees every

@@ -51,6 +51,17 @@ def test_a_failing_build_is_not_memoised_and_no_owner_builds_every_time():
     assert calls == [1, 1]
 
 
+def test_the_lab_and_the_fake_lab_satisfy_the_check_protocol(tmp_path):
+    from harness.lab import Lab, Settings
+    from harness.testing import FakeLab, LabLike, Recorder
+
+    assert isinstance(FakeLab(tmp_path), LabLike)
+    assert isinstance(Lab(Settings(cache_dir=tmp_path / "cache", report_dir=tmp_path / "reports")), LabLike)
+    rec = Recorder()
+    rec(a=1)
+    assert rec.figures == {"a": 1}
+
+
 def test_approx_bytes_counts_the_buffers_inside_containers():
     import numpy as np
 

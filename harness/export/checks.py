@@ -21,6 +21,7 @@ import copy
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from ..lab import torch_logits
 from ..runtime import INPUT_NAME, OUTPUT_NAME
 from ..tolerances import tolerance
 from ..zoo import ModelCard
+
+if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
+    from ..testing import LabLike, Record
 
 SECTION = "export"
 EXPORT_IMAGES = 16  # eval images per numerics check: enough for a max over images, seconds on 2 cores
@@ -440,7 +444,7 @@ def fp32_file_under_test(lab, card: ModelCard) -> tuple[Path, str]:
                         else f"{card.id} (legacy exporter, opset 17)")
 
 
-def check_ort_optimizations(card: ModelCard, lab, record, *, path: Path, model: nn.Module, label: str,
+def check_ort_optimizations(card: ModelCard, lab: LabLike, record: Record, *, path: Path, model: nn.Module, label: str,
                             runner=None) -> None:
     """ORT_ENABLE_ALL vs ORT_DISABLE_ALL on the same fp32 file, within the export tolerance
     (k x the model's fp64 floor); ``runner`` replaces ORT (self-tests plant a faulty transformer)."""

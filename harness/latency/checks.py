@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from ..compare import CheckFailure, Inconclusive, check, message
 from ..cache import memoised
 from ..tolerances import Limit, tolerance
 from ..zoo import ModelCard
+
+if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
+    from ..testing import LabLike, Record
 
 SECTION = "latency"
 CPU = "CPUExecutionProvider"
@@ -326,7 +329,7 @@ def gpu_session(path: Path, provider: str, precision: str):
     return ort.InferenceSession(str(path), sess_options=so, providers=[(provider, options), CPU])
 
 
-def measure_latency(card: ModelCard, lab, record, precision: str, batch: int, *, benchmark=None,
+def measure_latency(card: ModelCard, lab: LabLike, record: Record, precision: str, batch: int, *, benchmark=None,
                     provider: str = CPU, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Measurement:
     """Time one model x precision x batch; record every figure (results.json and, with
     ``benchmark``, pytest-benchmark's JSON)."""
@@ -520,14 +523,14 @@ def check_onnx_not_slower(user: Path, own: Path, x: np.ndarray, threads: int, re
                                                                "optimises less (opset, layout, unfused ops)", lab))
 
 
-def check_user_onnx_speed(card: ModelCard, lab, record, user: Path, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def check_user_onnx_speed(card: ModelCard, lab: LabLike, record: Record, user: Path, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
     threads = threads_for(lab)
     x = batch_of(lab, card, 1)
     check_onnx_not_slower(user, own_export(lab, card), x, threads, record, label=f"manifest onnx of {card.id}",
                           clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab)
 
 
-def check_int8_faster(card: ModelCard, lab, record, batch: int, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def check_int8_faster(card: ModelCard, lab: LabLike, record: Record, batch: int, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
     threads = threads_for(lab)
     fp32, fp32_what = artifact(lab, card, "fp32")
     int8, int8_what = artifact(lab, card, "int8")
@@ -541,7 +544,7 @@ def check_int8_faster(card: ModelCard, lab, record, batch: int, *, clocks: timin
                                   "they save")
 
 
-def check_batching_pays(card: ModelCard, lab, record, *, big: int = 8, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def check_batching_pays(card: ModelCard, lab: LabLike, record: Record, *, big: int = 8, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
     threads = threads_for(lab)
     path, what = artifact(lab, card, "fp32")
     num, den = Side(path, big, f"{what} at batch {big}"), Side(path, 1, f"{what} at batch 1")
@@ -555,7 +558,7 @@ def check_batching_pays(card: ModelCard, lab, record, *, big: int = 8, clocks: t
                                   "in cache")
 
 
-def check_deploy_faster(card: ModelCard, lab, record, *, batch: int = 1, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def check_deploy_faster(card: ModelCard, lab: LabLike, record: Record, *, batch: int = 1, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
     threads = threads_for(lab)
     train, deploy = own_export(lab, card), deploy_export(lab, card)
     num, den = Side(deploy, batch, "the deploy form"), Side(train, batch, "the training form")
@@ -569,7 +572,7 @@ def check_deploy_faster(card: ModelCard, lab, record, *, batch: int = 1, clocks:
 
 # --- throughput -----------------------------------------------------------------------------
 
-def measure_throughput(card: ModelCard, lab, record, *, instances: int | None = None, batch: int = THROUGHPUT_BATCH,
+def measure_throughput(card: ModelCard, lab: LabLike, record: Record, *, instances: int | None = None, batch: int = THROUGHPUT_BATCH,
                        clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Concurrent:
     threads = threads_for(lab)
     n = instances or threads

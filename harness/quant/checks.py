@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
 from ..tolerances import tolerance
 from .qdq_report import (WORST_SHOWN, LayerReport, TensorError, dequantize, layer_report, qdq_pairs,  # noqa: F401
                          sqnr_db, weight_errors)  # (re-exported: the self-tests reach them through checks)
+
+if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
+    from ..testing import LabLike, Record
 
 SECTION = "quant"
 IMAGENET_VAL_IMAGES = 50_000
@@ -400,7 +404,7 @@ def subject_for(lab, card, method: str) -> Subject:
                    float_for_report=qmod.preprocessed(lab, fp32))
 
 
-def check_int8_matches_fp32(card, lab, record, method: str, subject: Subject | None = None, run_int8=None) -> None:
+def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None, run_int8=None) -> None:
     """Verdict (a), the model: the int8 file run as a QDQ float simulation (``ORT_DISABLE_ALL``:
     Q/DQ and float ops, no integer kernels) against fp32, so that the verdict is the same on
     every host; labelled accuracy when the run has labels and weights, else the noise floor.
@@ -596,7 +600,7 @@ def measure_kernels(path: Path, x: np.ndarray, fp32: np.ndarray, noisy: np.ndarr
     return kernel_figures(fp32, noisy, run_int8(path, "none", x), run_int8(path, "all", x))
 
 
-def check_int8_kernels_match_simulation(card, lab, record, method: str, subject: Subject | None = None,
+def check_int8_kernels_match_simulation(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None,
                                         run_int8=None, cpu: CpuFacts | None = None) -> str | None:
     """Verdict (b), this host: ORT's integer kernels (``ORT_ENABLE_ALL``: QDQ fused into
     QLinearConv and friends) compute what the QDQ graph says (its float simulation). The kernels
@@ -682,7 +686,7 @@ def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:
     return rep
 
 
-def check_layer_sqnr(card, lab, record, method: str, subject: Subject | None = None) -> None:
+def check_layer_sqnr(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None) -> None:
     """Every QDQ pair and quantized weight keeps a minimum SQNR; the weakest are named."""
     subject = subject or subject_for(lab, card, method)
     rep = layer_report_for(lab, card, subject, record)
@@ -719,7 +723,7 @@ def judge_layer_report(rep: LayerReport, *, subject: str, where: str) -> None:
 
 # --- the calibration set ----------------------------------------------------------------
 
-def check_calibration_split(card, lab, record) -> None:
+def check_calibration_split(card, lab: LabLike, record: Record) -> None:
     """Calibration images never overlap evaluation images (not even views of one source
     photo); on labelled data every class is represented, as the seeds prescribe."""
     calib, ev = lab.images("calib"), lab.images("eval")

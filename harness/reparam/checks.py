@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 import torch.nn as nn
@@ -38,6 +38,9 @@ from ..errors import ConfigError, InputError
 from ..models import count_params, deploy_form, load_state_dict_file, official_repvgg_to_timm
 from ..tolerances import tolerance
 from ..zoo import ModelCard, PublishedRow
+
+if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
+    from ..testing import LabLike, Record
 
 SECTION = "reparam"
 FUSION_CODE = {"timm": "timm.utils.reparameterize_model (RepVggBlock._get_kernel_bias)",
@@ -404,7 +407,7 @@ def judge(card_id: str, form: FormFigures, record, what: str, where: str,
         f"<= {over:g}x floor and cosine >= {need_cos}", place, cause=cause), figures)
 
 
-def check_bugs_would_show(card: ModelCard, lab, record) -> None:
+def check_bugs_would_show(card: ModelCard, lab: LabLike, record: Record) -> None:
     """The models' BN statistics are non-trivial enough that wrong fusions fail this suite."""
     s = study(card, lab)
     over = tolerance(SECTION, "deploy_over_floor")
@@ -431,14 +434,14 @@ def check_bugs_would_show(card: ModelCard, lab, record) -> None:
                 f"max |running_var - 1| {var_spread:.3g}): a fusion bug would pass unnoticed", figures=figures)
 
 
-def check_timm_deploy(card: ModelCard, lab, record) -> None:
+def check_timm_deploy(card: ModelCard, lab: LabLike, record: Record) -> None:
     s = study(card, lab)
     train = lab.reference(card)
     judge(card.id, s.forms["timm"], record, "timm deploy form", FUSION_CODE["timm"], train, s.truth.x,
           lambda: deploy_convs(timm_deploy(train)))
 
 
-def check_independent_deploy(card: ModelCard, lab, record, fusion: reparam.Fusion | None = None) -> None:
+def check_independent_deploy(card: ModelCard, lab: LabLike, record: Record, fusion: reparam.Fusion | None = None) -> None:
     """``fusion``: the fusion under test (default harness.reparam.fusion.Fusion; self-tests plant bugs)."""
     train = lab.reference(card)
     if fusion is None:
@@ -451,7 +454,7 @@ def check_independent_deploy(card: ModelCard, lab, record, fusion: reparam.Fusio
           eval_images(card, lab), lambda: deploy_convs(independent_deploy(train, fusion)))
 
 
-def check_fusions_agree(card: ModelCard, lab, record) -> None:
+def check_fusions_agree(card: ModelCard, lab: LabLike, record: Record) -> None:
     """timm's and the independent fusion write the same kernel and bias into every block."""
     s = study(card, lab)
     train = lab.reference(card)
@@ -496,7 +499,7 @@ def check_fusions_agree(card: ModelCard, lab, record) -> None:
                 "(padding, stride, activation or head)")
 
 
-def check_deploy_is_plain(card: ModelCard, lab, record) -> None:
+def check_deploy_is_plain(card: ModelCard, lab: LabLike, record: Record) -> None:
     """Only 3x3 convs (stem included), ReLU, pooling and the classifier; no branch or BN left."""
     train = lab.reference(card)
     n_blocks = len(reparam.rep_blocks(train))
@@ -526,7 +529,7 @@ def _where_row(card: ModelCard, row: PublishedRow) -> str:
     return f"{card.file.name} models.{card.id} '{row.name}' ({'/'.join(row.sources)}, seed {row.seed})"
 
 
-def check_deploy_params(card: ModelCard, lab, record, row: PublishedRow) -> None:
+def check_deploy_params(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
     train = lab.reference(card)
     ours, theirs = count_params(independent_deploy(train)), count_params(timm_deploy(train))
     measured = ours / 1e6
@@ -541,7 +544,7 @@ def check_deploy_params(card: ModelCard, lab, record, row: PublishedRow) -> None
                                        f"{(measured - row.params_m) / row.params_m:+.3%} (width/groups?)")
 
 
-def check_deploy_flops(card: ModelCard, lab, record, row: PublishedRow) -> None:
+def check_deploy_flops(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
     train = lab.reference(card)
     size = row.input_size or card.input_size
     measured = flops_mod.conv_linear_macs(independent_deploy(train), size) / 1e9
@@ -555,7 +558,7 @@ def check_deploy_flops(card: ModelCard, lab, record, row: PublishedRow) -> None:
           cause=f"{(measured - row.flops_g) / row.flops_g:+.2%} off the published 'FLOPs (B)'")
 
 
-def check_deploy_onnx(card: ModelCard, lab, record) -> None:
+def check_deploy_onnx(card: ModelCard, lab: LabLike, record: Record) -> None:
     """timm's deploy form exported to ONNX; ONNX Runtime's output vs the float64 training form."""
     from .. import runtime
     from ..export import exporter as export
@@ -600,7 +603,7 @@ def load_deploy_checkpoint(path, template: reparam.PlainRepVGG) -> reparam.Plain
     return reparam.plain_from_deploy_state(template, {k: v.float() for k, v in sd.items()})
 
 
-def check_deploy_checkpoint(card: ModelCard, lab, record, path) -> None:
+def check_deploy_checkpoint(card: ModelCard, lab: LabLike, record: Record, path) -> None:
     """The manifest's ``deploy_checkpoint`` (``path``) computes what the training form built
     from the manifest's ``checkpoint`` computes."""
     if lab.checkpoint_for(card) is None:
