@@ -4,18 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.figures import validate
+from harness.testing import Recorder
 
 
-def recorder():
-    """A stand-in for the ``record`` fixture: ``record(**figures)``, figures kept in ``record.figures``."""
-    figures: dict = {}
-
-    def record(**kw):
-        validate(kw, strict=True)  # the figure-name contract (harness/figures.py)
-        figures.update(kw)
-
-    record.figures = figures
-    return record
+def recorder() -> Recorder:
+    """The kit's ``record`` stand-in (harness.testing.Recorder: ``record(**figures)``, figures in
+    ``record.figures``), checking every name against the figure contract (harness/figures.py)."""
+    return Recorder(check=lambda figures: validate(figures, strict=True))
 
 
 # a suite whose second test kills its own process (an OOM kill, a lost CI runner)
