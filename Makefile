@@ -22,6 +22,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest tests suites -m "not slow and (not latency or latency_ratio)" -o cache_dir=.zooconform-cache/pytest --durations=15 $(ARGS)
+	# the other runtimes (harness/runtimes) on the smallest smoke model only: ~2 min on 2 cores
+	$(PY) -m pytest suites/test_export.py suites/test_runtimes.py suites/test_quant.py -m "not slow" \
+		-k "runtime or matches_torch or rows_independent or fp16 or kernels" --runtime ort,openvino,torch \
+		--models repvgg_a0 -o cache_dir=.zooconform-cache/pytest $(ARGS)
 
 full: setup
 	$(VENV)/bin/zooconform run --tier full $(ARGS)

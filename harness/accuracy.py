@@ -146,24 +146,11 @@ def torch_runner(model: torch.nn.Module) -> Runner:
 
 
 def onnx_runner(sess) -> Runner:
-    """ORT session as a runner; a file with a fixed batch size gets padded chunks of that size."""
-    from . import runtime
-
-    dim0 = sess.get_inputs()[0].shape[0]
-    fixed = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+    """A runtime session (``harness/runtimes``) as a runner; a file with a fixed batch size gets
+    padded chunks of that size (``run_batched``)."""
 
     def run(x: torch.Tensor) -> np.ndarray:
-        arr = x.detach().cpu().numpy()
-        if not fixed or len(arr) == fixed:
-            return runtime.run(sess, arr)
-        outs = []
-        for i in range(0, len(arr), fixed):
-            chunk = arr[i:i + fixed]
-            pad = fixed - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(runtime.run(sess, chunk)[:fixed - pad])
-        return np.concatenate(outs)
+        return sess.run_batched(x.detach().cpu().numpy())
     return run
 
 
@@ -232,19 +219,22 @@ def requirements(lab, card: ModelCard, runner: str) -> str | None:
     return "; ".join(missing) or None
 
 
-def evaluation(lab, card: ModelCard) -> Evaluation:
-    """The torch reference (with real weights) and the ONNX under test, evaluated once per card.
+def evaluation(lab, card: ModelCard, runtime=None) -> Evaluation:
+    """The torch reference (with real weights) and the ONNX under test run by ``runtime``
+    (default ort), evaluated once per card and runtime.
 
     ONNX under test: the manifest's ``onnx``, else the suite's export of the reference.
     A runner that cannot be built (missing file, invalid ONNX) is an error of its own checks.
     """
-    return lab.memo("accuracy.evaluation", card.id, lambda: _evaluate(lab, card))
-
-
-def _evaluate(lab, card: ModelCard) -> Evaluation:
-    from . import runtime
+    from . import runtimes
     from .export.exporter import exported
 
+    rspec = runtimes.spec(runtime)
+    key = card.id if rspec.id == runtimes.DEFAULT else (card.id, rspec.id)
+    return lab.memo("accuracy.evaluation", key, lambda: _evaluate(lab, card, rspec, exported))
+
+
+def _evaluate(lab, card: ModelCard, rspec, exported) -> Evaluation:
     runners: dict[str, Runner] = {}
     errors: dict[str, ZooconformError] = {}
     ckpt = None
@@ -259,7 +249,9 @@ def _evaluate(lab, card: ModelCard) -> Evaluation:
         if onnx is None and ckpt is not None:
             onnx = exported(lab, card).path
         if onnx is not None:
-            runners["onnx"] = onnx_runner(runtime.session(onnx, threads=lab.settings.threads))
+            runners["onnx"] = onnx_runner(rspec.prepare(onnx, lab.settings.threads,
+                                                        model=lab.reference(card) if rspec.runtime.runs_module
+                                                        else None))
     except ZooconformError as e:
         errors["onnx"] = e
     if runners:

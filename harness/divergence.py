@@ -209,7 +209,7 @@ def run_with_intermediates(model_proto, names: list[str], x: np.ndarray, threads
     import onnx
     from onnx import helper
 
-    from .runtime import session
+    from .runtimes.ort import session
 
     m = copy.deepcopy(model_proto)
     have = {o.name for o in m.graph.output}
@@ -251,7 +251,7 @@ def first_divergence(model: nn.Module, onnx_path: Path | str, x: torch.Tensor, *
     Layer tolerance: ``max(k * floor, minimum)`` with ``floor`` the layer's own float32 vs
     float64 departure in torch.
     """
-    from .runtime import load_checked
+    from .onnxfile import load_checked
 
     proto = model_proto if model_proto is not None else load_checked(onnx_path)
     model = model.eval()
@@ -499,7 +499,7 @@ def first_batch_dependent_node(onnx_path: Path | str, x: np.ndarray, tolerance: 
 
     Runs the file once on all of ``x`` and once per image, every intermediate exposed.
     """
-    from .runtime import load_checked
+    from .onnxfile import load_checked
 
     proto = load_checked(onnx_path)
     inits = {i.name for i in proto.graph.initializer}

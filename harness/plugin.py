@@ -60,6 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--weights-source", default=None, choices=SOURCES,
                 help="where the reference weights come from: the card row accuracy is held to")
     g.addoption("--no-results", action="store_true", help="do not write results.json")
+    g.addoption("--runtime", default="ort", metavar="NAME[,NAME...]",
+                help="runtimes (harness/runtimes) the numeric, int8, accuracy and latency checks run on, each "
+                     "its own test case: ort (default), openvino, torch, ort-cuda, ort-trt, torch-compile, files; "
+                     "NAME:PRECISION asks another arithmetic (openvino:bf16, openvino:default)")
     g.addoption("--shard", default=None, metavar="I/N",
                 help="run only shard I of N: the selected models sorted by id, dealt round-robin "
                      "(tests of no model run in shard 1); merge with `zooconform merge`")
@@ -325,6 +329,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "model_card",
             [pytest.param(c, id=c.id, marks=[pytest.mark.xdist_group(c.id)]) for c in cards],
         )
+    _parametrize_runtimes(metafunc)
+
+
+def selected_runtimes(config: pytest.Config) -> list[str]:
+    """The ``--runtime`` ids, validated (an unknown name is a usage error)."""
+    from . import runtimes
+
+    try:
+        return [s.id for s in runtimes.parse(config.getoption("--runtime"))]
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def _parametrize_runtimes(metafunc: pytest.Metafunc) -> None:
+    """``runtime``: one case per ``--runtime`` entry; ``runtime_pair``: (first, other) per other
+    entry, for the cross-runtime check. The fixtures skip a runtime this host cannot run."""
+    ids = selected_runtimes(metafunc.config)
+    if "runtime" in metafunc.fixturenames:
+        metafunc.parametrize("runtime", ids, indirect=True, ids=ids)
+    if "runtime_pair" in metafunc.fixturenames:
+        pairs = [(ids[0], other) for other in ids[1:]]
+        metafunc.parametrize("runtime_pair", pairs or [None], indirect=True,
+                             ids=[f"{a}-vs-{b}" for a, b in pairs] or ["one-runtime"])
 
 
 def row_id(row) -> str:
@@ -505,6 +532,32 @@ class Recorder:
 @pytest.fixture
 def record(request: pytest.FixtureRequest) -> Recorder:
     return Recorder(request.node)
+
+
+def _available_spec(name: str):
+    from . import runtimes
+
+    spec = runtimes.spec(name)
+    ok, why = spec.available()
+    if not ok:
+        pytest.skip(f"runtime {spec.id} is not available here: {why}")
+    return spec
+
+
+@pytest.fixture
+def runtime(request: pytest.FixtureRequest):
+    """The ``--runtime`` entry of this case (a :class:`harness.runtimes.Spec`); skips, with the
+    reason, when this host cannot run it (package or device missing)."""
+    return _available_spec(getattr(request, "param", None) or "ort")
+
+
+@pytest.fixture
+def runtime_pair(request: pytest.FixtureRequest):
+    """(runtime A, runtime B) for the cross-runtime check: the first ``--runtime`` and another."""
+    pair = getattr(request, "param", None)
+    if pair is None:
+        pytest.skip("one runtime selected: nothing to compare it with (--runtime ort,openvino,torch)")
+    return _available_spec(pair[0]), _available_spec(pair[1])
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -809,8 +862,10 @@ INPUT_ERROR_EXIT = 6  # = harness/commands/run.py INPUT_ERROR: your input is wro
 
 def mark_inconclusive_in_junit(path: Path) -> int:
     """Give every JUnit testcase whose property ``outcome`` is ``inconclusive`` a ``<skipped>``
-    (or ``<failure>``) of type ``zooconform.inconclusive``, so a CI tells it from a skip; returns
-    how many were marked. pytest's junitxml writes every skip as ``pytest.skip``."""
+    (or ``<failure>``) of type ``zooconform.inconclusive``, so a CI tells it from a skip, and one
+    whose ``outcome`` is ``input_error`` a ``<failure>``/``<error>`` of type
+    ``zooconform.input_error``, so a CI tells "your manifest is wrong" from "your model is wrong";
+    returns how many were marked. pytest's junitxml writes every skip as ``pytest.skip``."""
     import xml.etree.ElementTree as ET
 
     try:

@@ -30,9 +30,10 @@ def test_reference_accuracy_matches_card(model_card, lab, record):
     accuracy.check_against_card(model_card, ev, "torch", record, source=_source(lab))
 
 
-def test_onnx_accuracy_matches_card(model_card, lab, record):
+def test_onnx_accuracy_matches_card(model_card, lab, record, runtime):
     _require(lab, model_card, "onnx")
-    ev = accuracy.evaluation(lab, model_card)
+    record(runtime=runtime.id)
+    ev = accuracy.evaluation(lab, model_card, runtime)
     row = how = None
     if "torch" in ev.runners and "torch" not in ev.errors:
         # held to the row the reference claims, not to whichever row is closest to the ONNX
@@ -41,8 +42,9 @@ def test_onnx_accuracy_matches_card(model_card, lab, record):
     accuracy.check_against_card(model_card, ev, "onnx", record, source=_source(lab), row=row, how=how)
 
 
-def test_onnx_predicts_like_reference(model_card, lab, record):
+def test_onnx_predicts_like_reference(model_card, lab, record, runtime):
     _require(lab, model_card, "torch")
     _require(lab, model_card, "onnx")
-    ev = accuracy.evaluation(lab, model_card)
+    record(runtime=runtime.id)
+    ev = accuracy.evaluation(lab, model_card, runtime)
     accuracy.check_runtime_matches_reference(model_card, ev, "onnx", "torch", record)

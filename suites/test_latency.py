@@ -1,6 +1,6 @@
 """Latency suite: fast enough, on this machine and on any machine, and honest about noise.
 
-Per model: fp32 and int8 ONNX Runtime latency at batch 1/4/8 (pytest-benchmark pedantic
+Per model and ``--runtime``: fp32 and int8 latency at batch 1/4/8 (pytest-benchmark pedantic
 mode; ``--benchmark-json`` and results.json carry every figure) against the budget profile
 that applies (``--profile NAME``, detection, or none: ratios only, figures still recorded);
 ratios measured interleaved in the same run (int8 / fp32, batch 8 per image / batch 1,
@@ -44,9 +44,9 @@ def _skip(reason: str) -> None:
     pytest.skip(f"absolute budget not judged: {reason} (figures recorded)")
 
 
-def _judge_or_skip(m, choice, card, precision, batch, provider, threads, record, subject, file, remeasure=None):
+def _judge_or_skip(m, choice, card, precision, batch, runtime, threads, record, subject, file, remeasure=None):
     record(**choice.figures())
-    budget = lc.budget_for(choice, card, precision, batch, provider, threads)
+    budget = lc.budget_for(choice, card, precision, batch, runtime, threads)
     if isinstance(budget, str):
         _skip(budget)
     lc.judge_absolute(m, budget, record, subject=subject, file=file, remeasure=remeasure)
@@ -54,45 +54,53 @@ def _judge_or_skip(m, choice, card, precision, batch, provider, threads, record,
 
 @pytest.mark.parametrize("batch", lc.BATCHES, ids=lambda b: f"b{b}")
 @pytest.mark.parametrize("precision", lc.PRECISIONS)
-def test_latency_within_budget(model_card, precision, batch, lab, record, benchmark, latency_profile):
-    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark)
+def test_latency_within_budget(model_card, precision, batch, lab, record, benchmark, latency_profile, runtime):
+    _not_applicable(lc.not_applicable(runtime, int8=precision == "int8"))
+    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, runtime=runtime)
     threads = lc.threads_for(lab)
 
     def remeasure():  # an over-budget quiet median must reproduce (harness/latency/checks.py judge_absolute)
-        return lc.measure_latency(model_card, lab, lambda **figures: None, precision, batch)
+        return lc.measure_latency(model_card, lab, lambda **figures: None, precision, batch, runtime=runtime)
 
-    _judge_or_skip(m, latency_profile, model_card, precision, batch, lc.CPU, threads, record,
-                   f"{model_card.id} {precision} batch {batch} (ORT CPU, {threads} threads)",
+    _judge_or_skip(m, latency_profile, model_card, precision, batch, runtime.id, threads, record,
+                   f"{model_card.id} {precision} batch {batch} ({runtime.id}, {threads} threads)",
                    lc.artifact(lab, model_card, precision)[0], remeasure)
 
 
 @pytest.mark.latency_ratio
 @pytest.mark.parametrize("batch", lc.RATIO_BATCHES, ids=lambda b: f"b{b}")
-def test_int8_faster_than_fp32(model_card, batch, lab, record):
-    lc.check_int8_faster(model_card, lab, record, batch)
+def test_int8_faster_than_fp32(model_card, batch, lab, record, runtime):
+    _not_applicable(lc.not_applicable(runtime, files=True, int8=True))
+    lc.check_int8_faster(model_card, lab, record, batch, runtime=runtime)
 
 
 @pytest.mark.latency_ratio
-def test_batch8_per_image_not_slower_than_batch1(model_card, lab, record):
-    lc.check_batching_pays(model_card, lab, record)
+def test_batch8_per_image_not_slower_than_batch1(model_card, lab, record, runtime):
+    lc.check_batching_pays(model_card, lab, record, runtime=runtime)
 
 
 @pytest.mark.latency_ratio
 @family("repvgg")
-def test_deploy_form_faster_than_training_form(model_card, lab, record):
-    lc.check_deploy_faster(model_card, lab, record)
+def test_deploy_form_faster_than_training_form(model_card, lab, record, runtime):
+    lc.check_deploy_faster(model_card, lab, record, runtime=runtime)
 
 
 @pytest.mark.latency_ratio
-def test_user_onnx_not_slower_than_own_export(model_card, lab, record):
+def test_user_onnx_not_slower_than_own_export(model_card, lab, record, runtime):
     user = lab.artifacts(model_card).get("onnx")
     if user is None:
         pytest.skip(f"the manifest names no onnx for {model_card.id} (--artifacts): nothing to compare with the suite's export")
-    lc.check_user_onnx_speed(model_card, lab, record, user)
+    _not_applicable(lc.not_applicable(runtime, files=True))
+    lc.check_user_onnx_speed(model_card, lab, record, user, runtime=runtime)
 
 
-def test_throughput_within_budget(model_card, lab, record, latency_profile):
-    c = lc.measure_throughput(model_card, lab, record)
+def _not_applicable(reason) -> None:
+    if reason:
+        pytest.skip(f"{lc.NOT_APPLICABLE} {reason}")
+
+
+def test_throughput_within_budget(model_card, lab, record, latency_profile, runtime):
+    c = lc.measure_throughput(model_card, lab, record, runtime=runtime)
     record(**latency_profile.figures())
     floor = lc.throughput_budget_for(latency_profile, model_card, lc.threads_for(lab))
     if isinstance(floor, str):
@@ -113,8 +121,8 @@ def test_gpu_latency_within_budget(model_card, gpu_case, lab, record, benchmark,
     if gpu_case is None:
         pytest.skip("no CUDA or TensorRT execution provider in this onnxruntime (CPU only): GPU budgets "
                     "(e.g. --profile t4-tensorrt) need onnxruntime-gpu on a GPU machine")
-    provider, precision, batch = gpu_case
-    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, provider=provider)
-    _judge_or_skip(m, latency_profile, model_card, precision, batch, provider, None, record,
-                   f"{model_card.id} {precision} batch {batch} ({provider})",
+    gpu_runtime, precision, batch = gpu_case
+    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, runtime=gpu_runtime)
+    _judge_or_skip(m, latency_profile, model_card, precision, batch, gpu_runtime, None, record,
+                   f"{model_card.id} {precision} batch {batch} ({gpu_runtime})",
                    lc.artifact(lab, model_card, "fp32" if precision == "fp16" else precision)[0])

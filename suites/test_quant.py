@@ -35,20 +35,31 @@ def test_calibration_set_is_not_the_eval_set(model_card, lab, record):
 METHOD_CASES = [pytest.param(m, marks=() if m == DEFAULT_METHOD else pytest.mark.slow) for m in METHODS]
 
 
+def _runs_int8(runtime) -> None:
+    ok, why = runtime.supports("int8")
+    if not ok:
+        pytest.skip(f"not applicable: {why}")
+
+
 @pytest.mark.parametrize("method", METHOD_CASES)
-def test_int8_matches_fp32(model_card, method, lab, record):
+def test_int8_matches_fp32(model_card, method, lab, record, runtime):
     _skip_other_methods_for_user_file(lab, model_card, method)
-    quantchecks.check_int8_matches_fp32(model_card, lab, record, method)
+    _runs_int8(runtime)
+    not_applicable = quantchecks.check_int8_matches_fp32(model_card, lab, record, method, runtime=runtime)
+    if not_applicable:
+        pytest.skip(f"not applicable: {not_applicable}")
 
 
 def test_int8_layers_keep_sqnr(model_card, lab, record):
     quantchecks.check_layer_sqnr(model_card, lab, record, DEFAULT_METHOD)
 
 
-def test_int8_kernels_match_simulation(model_card, lab, record):
-    """Verdict (b), about this host: ORT's integer kernels compute the QDQ graph (its float
-    simulation). Without VNNI, U8S8 files quantized without reduce_range fail here, and the
-    message gives the same file's figures with 7-bit weights."""
-    not_applicable = quantchecks.check_int8_kernels_match_simulation(model_card, lab, record, DEFAULT_METHOD)
+def test_int8_kernels_match_simulation(model_card, lab, record, runtime):
+    """Verdict (b), about this host and runtime: the runtime's integer kernels compute the QDQ
+    graph (ORT's float simulation of it). Without VNNI, U8S8 files quantized without
+    reduce_range fail here on ORT, and the message gives the same file's figures with 7-bit weights."""
+    _runs_int8(runtime)
+    not_applicable = quantchecks.check_int8_kernels_match_simulation(model_card, lab, record, DEFAULT_METHOD,
+                                                                    runtime=runtime)
     if not_applicable:
         pytest.skip(f"not applicable: {not_applicable}")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import accuracy, compare, runtime
+from harness import accuracy, compare, runtimes
 from harness.compare import CheckFailure
 from harness.errors import InputError
 from harness.export.exporter import export_onnx
@@ -112,7 +112,7 @@ def test_topk_matches_known_answers_per_image(folder, tmp_path):
 def test_onnx_runtime_gives_the_same_answers_and_passes_the_card(folder, tmp_path, onnx_files):
     lab = lab_on(folder, tmp_path)
     card = tiny_card()
-    sess = runtime.session(onnx_files[0], threads=1)
+    sess = runtimes.get("ort").prepare(onnx_files[0], 1)
     ev = accuracy.evaluate_on(lab, card, {"torch": accuracy.torch_runner(ColourModel()),
                                           "onnx": accuracy.onnx_runner(sess)})
     assert ev.accuracy("onnx", 1) == pytest.approx(0.4) and ev.accuracy("onnx", 5) == pytest.approx(0.7)
@@ -140,7 +140,7 @@ def test_bgr_swapped_onnx_fails_card_and_agreement_naming_the_cause(folder, tmp_
     lab = lab_on(folder, tmp_path)
     card = tiny_card()
     ev = accuracy.evaluate_on(lab, card, {"torch": accuracy.torch_runner(ColourModel()),
-                                          "onnx": accuracy.onnx_runner(runtime.session(onnx_files[1], threads=1))})
+                                          "onnx": accuracy.onnx_runner(runtimes.get("ort").prepare(onnx_files[1], 1))})
     rec = Rec()
     row, how = accuracy.claimed_row(card, 100 * ev.accuracy("torch", 1))
     with pytest.raises(CheckFailure) as e:
@@ -281,8 +281,8 @@ def test_suite_end_to_end_with_untrained_weights_fails_at_chance_level(tmp_path)
 def test_an_onnx_file_with_a_fixed_batch_size_is_run_in_padded_chunks(folder, tmp_path):
     path = export_onnx(ColourModel(0), tmp_path / "b4.onnx", input_size=CROP, dynamic_batch=False,
                        example_batch=4).path
-    sess = runtime.session(path, threads=1)
-    assert sess.get_inputs()[0].shape[0] == 4
+    sess = runtimes.get("ort").prepare(path, 1)
+    assert sess.fixed_batch == 4
     ev = accuracy.evaluate_on(lab_on(folder, tmp_path), tiny_card(), {"onnx": accuracy.onnx_runner(sess)},
                               batch_size=3)
     assert ev.n == 10 and ev.accuracy("onnx", 1) == pytest.approx(0.4) and ev.accuracy("onnx", 5) == pytest.approx(0.7)

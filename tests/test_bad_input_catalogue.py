@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 from PIL import Image
 
-from harness import data, manifest, models, runtime
+from harness import data, manifest, models, onnxfile
 from harness.preprocess import deploy as deploy_preprocess
 from harness.errors import ZooconformError
 from harness.report import history as hist
@@ -168,7 +168,7 @@ ROWS = [
 def load(kind: str, path: Path, folder: Path) -> str:
     """Read ``path`` the way the harness does; returns what the run went on with (or raises)."""
     if kind == "onnx":
-        runtime.load_checked(path)
+        onnxfile.load_checked(path)
         return "loaded"
     if kind == "checkpoint":
         return f"{len(models.load_state_dict_file(path))} tensors"

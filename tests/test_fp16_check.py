@@ -63,7 +63,7 @@ def test_one_percent_weight_change_fails(files, tmp_path, conv, channel):
     with pytest.raises(CheckFailure) as e:
         fp16.check_fp16_onnx_within_tolerance(fp32, bad, x, rec, label="repvgg_a0")
     msg = str(e.value)
-    assert msg.startswith("fp16 vs fp32 ONNX relative error of repvgg_a0 (ORT CPU, 8 images) = ")
+    assert msg.startswith("fp16 vs fp32 ONNX relative error of repvgg_a0 (ort, 8 images) = ")
     assert "x fp16 rounding floor" in msg and fp16.CONVERTER in msg and "a weight changed" in msg
     assert e.value.figures["fp16_error_over_floor"] > 1.5
 

@@ -108,7 +108,7 @@ def test_onnx_work_counts_the_graphs_multiply_adds(files):
 
 
 def test_the_planted_file_computes_the_same_outputs(files):
-    from harness import runtime
+    from harness.runtimes import ort as runtime
 
     own, user = files
     x = np.random.default_rng(2).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
@@ -158,7 +158,9 @@ def test_budget_for_names_why_no_budget_applies(tmp_path):
     assert lc.budget_for(choice, card, "fp32", 1, lc.CPU, 2).ms == 9.0
     assert "run with --threads 2" in lc.budget_for(choice, card, "fp32", 1, lc.CPU, 4)
     assert "has no budget for repvgg_a0 int8 batch 1" in lc.budget_for(choice, card, "int8", 1, lc.CPU, 2)
-    assert "holds CPUExecutionProvider budgets" in lc.budget_for(choice, card, "fp32", 1, "CUDAExecutionProvider", None)
+    assert "holds ort budgets, this measurement is ort-cuda" in lc.budget_for(choice, card, "fp32", 1,
+                                                                              "CUDAExecutionProvider", None)
+    assert "holds ort budgets, this measurement is openvino" in lc.budget_for(choice, card, "fp32", 1, "openvino", 2)
     assert lc.budget_for(Choice(None, "none", "ratios only"), card, "fp32", 1, lc.CPU, 2) == "ratios only"
 
 
@@ -196,7 +198,7 @@ def test_interleaved_sessions_do_not_spin(files, monkeypatch):
     """Both sides of a ratio run with ORT's idle spinning off: spinning threads of the idle session
     took the CPUs of the other's calls (quiet machine, 2 threads: 47-67% of calls clean, one
     block ratio at 1.005 -> inconclusive); the default session (absolute budgets) keeps spinning."""
-    from harness import runtime
+    from harness.runtimes import ort as runtime
 
     made = []
     real = runtime.session

@@ -1,4 +1,4 @@
-"""ORT's graph optimizer vs none (harness/export/ortopt.py): the check fails when a transformer
+"""ORT's graph optimizer vs none (harness/runtimes/ort.py): the check fails when a transformer
 changes the function, and the bisection over ``disabled_optimizers`` names it."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from _kit import recorder as _recorder
 
-from harness.export import ortopt
+from harness.runtimes import ort as ortopt
 from harness.compare import CheckFailure
 
 

@@ -139,7 +139,7 @@ def test_labelled_path_fails_int8_that_loses_correct_predictions_and_says_it_wid
     below 99% of fp32 even after widening by the binomial half-width of ~20 images."""
     from safetensors.torch import save_file
 
-    from harness import runtime as rt
+    from harness.runtimes import ort as rt
 
     samples = qlab.images("eval").samples[::7][:30]
     (tmp_path / "val").mkdir()

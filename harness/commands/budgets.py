@@ -45,7 +45,7 @@ def main(args: argparse.Namespace, extra: list[str] | None = None) -> int:
             for path in paths:
                 prof = load_profile(path)
                 cells = sum(len(b) for m in prof.latency.values() for b in m.values())
-                print(f"{path}: ok ({prof.provider}, {cells} latency budgets{', provisional' if prof.provisional else ''})")
+                print(f"{path}: ok ({prof.runtime}, {cells} latency budgets{', provisional' if prof.provisional else ''})")
         elif args.budgets_verb == "summary":
             docs = [json.loads(f.read_text(encoding="utf-8")) for f in args.files]
             print("\n".join(runs_summary(docs, [str(f) for f in args.files])))

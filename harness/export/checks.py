@@ -29,14 +29,14 @@ import torch.nn as nn
 
 from ..constants import NUM_CLASSES
 from .. import divergence
-from . import ortopt
-from .. import runtime
+from .. import onnxfile, runtimes
+from ..runtimes import ort as ortrt  # the ORT-only check below: graph-optimizer bisection
 from ..compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
 from ..errors import InputError
 from .exporter import TWO_GB, ExportResult, exported
 from ..cache import memoised
 from ..lab import torch_logits
-from ..runtime import INPUT_NAME, OUTPUT_NAME
+from ..onnxfile import INPUT_NAME, OUTPUT_NAME
 from ..tolerances import tolerance
 from ..zoo import ModelCard
 
@@ -173,11 +173,11 @@ def header(path: Path, lab=None):
     """The file's graph without external weights (after the escaping-location check); memoised
     in the lab by path, size and mtime so a rewritten file is read again."""
     path = Path(path)
-    runtime.require_onnx_file(path)  # a folder or an empty file named as such
+    onnxfile.require_onnx_file(path)  # a folder or an empty file named as such
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     # the one guarded loader: InputError naming the file when invalid or escaping its folder
-    return memoised(lab, "export.header", key, lambda: runtime.load_checked_header(path))
+    return memoised(lab, "export.header", key, lambda: onnxfile.load_checked_header(path))
 
 
 def declared_io(path: Path, lab=None) -> dict:
@@ -296,9 +296,35 @@ def numerics_tolerance(floor: float) -> float:
     return max(tolerance(SECTION, "rel_floor_multiple") * floor, tolerance(SECTION, "rel_min"))
 
 
-def _session(path: Path, lab=None):
-    threads = lab.settings.threads if lab is not None else None
-    return runtime.session(path, threads=threads)
+def _session(path: Path, lab=None, runtime=None, model: nn.Module | None = None, threads: int | None = None):
+    """A session of ``runtime`` (a ``--runtime`` spec or name; default ort) for the file at the
+    run's ``--threads``; ``model``: the module the file was exported from (the torch runtime runs it)."""
+    if threads is None:
+        threads = lab.settings.threads if lab is not None else None
+    return runtimes.spec(runtime).prepare(path, threads, model=model)
+
+
+def low_precision_floor(model: nn.Module, x: torch.Tensor, ref64: np.ndarray, precision: str) -> tuple[float, float]:
+    """(max error, 1 - min cosine) of ``model`` computed by torch in ``precision`` (bf16, fp16)
+    against float64, measured now on these images: the noise floor of a runtime whose
+    arithmetic is not fp32 (the fp32 floor says nothing about bf16's 8-bit mantissa)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise ValueError(f"no torch dtype to measure a {precision} noise floor with")
+    low = copy.deepcopy(model).to(dtype).eval()
+    with torch.no_grad():
+        out = np.concatenate([low(xb.to(dtype)).float().numpy() for xb in x.split(FLOOR_BATCH)])
+    del low
+    return rel_max_error(out, ref64), float(1.0 - np.min(cosine_rows(out, ref64)))
+
+
+def floor_for(model: nn.Module, x: torch.Tensor, ref32: np.ndarray, ref64: np.ndarray, precision: str
+              ) -> tuple[float, float, str]:
+    """(floor, cosine floor or 0, what it is) for a session whose effective precision is ``precision``."""
+    if precision in ("fp32", "f32"):
+        return rel_max_error(ref32, ref64), 0.0, "fp64 noise floor"
+    floor, cos_floor = low_precision_floor(model, x, ref64, precision)
+    return floor, cos_floor, f"{precision} noise floor (torch {precision} vs fp64, measured in this run)"
 
 
 def _fixed_batch(path: Path, lab=None) -> int | None:
@@ -306,56 +332,63 @@ def _fixed_batch(path: Path, lab=None) -> int | None:
     return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
 
 
-def run_file(path: Path, x: np.ndarray, lab=None, batch_size: int | None = 8) -> np.ndarray:
-    """The file's first output on ``x``; a fixed-batch file is fed exactly its batch size."""
-    sess = _session(path, lab)
-    fixed = _fixed_batch(path, lab)
-    if fixed is None:
-        return runtime.run(sess, x, batch_size=batch_size)
-    outs = []
-    for i in range(0, len(x), fixed):
-        chunk = x[i:i + fixed]
-        pad = fixed - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        outs.append(runtime.run(sess, chunk)[:fixed - pad])
-    return np.concatenate(outs)
+def run_file(path: Path, x: np.ndarray, lab=None, batch_size: int | None = 8, runtime=None,
+             model: nn.Module | None = None, sess=None) -> np.ndarray:
+    """The file's first output on ``x`` through ``runtime`` (default ort); a fixed-batch file is
+    fed exactly its batch size."""
+    sess = sess or _session(path, lab, runtime, model)
+    return sess.run_batched(x, batch_size)
 
 
 def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, record, *, label: str,
-                            lab=None) -> None:
-    """ORT on the file vs torch eager: scale-relative max error within k x the fp64 floor."""
+                            lab=None, runtime=None) -> None:
+    """``runtime`` (default ort) on the file vs torch eager: scale-relative max error within
+    k x the noise floor of the arithmetic the runtime reports (fp64 floor for fp32; a bf16 or
+    fp16 floor measured now for a runtime that computes in those)."""
     ref32, ref64 = reference_and_floor(model, x, lab)
     xn = x.numpy()
+    rspec = runtimes.spec(runtime)
+    sess = None
     try:
-        out = run_file(path, xn, lab)
+        sess = _session(path, lab, rspec, model)
+        out = run_file(path, xn, lab, sess=sess)
     except Exception as e:
-        raise CheckFailure(message(f"ONNX Runtime on {label}", f"{type(e).__name__}: {str(e)[:200]}",
+        raise CheckFailure(message(f"{rspec.id} on {label}", f"{type(e).__name__}: {str(e)[:200]}",
                                    f"logits for {tuple(xn.shape)}", str(path),
                                    cause=run_failure_cause(path, "the file does not run on the card's input", lab))) from None
+    record(runtime=rspec.id, effective_precision=sess.effective_precision, runtime_settings=sess.settings)
+    label = f"{label} on {sess.settings}"
     if out.shape != ref32.shape:
         raise CheckFailure(message(f"output shape of {label}", out.shape, ref32.shape, str(path),
                                    cause="the file does not compute the model's logits"))
-    floor = rel_max_error(ref32, ref64)
+    floor, cos_floor, floor_kind = floor_for(model, x, ref32, ref64, sess.effective_precision)
     tol = numerics_tolerance(floor)
     err = rel_max_error(out, ref32)
     cos = cosine_rows(out, ref32)
     cos_min = tolerance(SECTION, "min_cosine")
+    if cos_floor:  # a low-precision runtime: the cosine gate is tied to its floor too
+        cos_min = min(cos_min, 1.0 - tolerance(SECTION, "rel_floor_multiple") * cos_floor)
     agree = top1_agreement(out, ref32)
     figures = dict(n_images=len(xn), output_scale=float(np.max(np.abs(ref32))), rel_max_error=err,
-                   noise_floor_fp64=floor, tolerance=tol, error_over_floor=err / floor if floor > 0 else None,
+                   noise_floor_fp64=rel_max_error(ref32, ref64), noise_floor=floor, noise_floor_kind=floor_kind,
+                   tolerance=tol, error_over_floor=err / floor if floor > 0 else None,
                    min_cosine=float(np.min(cos)), cosine_min_allowed=cos_min, top1_agreement=agree)
     record(**figures)
     ok_err, ok_cos = err <= tol, float(np.min(cos)) >= cos_min
     if ok_err and ok_cos:
         return
     worst = int(np.argmax(np.max(np.abs(out.astype(np.float64) - ref32), axis=1)))
-    cause = _input_channel_probe(path, xn, ref32, tol, lab)
+    cause = _input_channel_probe(path, xn, ref32, tol, lab, sess)
     div = None
     try:
+        if not (rspec.runtime.exposes_intermediates and rspec.name.startswith("ort")):
+            raise _NoIntermediates(f"{rspec.id} exposes no intermediates: compared the final logits of "
+                                   f"{len(xn)} images only")
         k, minimum = tolerance(SECTION, "rel_floor_multiple"), tolerance(SECTION, "layer_rel_min")
         div = divergence.first_divergence(model, path, x[worst:worst + 1], k=k, minimum=minimum,
                                           threads=lab.settings.threads if lab is not None else None)
+    except _NoIntermediates as e:
+        where = f"{path} ({e})"
     except Exception as e:  # the locator must never hide the finding itself
         where = f"{path} (layer search failed: {type(e).__name__}: {str(e)[:150]})"
     else:
@@ -365,19 +398,23 @@ def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, recor
         cause = "; ".join(c for c in (cause, div.hint) if c) or None
     figures["worst_image"] = worst
     if not ok_err:
-        what = f"max|onnx - torch| / max|torch| of {label} on {len(xn)} images"
+        what = f"max|{rspec.id} - torch| / max|torch| of {label} on {len(xn)} images"
         raise CheckFailure(message(what, f"{err:.3g}", f"<= {tol:.3g} ({tolerance(SECTION, 'rel_floor_multiple'):g} x "
-                                   f"fp64 noise floor {floor:.3g}; top-1 agreement {agree:.3f})", where,
+                                   f"{floor_kind} {floor:.3g}; top-1 agreement {agree:.3f})", where,
                                    cause=cause or "the file computes a different function"), figures)
-    raise CheckFailure(message(f"min cosine(onnx, torch) of {label} over {len(xn)} images", f"{np.min(cos):.9f}",
+    raise CheckFailure(message(f"min cosine({rspec.id}, torch) of {label} over {len(xn)} images", f"{np.min(cos):.9f}",
                                f">= {cos_min}", where, cause=cause or "the file computes a different function"),
                        figures)
 
 
-def _input_channel_probe(path: Path, x: np.ndarray, ref: np.ndarray, tol: float, lab) -> str | None:
+class _NoIntermediates(Exception):
+    """The runtime under test cannot show its layer outputs: say what was compared instead."""
+
+
+def _input_channel_probe(path: Path, x: np.ndarray, ref: np.ndarray, tol: float, lab, sess=None) -> str | None:
     """Does the file match once its input channels are reversed? Then it expects BGR."""
     try:
-        swapped = run_file(path, np.ascontiguousarray(x[:, ::-1]), lab)
+        swapped = run_file(path, np.ascontiguousarray(x[:, ::-1]), lab, sess=sess)
     except Exception:
         return None
     err = rel_max_error(swapped, ref)
@@ -390,7 +427,7 @@ def _input_channel_probe(path: Path, x: np.ndarray, ref: np.ndarray, tol: float,
 # --- batch consistency --------------------------------------------------------------------
 
 def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, lab=None,
-                            model: nn.Module | None = None) -> None:
+                            model: nn.Module | None = None, runtime=None) -> None:
     """Rows at batch 1 equal the same rows computed at batch 4 and 8."""
     xn = np.ascontiguousarray(x[:BATCH_IMAGES].numpy())
     tol = tolerance(SECTION, "batch_rel_max")
@@ -400,13 +437,16 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
     if len(sizes) < 2:
         raise Inconclusive(f"{label} has a fixed batch dimension ({fixed}): rows cannot be compared across batch sizes",
                            {"batch_fixed": fixed}, failing=False)
-    sess = _session(path, lab)
+    rspec = runtimes.spec(runtime)
+    sess = _session(path, lab, rspec, model)
+    record(runtime=rspec.id, effective_precision=sess.effective_precision, runtime_settings=sess.settings)
+    label = f"{label} on {sess.settings}"
     outs: dict[int, np.ndarray] = {}
     for b in sizes:
         try:
-            outs[b] = np.concatenate([runtime.run(sess, xn[i:i + b]) for i in range(0, len(xn), b)])
+            outs[b] = np.concatenate([sess.run(xn[i:i + b]) for i in range(0, len(xn), b)])
         except Exception as e:
-            raise CheckFailure(message(f"ONNX Runtime on {label} at batch {b}", f"{type(e).__name__}: {str(e)[:200]}",
+            raise CheckFailure(message(f"{sess.settings} on {label} at batch {b}", f"{type(e).__name__}: {str(e)[:200]}",
                                        "logits", str(path),
                                        cause=run_failure_cause(path, "a shape is fixed inside the graph "
                                                                      "(a Reshape to batch 1?)", lab))) from None
@@ -451,6 +491,6 @@ def check_ort_optimizations(card: ModelCard, lab: LabLike, record: Record, *, pa
     x, _ = lab.inputs(card, "eval", limit=EXPORT_IMAGES)
     ref32, ref64 = reference_and_floor(model, x, lab)
     floor = rel_max_error(ref32, ref64)
-    run = runner or ortopt.ort_runner(path, x.numpy(), threads=lab.settings.threads)
-    ortopt.check_optimizations_keep_function(run, record, tolerance=numerics_tolerance(floor), floor=floor,
+    run = runner or ortrt.ort_runner(path, x.numpy(), threads=lab.settings.threads)
+    ortrt.check_optimizations_keep_function(run, record, tolerance=numerics_tolerance(floor), floor=floor,
                                              label=label, where=str(path))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..runtime import INPUT_NAME, OUTPUT_NAME
+from ..onnxfile import INPUT_NAME, OUTPUT_NAME
 
 EXPORTERS = ("legacy", "dynamo")
 TWO_GB = 2 * 1024 ** 3
@@ -73,7 +73,7 @@ def export_onnx(model: torch.nn.Module, path: Path | str, *, input_size: int, op
     text_log = "\n".join(warned)[:2000] + ("\n" if warned else "") + log.getvalue()[-2000:]
     written = None
     with contextlib.suppress(Exception):
-        from ..runtime import load_checked_header
+        from ..onnxfile import load_checked_header
 
         m = load_checked_header(path)
         written = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -15,6 +15,7 @@ activation between nodes, so its error is a measured multiple of that floor; the
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import onnxfile, runtimes
 from ..compare import CheckFailure, cosine_rows, message, rel_max_error, top1_agreement
 from ..tolerances import tolerance
 
@@ -34,7 +36,7 @@ def convert(src: Path | str, dst: Path | str, *, keep_io_types: bool = True) -> 
     """Write the fp16 version of the fp32 file ``src`` to ``dst``."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
+    model = onnxfile.load_checked(src)  # the guarded load: external data must not escape the folder
     fp16 = convert_float_to_float16(model, keep_io_types=keep_io_types)
     onnx.save(fp16, str(dst))
     return Path(dst)
@@ -63,20 +65,24 @@ def rounded_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def run(model: Path | onnx.ModelProto, x: np.ndarray, *, threads: int | None = None, batch: int = 8) -> np.ndarray:
-    """Logits of ``model`` in ORT CPU for the (N, 3, H, W) float32 batch ``x``, fed in the
-    input's declared element type, returned as float32."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    outs = [sess.run(None, {inp.name: x[i:i + batch].astype(dtype)})[0] for i in range(0, len(x), batch)]
-    return np.concatenate(outs).astype(np.float32)
+def run(model: Path | onnx.ModelProto, x: np.ndarray, *, threads: int | None = None, batch: int = 8,
+        runtime: Any = None) -> np.ndarray:
+    """Logits of ``model`` through ``runtime`` (harness/runtimes; default ort) for the (N, 3, H, W)
+    float32 batch ``x``, fed in the input's declared element type, returned as float32. An
+    in-memory model is written to a temporary file first (every runtime prepares files)."""
+    rspec = runtimes.spec(runtime)
+    with tempfile.TemporaryDirectory(prefix="zc-fp16-") as d:
+        if isinstance(model, onnx.ModelProto):
+            path = Path(d) / "model.onnx"
+            big = model.ByteSize() > 1_800_000_000
+            onnx.save_model(model, str(path), save_as_external_data=big, location="model.data" if big else None)
+        else:
+            path = Path(model)
+        sess = rspec.prepare(path, threads)
+        header = onnxfile.load_checked_header(path)
+        if header.graph.input[0].type.tensor_type.elem_type == FLOAT16 and hasattr(sess, "input_dtype"):
+            sess.input_dtype = np.float16  # fed in the input's declared element type
+        return np.asarray(sess.run_batched(np.asarray(x, dtype=np.float32), batch), dtype=np.float32)
 
 
 def io_types(model: onnx.ModelProto) -> str:
@@ -86,21 +92,25 @@ def io_types(model: onnx.ModelProto) -> str:
     return f"{name.get(t_in, t_in)} -> {name.get(t_out, t_out)}"
 
 
-def rounding_floor(fp32: onnx.ModelProto, x: np.ndarray, ref: np.ndarray, *, threads: int | None = None) -> float:
+def rounding_floor(fp32: onnx.ModelProto, x: np.ndarray, ref: np.ndarray, *, threads: int | None = None,
+                   runtime: Any = None) -> float:
     """rel_max_error of the fp32 model with weights and input rounded to fp16, run in fp32."""
-    out = run(rounded_to_fp16(fp32), x.astype(np.float16).astype(np.float32), threads=threads)
+    out = run(rounded_to_fp16(fp32), x.astype(np.float16).astype(np.float32), threads=threads, runtime=runtime)
     return rel_max_error(out, ref)
 
 
 def check_fp16_onnx_within_tolerance(fp32_path: Path, fp16_path: Path, x: np.ndarray, record, *, label: str,
-                                     threads: int | None = None) -> None:
-    """The fp16 file computes what the fp32 file computes, within a multiple of the fp16 rounding floor."""
+                                     threads: int | None = None, runtime: Any = None) -> None:
+    """The fp16 file computes what the fp32 file computes (both run by ``runtime``, default ort),
+    within a multiple of the fp16 rounding floor."""
     x = np.asarray(x, dtype=np.float32)
-    fp32 = onnx.load(str(fp32_path))
-    fp16 = onnx.load(str(fp16_path), load_external_data=False)
-    ref = run(fp32, x, threads=threads)
-    floor = rounding_floor(fp32, x, ref, threads=threads)
-    out = run(Path(fp16_path), x, threads=threads)
+    fp32 = onnxfile.load_checked(fp32_path)
+    fp16 = onnxfile.load_checked_header(fp16_path)
+    rspec = runtimes.spec(runtime)
+    ref = run(fp32, x, threads=threads, runtime=rspec)
+    floor = rounding_floor(fp32, x, ref, threads=threads, runtime=rspec)
+    out = run(Path(fp16_path), x, threads=threads, runtime=rspec)
+    record(runtime=rspec.id)
     err = rel_max_error(out, ref)
     multiple = tolerance(SECTION, "fp16_floor_multiple")
     tol = multiple * floor
@@ -117,6 +127,6 @@ def check_fp16_onnx_within_tolerance(fp32_path: Path, fp16_path: Path, x: np.nda
         cause = (f"the fp16 file computes something else than fp32 rounded to fp16: a weight changed in or after "
                  f"conversion, an op the converter mishandles, or a file of another model (worst image {worst}, "
                  f"cosine {float(cos[worst]):.6f})")
-        raise CheckFailure(message(f"fp16 vs fp32 ONNX relative error of {label} (ORT CPU, {len(x)} images)",
+        raise CheckFailure(message(f"fp16 vs fp32 ONNX relative error of {label} ({rspec.id}, {len(x)} images)",
                                    f"{err:.3g}", f"<= {tol:.3g} ({multiple:g} x fp16 rounding floor {floor:.3g})",
                                    f"{Path(fp16_path).name}, converted by {CONVERTER}", cause=cause), figures)

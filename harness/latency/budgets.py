@@ -9,8 +9,9 @@ File shape::
 
     [profile]
     description = "2-core AMD EPYC VM, ONNX Runtime CPU EP"
-    provider = "CPUExecutionProvider"   # or CUDAExecutionProvider / TensorrtExecutionProvider
-    threads = 2                         # intra-op threads the figures hold for (CPU providers)
+    runtime = "ort"                     # a --runtime name (harness/runtimes): ort, openvino, torch, ort-trt ...
+    provider = "CPUExecutionProvider"   # older form, ONNX Runtime only: CPU/CUDA/TensorRT EP = ort/ort-cuda/ort-trt
+    threads = 2                         # intra-op threads the figures hold for (CPU runtimes)
     provisional = false                 # true: not from a quiet run; never detected, only --profile
     source = "what was measured, with which command"
     headroom = 1.3                      # optional: factor applied to the measured medians
@@ -91,7 +92,9 @@ from ..errors import ConfigError
 BUDGETS = Path(__file__).resolve().parents[2] / "fixtures" / "budgets"
 PRECISIONS = ("fp32", "fp16", "int8")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
-PROFILE_KEYS = {"description": str, "provider": str, "threads": int, "provisional": bool, "source": str,
+PROVIDER_RUNTIMES = {"CPUExecutionProvider": "ort", "CUDAExecutionProvider": "ort-cuda",
+                     "TensorrtExecutionProvider": "ort-trt"}  # the older ``provider`` key, as runtimes
+PROFILE_KEYS = {"description": str, "runtime": str, "provider": str, "threads": int, "provisional": bool, "source": str,
                 "headroom": (int, float), "peak_gflops": (int, float), "int8_peak_gops": (int, float),
                 "instances": int, "match": dict}
 MATCH_KEYS = {"host_class": str, "cpu": str, "cores": int, "gpu": str}
@@ -142,7 +145,7 @@ class Profile:
     name: str
     file: Path
     description: str
-    provider: str
+    provider: str | None
     threads: int | None
     provisional: bool
     source: str
@@ -153,6 +156,7 @@ class Profile:
     latency: dict[str, dict[str, dict[int, float]]]  # model -> precision -> batch -> ms
     throughput: dict[str, float] = field(default_factory=dict)  # model -> images/s
     int8_peak_gops: float | None = None
+    runtime: str = "ort"  # the --runtime whose figures these are (harness/runtimes)
 
     @property
     def host_class(self) -> str | None:
@@ -160,7 +164,7 @@ class Profile:
 
     @property
     def is_cpu(self) -> bool:
-        return self.provider == CPU_PROVIDER
+        return runtime_device(self.runtime) == "CPU"
 
     def recorded(self) -> str:
         """``x86-avx512-vnni at fp32 198 GFLOP/s, int8 840 GOP/s``"""
@@ -235,15 +239,23 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
             raise ConfigError(path, f"profile.{k}", f"expected {_type_name(PROFILE_KEYS[k])}, got {v!r}",
                               fix="see the file shape in harness/latency/budgets.py")
     provider = head.get("provider")
-    if provider is None:
-        raise ConfigError(path, "profile.provider", "missing required key 'provider'",
-                          fix=f"add provider = one of {', '.join(PROVIDERS)}")
-    if provider not in PROVIDERS:
+    runtime = head.get("runtime")
+    if provider is None and runtime is None:
+        raise ConfigError(path, "profile.runtime", "missing required key 'runtime' (or the older 'provider')",
+                          fix=f"add runtime = one of {', '.join(_runtime_names())}")
+    if provider is not None and provider not in PROVIDERS:
         raise _unknown(path, "profile.provider", provider, PROVIDERS, "provider")
+    if runtime is not None and runtime not in _runtime_names():
+        raise _unknown(path, "profile.runtime", runtime, _runtime_names(), "runtime")
+    if provider is not None and runtime is not None and PROVIDER_RUNTIMES[provider] != runtime:
+        raise ConfigError(path, "profile.provider", f"provider {provider!r} is runtime "
+                          f"{PROVIDER_RUNTIMES[provider]!r}, but the profile says runtime = {runtime!r}",
+                          fix="keep one of the two keys")
+    runtime = runtime or PROVIDER_RUNTIMES[provider]
     threads = head.get("threads")
     if threads is not None and threads < 1:
         raise ConfigError(path, "profile.threads", f"expected an integer >= 1, got {threads}")
-    if provider == "CPUExecutionProvider" and threads is None:
+    if runtime_device(runtime) == "CPU" and threads is None:
         raise ConfigError(path, "profile.threads", "a CPU profile needs the intra-op thread count its figures hold for",
                           fix="add threads = N")
     match = head.get("match", {})
@@ -291,7 +303,27 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
     return Profile(name=path.stem, file=path, description=head.get("description", ""), provider=provider,
                    threads=threads, provisional=bool(head.get("provisional", False)), source=head.get("source", ""),
                    headroom=head.get("headroom"), peak_gflops=head.get("peak_gflops"), instances=head.get("instances"),
-                   match=dict(match), latency=latency, throughput=throughput, int8_peak_gops=head.get("int8_peak_gops"))
+                   match=dict(match), latency=latency, throughput=throughput, int8_peak_gops=head.get("int8_peak_gops"),
+                   runtime=runtime)
+
+
+def _runtime_names() -> list[str]:
+    from .. import runtimes
+
+    return runtimes.names()
+
+
+def runtime_device(name: str) -> str:
+    """"CPU" for a runtime computing on this host's CPU (threads apply), else its device."""
+    from .. import runtimes
+
+    name = name.partition(":")[0]
+    if name in PROVIDER_RUNTIMES.values():  # ORT's EPs: known without importing onnxruntime
+        return "CPU" if name == "ort" else "GPU"
+    try:
+        return getattr(runtimes.get(name), "device", "CPU")
+    except (ValueError, ImportError):
+        return "CPU"
 
 
 def _registry_ids() -> list[str]:

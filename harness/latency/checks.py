@@ -1,6 +1,7 @@
 """Latency checks: plain functions that know nothing of pytest parametrization.
 
-What is measured (ONNX Runtime, CPU EP unless named; ``harness/latency/timing.py`` does the timing):
+What is measured (through a runtime of ``harness/runtimes``: ``--runtime``, ONNX Runtime's CPU EP
+by default; ``harness/latency/timing.py`` does the timing):
 
 - **absolute**: each model x precision (fp32: the manifest's ``onnx`` or the suite's export;
   int8: the manifest's ``int8_onnx`` or the suite's quantized model) x batch 1/4/8 at the
@@ -11,7 +12,7 @@ What is measured (ONNX Runtime, CPU EP unless named; ``harness/latency/timing.py
   per image / batch 1, RepVGG deploy / train form, the user's ONNX / the suite's export.
 - **throughput**: images/s of N concurrent sessions at batch 8 (the seeds' benchmark tool
   runs instances x processes x batch); judged against the profile's ``throughput_ips``.
-- CUDA and TensorRT execution providers when this onnxruntime has them.
+- GPU runtimes (ORT's CUDA and TensorRT execution providers) when this onnxruntime has them.
 
 Every measurement records median, q1/q3/IQR, p90, a 95% interval of the median, cv, CPU
 time / wall, run-delay and neighbour shares, attempts, GMACs per image (counted on the ONNX
@@ -38,12 +39,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .. import runtime
+from .. import runtimes
 from ..constants import PRECISIONS  # the suite parametrizes over lc.PRECISIONS
 from . import timing
 from .budgets import Budget, Choice
-from ..compare import CheckFailure, Inconclusive, check, message
 from ..cache import memoised
+from ..compare import CheckFailure, Inconclusive, check, message
 from ..tolerances import Limit, tolerance
 from ..zoo import ModelCard
 
@@ -51,11 +52,10 @@ if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import
     from ..testing import LabLike, Record
 
 SECTION = "latency"
-CPU = "CPUExecutionProvider"
+CPU = runtimes.DEFAULT  # the runtime a CPU profile without ``runtime =`` holds budgets for
 BATCHES = (1, 4, 8)  # the seeds' tables
 RATIO_BATCHES = (1, 8)
 THROUGHPUT_BATCH = 8
-GPU_PRECISIONS = {"TensorrtExecutionProvider": ("fp32", "fp16"), "CUDAExecutionProvider": ("fp32",)}
 DISTINCT_IMAGES = 8  # real images per batch; larger batches repeat them
 
 
@@ -173,10 +173,10 @@ def batch_of(lab, card: ModelCard, batch: int) -> np.ndarray:
 
 
 def call_of(sess, x: np.ndarray) -> Callable[[], Any]:
-    feed = {sess.get_inputs()[0].name: x}
+    x = np.ascontiguousarray(x, dtype=np.float32)
 
     def call():
-        return sess.run(None, feed)
+        return sess.run(x)
 
     return call
 
@@ -184,7 +184,7 @@ def call_of(sess, x: np.ndarray) -> Callable[[], Any]:
 def _macs(path: str) -> tuple[int | None, int]:
     import onnx
 
-    from ..runtime import load_checked_header
+    from ..onnxfile import load_checked_header
 
     try:
         model = load_checked_header(path)
@@ -264,15 +264,19 @@ def publish_benchmark(benchmark, m: timing.Measurement, figures: dict[str, Any])
 
 # --- absolute budgets -----------------------------------------------------------------------
 
-def budget_for(choice: Choice, card: ModelCard, precision: str, batch: int, provider: str,
+def budget_for(choice: Choice, card: ModelCard, precision: str, batch: int, runtime: str,
                threads: int | None) -> Budget | str:
-    """The budget that applies, or why none does (the suite skips with that reason)."""
+    """The budget that applies to a measurement by ``runtime`` (a ``--runtime`` id such as ``ort``
+    or ``openvino``), or why none does (the suite skips with that reason)."""
     prof = choice.profile
     if prof is None:
         return choice.reason
-    if prof.provider != provider:
-        return f"profile {prof.name} holds {prof.provider} budgets, this measurement is {provider}"
-    if provider == CPU and prof.threads != threads:
+    from .budgets import PROVIDER_RUNTIMES
+
+    runtime = PROVIDER_RUNTIMES.get(str(runtime), str(runtime))  # an ORT provider name still works
+    if prof.runtime != runtime:
+        return f"profile {prof.name} holds {prof.runtime} budgets, this measurement is {runtime}"
+    if prof.is_cpu and prof.threads != threads:
         return (f"profile {prof.name} holds for {prof.threads} threads, this run uses {threads}: "
                 f"run with --threads {prof.threads}")
     b = prof.budget(card.id, precision, batch)
@@ -297,7 +301,7 @@ def throughput_budget_for(choice: Choice, card: ModelCard, threads: int) -> tupl
     prof = choice.profile
     if prof is None:
         return choice.reason
-    if prof.provider != CPU or prof.threads != threads or card.id not in prof.throughput:
+    if not prof.is_cpu or prof.threads != threads or card.id not in prof.throughput:
         return (f"profile {prof.name} has no CPU throughput budget for {card.id} at {threads} threads")
     floor = prof.throughput[card.id]
     app = choice.applicability
@@ -312,43 +316,46 @@ def throughput_budget_for(choice: Choice, card: ModelCard, threads: int) -> tupl
 
 
 def gpu_cases() -> list[tuple[str, str]]:
-    """(provider, precision) pairs this onnxruntime can run on a GPU."""
-    available = set(runtime.providers(prefer_gpu=True))
-    return [(p, prec) for p, precs in GPU_PRECISIONS.items() if p in available for prec in precs]
+    """(runtime, precision) pairs this host can run on a GPU (ORT's CUDA / TensorRT EPs)."""
+    from ..runtimes import ort
+
+    return ort.gpu_runtime_cases()
 
 
-def gpu_session(path: Path, provider: str, precision: str):
-    import onnxruntime as ort
+def file_precision(precision: str) -> str:
+    """The file a precision runs from: fp16 is asked of a runtime running the fp32 file."""
+    return "int8" if precision == "int8" else "fp32"
 
-    runtime.check_external_data(Path(path))
-    options: dict[str, Any] = {}
-    if provider == "TensorrtExecutionProvider" and precision == "fp16":
-        options["trt_fp16_enable"] = True
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=[(provider, options), CPU])
+
+def session_for(lab, card: ModelCard, path: Path, rspec, precision: str, threads: int | None, **options):
+    """A session of ``rspec`` for ``path``; a runtime that runs the module gets the reference."""
+    model = lab.reference(card) if rspec.runtime.runs_module else None
+    return rspec.prepare(path, threads, model=model, file_precision=file_precision(precision), **options)
 
 
 def measure_latency(card: ModelCard, lab: LabLike, record: Record, precision: str, batch: int, *, benchmark=None,
-                    provider: str = CPU, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Measurement:
-    """Time one model x precision x batch; record every figure (results.json and, with
-    ``benchmark``, pytest-benchmark's JSON)."""
+                    runtime=None, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Measurement:
+    """Time one model x precision x batch through ``runtime`` (a ``--runtime`` spec or id; default
+    ort; ``"ort-trt"`` with precision fp16 asks TensorRT for fp16); record every figure
+    (results.json and, with ``benchmark``, pytest-benchmark's JSON)."""
+    rspec = runtimes.spec(runtime)
+    if precision == "fp16" and rspec.precision == "fp32":
+        rspec = runtimes.Spec(rspec.name, "fp16")
     x = batch_of(lab, card, batch)
-    if provider == CPU:
-        path, what = artifact(lab, card, precision)
+    path, what = artifact(lab, card, file_precision(precision))
+    if rspec.on_cpu:
         threads: int | None = threads_for(lab)
-        sess = runtime.session(path, threads=threads)
         peak: timing.Peak | None = peak_for(threads, clocks, lab)
     else:
-        path, what = artifact(lab, card, "fp32" if precision == "fp16" else precision)
         threads, peak = None, None  # host CPU time says nothing about GPU work; no GPU peak measured
-        sess = gpu_session(path, provider, precision)
+    sess = session_for(lab, card, path, rspec, precision, threads)
     macs, convs = onnx_work(path, lab)
     m = timing.measure(call_of(sess, x), plan_for(threads), name=f"{card.id} {precision} b{batch}", clocks=clocks,
                        first_runner=pedantic_runner(benchmark), flops_per_call=2.0 * macs * batch if macs else None,
                        peak=peak, items_per_call=batch)
     figures = {"latency_kind": "absolute", "model": card.id, "precision": precision, "batch": batch,
-               "provider": provider, "file": str(path), "artifact": what,
+               "runtime": rspec.id, "effective_precision": sess.effective_precision, "runtime_settings": sess.settings,
+               "file": str(path), "artifact": what,
                "gmacs_per_image": round(macs / 1e9, 4) if macs else None, **m.figures()}
     if precision == "int8":
         figures["roofline_note"] = "int8 work against the fp32 peak (int8 can exceed 1)"
@@ -411,16 +418,21 @@ class Side:
     path: Path
     batch: int
     label: str
+    model: Any = None  # the torch module of the file, for a runtime that runs the module
+    precision: str = "fp32"  # of the file: "int8" for a quantized one
 
 
 def interleave(sides: dict[str, Side], inputs: dict[int, np.ndarray], threads: int, *,
-               clocks: timing.Clocks = timing.REAL_CLOCKS, plan: timing.Plan | None = None) -> timing.Interleaved:
+               clocks: timing.Clocks = timing.REAL_CLOCKS, plan: timing.Plan | None = None,
+               runtime=None) -> timing.Interleaved:
     # Spinning off on both sides: an idle session's intra-op threads spin-wait after each call
     # and take CPUs from the other session's next calls. Measured on the quiet 2-core machine
     # (repvgg_a0 int8 vs fp32, batch 1, 2 threads): with spinning only 47-67% of int8 calls were
     # clean (3 attempts, one block ratio at 1.005 -> inconclusive); without, 97-100% clean in
     # one attempt, blocks 0.43-0.45, ratio 0.44 vs 0.39-0.46 (per-call cost +3-5% on both sides).
-    sessions = {name: runtime.session(s.path, threads=threads, spinning=False) for name, s in sides.items()}
+    rspec = runtimes.spec(runtime)
+    sessions = {name: rspec.prepare(s.path, threads, model=s.model, file_precision=s.precision, spinning=False)
+                for name, s in sides.items()}
     calls = {name: call_of(sessions[name], inputs[s.batch]) for name, s in sides.items()}
     return timing.measure_interleaved(calls, plan or plan_for(threads), clocks=clocks)
 
@@ -490,13 +502,14 @@ def judge_ratio(r: timing.Ratio, limit: "float | Limit", limit_key: str, record,
 def compare_files(num: Side, den: Side, inputs: dict[int, np.ndarray], threads: int, record, *, limit_key: str,
                   what: str, cause: Callable[[timing.Ratio], str], clocks: timing.Clocks = timing.REAL_CLOCKS,
                   peak: timing.Peak | None = None, plan: timing.Plan | None = None,
-                  host_class: str | None = None, lab=None) -> timing.Ratio:
-    """Interleave ``num`` and ``den``; judge (num per image) / (den per image) against the
-    [latency] ``limit_key`` tolerance of ``host_class`` (default: this host's)."""
+                  host_class: str | None = None, lab=None, runtime=None) -> timing.Ratio:
+    """Interleave ``num`` and ``den`` (both run by ``runtime``, default ort); judge (num per image) /
+    (den per image) against the [latency] ``limit_key`` tolerance of ``host_class`` (default: this host's)."""
     sides = {"num": num, "den": den}
-    run = interleave(sides, inputs, threads, clocks=clocks, plan=plan)
+    run = interleave(sides, inputs, threads, clocks=clocks, plan=plan, runtime=runtime)
     r = run.ratio("num", "den", num.batch, den.batch)
-    record(numerator=num.label, denominator=den.label, threads=threads, **side_figures(run, sides, peak, lab))
+    record(numerator=num.label, denominator=den.label, threads=threads, runtime=runtimes.spec(runtime).id,
+           **side_figures(run, sides, peak, lab))
     judge_ratio(r, ratio_limit(limit_key, host_class), limit_key, record, what=what,
                 where=f"{num.path} vs {den.path}", cause=cause(r), note=run.remeasure)
     return r
@@ -523,49 +536,83 @@ def check_onnx_not_slower(user: Path, own: Path, x: np.ndarray, threads: int, re
                                                                "optimises less (opset, layout, unfused ops)", lab))
 
 
-def check_user_onnx_speed(card: ModelCard, lab: LabLike, record: Record, user: Path, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def not_applicable(runtime, *, files: bool = False, int8: bool = False) -> str | None:
+    """Why a ratio cannot be measured by ``runtime``, or None: a runtime that runs the torch module
+    has no second file to run (``files``), and may not run int8 files (``int8``)."""
+    rspec = runtimes.spec(runtime)
+    if files and rspec.runtime.runs_module:
+        return f"{rspec.id} runs the torch module, not files: it has nothing to compare a second file with"
+    if int8:
+        ok, why = rspec.supports("int8")
+        if not ok:
+            return why
+    return None
+
+
+def check_user_onnx_speed(card: ModelCard, lab: LabLike, record: Record, user: Path, *, clocks: timing.Clocks = timing.REAL_CLOCKS,
+                          runtime=None) -> None:
     threads = threads_for(lab)
     x = batch_of(lab, card, 1)
-    check_onnx_not_slower(user, own_export(lab, card), x, threads, record, label=f"manifest onnx of {card.id}",
-                          clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab)
+    b = len(x)
+    num, den = Side(Path(user), b, f"the file under test ({Path(user).name})"), Side(own_export(lab, card), b,
+                                                                                     "the suite's export")
+    compare_files(num, den, {b: x}, threads, record, limit_key="user_over_own_max", clocks=clocks,
+                  peak=peak_for(threads, clocks, lab), lab=lab, runtime=runtime,
+                  what=f"latency of manifest onnx of {card.id} / the suite's own export at batch {b} "
+                       f"({runtimes.spec(runtime).id})",
+                  cause=lambda r: _work_cause(num, den, "same work done slower: operators the runtime "
+                                                        "optimises less (opset, layout, unfused ops)", lab))
 
 
-def check_int8_faster(card: ModelCard, lab: LabLike, record: Record, batch: int, *, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def check_int8_faster(card: ModelCard, lab: LabLike, record: Record, batch: int, *, clocks: timing.Clocks = timing.REAL_CLOCKS,
+                      runtime=None) -> None:
     threads = threads_for(lab)
     fp32, fp32_what = artifact(lab, card, "fp32")
     int8, int8_what = artifact(lab, card, "int8")
-    num, den = Side(int8, batch, int8_what), Side(fp32, batch, fp32_what)
+    num, den = Side(int8, batch, int8_what, precision="int8"), Side(fp32, batch, fp32_what)
     record(model=card.id, batch=batch)
     compare_files(num, den, {batch: batch_of(lab, card, batch)}, threads, record, limit_key="int8_over_fp32_max",
-                  clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab,
-                  what=f"int8 / fp32 latency of {card.id} at batch {batch} ({threads} threads)",
+                  clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab, runtime=runtime,
+                  what=f"int8 / fp32 latency of {card.id} at batch {batch} ({runtimes.spec(runtime).id}, "
+                       f"{threads} threads)",
                   cause=lambda r: "int8 is not faster than fp32: Q/DQ pairs the runtime could not fuse into integer "
                                   "kernels (int8 activations, per-tensor Q/DQ around unsupported ops) cost more than "
                                   "they save")
 
 
-def check_batching_pays(card: ModelCard, lab: LabLike, record: Record, *, big: int = 8, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def check_batching_pays(card: ModelCard, lab: LabLike, record: Record, *, big: int = 8, clocks: timing.Clocks = timing.REAL_CLOCKS,
+                        runtime=None) -> None:
     threads = threads_for(lab)
     path, what = artifact(lab, card, "fp32")
-    num, den = Side(path, big, f"{what} at batch {big}"), Side(path, 1, f"{what} at batch 1")
+    model = lab.reference(card) if runtimes.spec(runtime).runtime.runs_module else None
+    num, den = Side(path, big, f"{what} at batch {big}", model), Side(path, 1, f"{what} at batch 1", model)
     record(model=card.id)
     compare_files(num, den, {1: batch_of(lab, card, 1), big: batch_of(lab, card, big)}, threads, record,
                   limit_key="batch8_per_image_over_batch1_max", clocks=clocks, peak=peak_for(threads, clocks, lab),
-                  lab=lab,
-                  what=f"per-image latency of {card.id} at batch {big} / batch 1 ({threads} threads)",
+                  lab=lab, runtime=runtime,
+                  what=f"per-image latency of {card.id} at batch {big} / batch 1 ({runtimes.spec(runtime).id}, "
+                       f"{threads} threads)",
                   cause=lambda r: f"batch {big} costs more per image than batch 1: the graph does not batch "
                                   "(a fixed batch dimension, a per-image loop) or its activations no longer fit "
                                   "in cache")
 
 
-def check_deploy_faster(card: ModelCard, lab: LabLike, record: Record, *, batch: int = 1, clocks: timing.Clocks = timing.REAL_CLOCKS) -> None:
+def check_deploy_faster(card: ModelCard, lab: LabLike, record: Record, *, batch: int = 1, clocks: timing.Clocks = timing.REAL_CLOCKS,
+                        runtime=None) -> None:
     threads = threads_for(lab)
     train, deploy = own_export(lab, card), deploy_export(lab, card)
-    num, den = Side(deploy, batch, "the deploy form"), Side(train, batch, "the training form")
+    m_train = m_deploy = None
+    if runtimes.spec(runtime).runtime.runs_module:
+        from ..models import deploy_form
+
+        m_train = lab.reference(card)
+        m_deploy = deploy_form(m_train)
+    num, den = Side(deploy, batch, "the deploy form", m_deploy), Side(train, batch, "the training form", m_train)
     record(model=card.id, batch=batch)
     compare_files(num, den, {batch: batch_of(lab, card, batch)}, threads, record, limit_key="deploy_over_train_max",
-                  clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab,
-                  what=f"deploy / training form latency of {card.id} at batch {batch} ({threads} threads)",
+                  clocks=clocks, peak=peak_for(threads, clocks, lab), lab=lab, runtime=runtime,
+                  what=f"deploy / training form latency of {card.id} at batch {batch} ({runtimes.spec(runtime).id}, "
+                       f"{threads} threads)",
                   cause=lambda r: _work_cause(num, den, "the fused model is not faster: re-parameterization left "
                                                         "branches (1x1, identity, BN) in the graph", lab))
 
@@ -573,18 +620,19 @@ def check_deploy_faster(card: ModelCard, lab: LabLike, record: Record, *, batch:
 # --- throughput -----------------------------------------------------------------------------
 
 def measure_throughput(card: ModelCard, lab: LabLike, record: Record, *, instances: int | None = None, batch: int = THROUGHPUT_BATCH,
-                       clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Concurrent:
+                       clocks: timing.Clocks = timing.REAL_CLOCKS, runtime=None) -> timing.Concurrent:
     threads = threads_for(lab)
     n = instances or threads
     intra = max(1, threads // n)
     path, what = artifact(lab, card, "fp32")
     x = batch_of(lab, card, batch)
-    sessions = [runtime.session(path, threads=intra) for _ in range(n)]
+    rspec = runtimes.spec(runtime)
+    sessions = [session_for(lab, card, path, rspec, "fp32", intra) for _ in range(n)]
     calls = int(tolerance(SECTION, "throughput_calls"))
     c = timing.measure_concurrent([call_of(s, x) for s in sessions], calls, plan_for(n * intra),
                                   items_per_call=batch, clocks=clocks)
     macs, _ = onnx_work(path, lab)
-    figures = {"latency_kind": "throughput", "model": card.id, "precision": "fp32", "provider": CPU,
+    figures = {"latency_kind": "throughput", "model": card.id, "precision": "fp32", "runtime": rspec.id,
                "file": str(path), "artifact": what, "intra_op_threads": intra, "processes": 1, **c.figures()}
     if macs:
         peak = peak_for(threads, clocks, lab)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..figures import canonical
 from ..zoo import load_zoo
-from .budgets import PRECISIONS
+from .budgets import PRECISIONS, PROVIDER_RUNTIMES
 
 
 @dataclass
@@ -42,7 +42,7 @@ def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple, Cell], dict[str, Ce
     """(latency cells keyed (model, precision, batch), throughput cells per model, settings)."""
     cells: dict[tuple, Cell] = {}
     tput: dict[str, Cell] = {}
-    seen: dict[str, set] = {"provider": set(), "threads": set(), "instances": set(), "peak": set(),
+    seen: dict[str, set] = {"runtime": set(), "threads": set(), "instances": set(), "peak": set(),
                             "int8_peak": set(), "host_class": set()}
     for doc in docs:
         m = _machine_of(doc)
@@ -57,7 +57,7 @@ def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple, Cell], dict[str, Ce
             kind = f.get("latency_kind")
             if kind not in ("absolute", "throughput") or not f.get("model"):
                 continue
-            seen["provider"].add(f.get("provider"))
+            seen["runtime"].add(f.get("runtime") or PROVIDER_RUNTIMES.get(f.get("provider") or "", f.get("provider")))
             seen["threads"].add(f.get("threads"))
             if f.get("peak_gflops") and f.get("peak_quiet"):
                 seen["peak"].add(f["peak_gflops"])
@@ -92,10 +92,10 @@ def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, descrip
     cells, tput, seen = collect(docs)
     if not cells and not tput:
         raise ValueError("no absolute latency measurements in these files (run pytest suites -m latency)")
-    providers = {p for p in seen["provider"] if p}
+    runtimes = {p for p in seen["runtime"] if p}
     threads = {t for t in seen["threads"] if t}
-    if len(providers) > 1 or len(threads) > 1:
-        raise ValueError(f"runs mix providers {sorted(providers)} / threads {sorted(threads)}: record one setting at a time")
+    if len(runtimes) > 1 or len(threads) > 1:
+        raise ValueError(f"runs mix runtimes {sorted(runtimes)} / threads {sorted(threads)}: record one setting at a time")
     classes = sorted(seen["host_class"])
     if len(classes) > 1:
         raise ValueError(f"runs come from hosts of different classes {classes}: record one host class at a time")
@@ -106,7 +106,7 @@ def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, descrip
              f"# {', '.join(sources or ['runs'])}: per cell the slowest quiet median x headroom {headroom}.",
              "[profile]",
              f"description = {json.dumps(description or default_description)}",
-             f'provider = "{next(iter(providers), "CPUExecutionProvider")}"']
+             f'runtime = "{next(iter(runtimes), "ort")}"']
     if threads:
         lines.append(f"threads = {next(iter(threads))}")
     lines += ["provisional = false",

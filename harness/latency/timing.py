@@ -430,15 +430,10 @@ def _gemm_peak(kind: str, threads: int | None, matrix: int, calls: int, clocks: 
 
 def _measure_gemm_peak(kind: str, threads: int | None, matrix: int, calls: int, clocks: Clocks,
                        plan: Plan | None, rounds: int, pause_s: float, retried: bool) -> Peak:
-    import onnxruntime as ort
+    from ..runtimes.ort import model_session  # the peak is ORT's MLAS GEMM: the host's measured roof
 
     model, a = _gemm_model(kind, matrix)
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = model_session(model, threads)
 
     def call():
         sess.run(None, {"a": a})

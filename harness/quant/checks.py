@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import quantize as qmod
-from .. import runtime as rt
+from .. import onnxfile, runtimes
+from ..runtimes import ort as ortrt  # QDQ tooling: the float simulation is ORT_DISABLE_ALL
 from ..compare import (CheckFailure, Inconclusive, binomial_halfwidth, check, cosine_rows, distinct_top1, message,
                       top1_agreement, topk_accuracy)
 from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
@@ -234,14 +235,14 @@ def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
     key = (qmod.cached_file_digest(fp32_path, lab), card.id, lab.images("eval").digest(), with_noise)
 
     def build() -> EvalRun:
-        sess = rt.session(fp32_path, threads=lab.settings.threads)
+        sess = runtimes.spec(None).prepare(fp32_path, lab.settings.threads)  # fp32 through ORT: the units
         levels = int(tolerance(SECTION, "noise_grey_levels"))
         outs, noisy, labels = [], [], []
         t0 = time.perf_counter()
         for i, (x, y) in enumerate(_eval_batches(lab, card)):
-            outs.append(rt.run(sess, x))
+            outs.append(sess.run_batched(x))
             if with_noise:
-                noisy.append(rt.run(sess, grey_level_noise(x, card.preprocess.std, levels, seed=i)))
+                noisy.append(sess.run_batched(grey_level_noise(x, card.preprocess.std, levels, seed=i)))
             if y is not None:
                 labels.append(y)
         return EvalRun(np.concatenate(outs), np.concatenate(noisy) if with_noise else None,
@@ -251,14 +252,16 @@ def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
     return lab.memo("quant.fp32_run", key, build)
 
 
-def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None) -> tuple[np.ndarray, float]:
+def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None,
+                runtime=None) -> tuple[np.ndarray, float]:
     """The int8 file's logits on the eval set: ``optimization="all"`` through this host's
-    integer kernels, ``"none"`` as a QDQ float simulation. ``run_int8(path, optimization, x)``
-    replaces ONNX Runtime (self-tests plant kernel faults through it)."""
-    key = (qmod.cached_file_digest(int8_path, lab), card.id, lab.images("eval").digest(), optimization, run_int8)
+    integer kernels of ``runtime`` (default ort), ``"none"`` as ORT's QDQ float simulation.
+    ``run_int8(path, optimization, x)`` replaces both (self-tests plant kernel faults through it)."""
+    key = (qmod.cached_file_digest(int8_path, lab), card.id, lab.images("eval").digest(), optimization, run_int8,
+           runtimes.spec(runtime).id)
 
     def build() -> tuple[np.ndarray, float]:
-        run = run_int8 or _default_run_int8(lab.settings.threads)
+        run = run_int8 or _default_run_int8(lab.settings.threads, runtime)
         t0 = time.perf_counter()
         out = np.concatenate([run(int8_path, optimization, x) for x, _ in _eval_batches(lab, card)])
         return out, time.perf_counter() - t0
@@ -317,7 +320,7 @@ _NP_NAMES = {np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8"}
 def int8_format(path: Path) -> Int8Format:
     from onnx import numpy_helper
 
-    model = rt.load_checked(path)
+    model = onnxfile.load_checked(path)
     inits = {i.name: i for i in model.graph.initializer}
 
     def dtype_of(name: str) -> str | None:
@@ -351,7 +354,7 @@ def reduced_range_copy(path: Path, out: Path) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    model = rt.load_checked(path)
+    model = onnxfile.load_checked(path)
     inits = {i.name: i for i in model.graph.initializer}
     done: set[str] = set()
     for n in model.graph.node:
@@ -404,7 +407,8 @@ def subject_for(lab, card, method: str) -> Subject:
                    float_for_report=qmod.preprocessed(lab, fp32))
 
 
-def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None, run_int8=None) -> None:
+def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None, run_int8=None,
+                            runtime=None) -> str | None:
     """Verdict (a), the model: the int8 file run as a QDQ float simulation (``ORT_DISABLE_ALL``:
     Q/DQ and float ops, no integer kernels) against fp32, so that the verdict is the same on
     every host; labelled accuracy when the run has labels and weights, else the noise floor.
@@ -421,14 +425,21 @@ def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, sub
         record(int8_source=str(subject.int8))
     fmt = int8_format(subject.int8)
     record(**fmt.figures())
+    rspec = runtimes.spec(runtime)
+    record(runtime=rspec.id)
+    if fmt.qdq and rspec.name != "ort" and run_int8 is None:
+        return (f"verdict (a) judges the model through ORT's QDQ float simulation, the same file and verdict for "
+                f"every runtime (the [ort] case); {rspec.id}'s int8 execution of {subject.int8.name} is judged by "
+                f"test_int8_kernels_match_simulation[{rspec.id}]")
     if fmt.qdq:
         optimization, judged_as = "none", "QDQ float simulation (ORT_DISABLE_ALL): the model, the same on every host"
     else:
         cls = host_class(cpu_facts())
-        optimization, judged_as = "all", f"this host's integer kernels ({cls}): no float simulation of a QOperator file"
+        optimization, judged_as = "all", (f"{rspec.id}'s integer kernels on this host ({cls}): no float simulation "
+                                          "of a QOperator file")
     labelled = has_labels(lab, card)
     ref = fp32_run(lab, card, subject.fp32, with_noise=not labelled)
-    out, seconds_int8 = int8_logits(lab, card, subject.int8, optimization, run_int8)
+    out, seconds_int8 = int8_logits(lab, card, subject.int8, optimization, run_int8, runtime=rspec)
     record(seconds_eval_fp32=round(ref.seconds_fp32, 2), seconds_eval_int8=round(seconds_int8, 2),
            eval_origin=ref.origin, mode="labelled" if labelled else "noise-floor", int8_judged_as=judged_as)
     where = f"{subject.int8} ({judged_as}) vs fp32 {subject.fp32.name} on {len(out)} {ref.origin} images"
@@ -579,19 +590,26 @@ def _kernel_inputs(lab, card, fp32_path: Path) -> tuple[np.ndarray, np.ndarray, 
         if taken >= KERNEL_IMAGES:
             break
     x = np.concatenate(xs)[:KERNEL_IMAGES]
-    sess = rt.session(fp32_path, threads=lab.settings.threads)
+    sess = runtimes.spec(None).prepare(fp32_path, lab.settings.threads)  # fp32 through ORT: the units
     levels = int(tolerance(SECTION, "noise_grey_levels"))
-    return x, rt.run(sess, x, EVAL_BATCH), rt.run(sess, grey_level_noise(x, card.preprocess.std, levels), EVAL_BATCH)
+    return x, sess.run_batched(x, EVAL_BATCH), sess.run_batched(grey_level_noise(x, card.preprocess.std, levels),
+                                                                EVAL_BATCH)
 
 
-def _default_run_int8(threads):
+def _default_run_int8(threads, runtime=None):
+    """``run(path, optimization, x)``: ``"none"`` is ORT's QDQ float simulation (the model, the same
+    for every runtime); ``"all"`` is ``runtime``'s (default ort) int8 execution of the file."""
     sessions: dict = {}
+    rspec = runtimes.spec(runtime)
 
     def run(path, optimization, x):
         key = (str(path), optimization)
         if key not in sessions:
-            sessions[key] = rt.session(path, threads=threads, optimization=optimization)
-        return rt.run(sessions[key], x, EVAL_BATCH)
+            if optimization == "all":
+                sessions[key] = rspec.prepare(path, threads, file_precision="int8")
+            else:
+                sessions[key] = ortrt.OrtRuntime("ort").prepare(path, threads, "int8", optimization=optimization)
+        return sessions[key].run_batched(x, EVAL_BATCH)
 
     return run
 
@@ -601,7 +619,7 @@ def measure_kernels(path: Path, x: np.ndarray, fp32: np.ndarray, noisy: np.ndarr
 
 
 def check_int8_kernels_match_simulation(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None,
-                                        run_int8=None, cpu: CpuFacts | None = None) -> str | None:
+                                        run_int8=None, cpu: CpuFacts | None = None, runtime=None) -> str | None:
     """Verdict (b), this host: ORT's integer kernels (``ORT_ENABLE_ALL``: QDQ fused into
     QLinearConv and friends) compute what the QDQ graph says (its float simulation). The kernels
     may add at most ``kernel_vs_simulation_max`` times the file's own quantization error.
@@ -615,7 +633,9 @@ def check_int8_kernels_match_simulation(card, lab: LabLike, record: Record, meth
         return (f"{subject.int8.name} is a QOperator int8 file ({', '.join(fmt.integer_ops[:4])}): ONNX Runtime has no "
                 "float simulation of it to compare this host's kernels with; test_int8_matches_fp32 judged it "
                 f"through the kernels of this host ({cls})")
-    run_int8 = run_int8 or _default_run_int8(lab.settings.threads)
+    rspec = runtimes.spec(runtime)
+    record(runtime=rspec.id)
+    run_int8 = run_int8 or _default_run_int8(lab.settings.threads, rspec)
     x, fp32, noisy = _kernel_inputs(lab, card, subject.fp32)
     m = measure_kernels(subject.int8, x, fp32, noisy, run_int8)
     figs = {**m.figures(), "kernel_images": len(x)}
@@ -625,7 +645,8 @@ def check_int8_kernels_match_simulation(card, lab: LabLike, record: Record, meth
         return None
     cause = kernel_cause(subject.int8, fmt, cpu, x, fp32, noisy, run_int8, record, limit)
     raise CheckFailure(message(
-        f"centred-cosine distance of this host's int8 kernels from the QDQ float simulation of {subject.describe}, "
+        f"centred-cosine distance of {rspec.id}'s int8 kernels on this host from the QDQ float simulation of "
+        f"{subject.describe}, "
         "in units of the file's quantization error", f"{m.ratio:.2f}x (kernels vs simulation {m.kernel_vs_simulation:.4f}; "
         f"simulation vs fp32 {m.simulation_vs_fp32:.4f}; kernels vs fp32 {m.kernels_vs_fp32:.4f}; "
         f"top-1 agreement kernels/simulation {m.agreement:.1%})", f"<= {limit}x",
@@ -656,7 +677,7 @@ def kernel_cause(path: Path, fmt: Int8Format, cpu: CpuFacts, x, fp32, noisy, run
     why = ("this host has VNNI/AMX (no int16 saturation)" if not u8s8_may_saturate(cpu) else
            "the file's weights are already 7-bit" if fmt.reduced_range else f"the file is not U8S8 ({fmt.describe()})")
     return (f"the integer kernels ONNX Runtime selects on {cls} compute something other than the QDQ graph, and it "
-            f"is not the known U8S8 saturation ({why}); compare harness/export/ortopt.py's bisection of ORT's graph "
+            f"is not the known U8S8 saturation ({why}); compare harness/runtimes/ort.py's bisection of ORT's graph "
             "transformers on this file and report it to onnxruntime with the host's fingerprint")
 
 

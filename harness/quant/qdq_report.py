@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import runtime as rt
+from .. import onnxfile
+from ..runtimes import ort as rt  # QDQ tooling: ORT's own
 
 WORST_SHOWN = 5
 DEPTH_BINS = 5
@@ -167,9 +168,9 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
 
     from .quantize import ArrayCalibrationReader, _quiet
 
-    int8_model = rt.load_checked(int8_path)
+    int8_model = onnxfile.load_checked(int8_path)
     acts, weights = qdq_pairs(int8_model)
-    float_model = rt.load_checked_header(float_path)
+    float_model = onnxfile.load_checked_header(float_path)
     order = {}
     for i, node in enumerate(float_model.graph.node):
         for o in node.output:
@@ -180,10 +181,9 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
         aug_q, aug_f = Path(tmp) / "int8.aug.onnx", Path(tmp) / "float.aug.onnx"
         modify_model_output_intermediate_tensors(str(int8_path), str(aug_q))
         modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
-        q_acts = collect_activations(str(aug_q), ArrayCalibrationReader(x, batch=batch,
-                                                                        input_name=rt.input_name_of(int8_model, int8_path)))
-        f_acts = collect_activations(str(aug_f), ArrayCalibrationReader(x, batch=batch,
-                                                                        input_name=rt.input_name_of(float_model, float_path)))
+        q_name, f_name = onnxfile.input_name_of(int8_model, int8_path), onnxfile.input_name_of(float_model, float_path)
+        q_acts = collect_activations(str(aug_q), ArrayCalibrationReader(x, batch=batch, input_name=q_name))
+        f_acts = collect_activations(str(aug_f), ArrayCalibrationReader(x, batch=batch, input_name=f_name))
     # outputs of the models themselves (not saved by the augmentation): run both once
     out_f = rt.run(rt.session(float_path, optimization="basic"), x)
     out_q = rt.run(rt.session(int8_path, optimization="basic"), x)

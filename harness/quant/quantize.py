@@ -37,7 +37,7 @@ import numpy as np
 
 from ..cache import memoised
 from ..errors import InputError
-from ..runtime import INPUT_NAME
+from ..onnxfile import INPUT_NAME
 
 METHODS = ("minmax", "percentile", "entropy")
 # Smoke tier on the embedded set: every other image of the 200-image calibration split.
@@ -165,7 +165,7 @@ def activation_bytes_per_image(model_path: Path) -> int:
     """
     import onnx
 
-    from ..runtime import load_checked_header
+    from ..onnxfile import load_checked_header
 
     model = load_checked_header(model_path)
     total = 0
@@ -196,7 +196,7 @@ def preprocess_for_quantization(fp32: Path, out: Path) -> float:
     """``quant_pre_process`` (shape inference + ORT basic optimizations); returns seconds."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..runtime import load_checked_header
+    from ..onnxfile import load_checked_header
 
     # the harness's guard first: quant_pre_process reads the file's external data itself, so a
     # location escaping the model's folder (or a file that is no ONNX) is refused here, by name
@@ -229,7 +229,7 @@ def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
         raise ValueError("no calibration images")
     per_image = activation_bytes_per_image(preprocessed)
     n, stride, batch = calibration_plan(len(calib), per_image, options)
-    from ..runtime import graph_input_name
+    from ..onnxfile import graph_input_name
 
     reader = ArrayCalibrationReader(calib[:n], batch=batch, input_name=graph_input_name(preprocessed))
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -396,7 +396,7 @@ def preprocessed(lab, fp32: Path) -> Path:
     The user's file passes the harness's external-data guard (``runtime.load_checked_header``,
     in ``preprocess_for_quantization``) before quant_pre_process reads it; a directory or an
     empty file is named before its digest is taken."""
-    from ..runtime import require_onnx_file
+    from ..onnxfile import require_onnx_file
 
     require_onnx_file(Path(fp32))
     key = {"fp32": cached_file_digest(fp32, lab), "auto_merge": True, **library_key()}

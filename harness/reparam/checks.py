@@ -560,14 +560,14 @@ def check_deploy_flops(card: ModelCard, lab: LabLike, record: Record, row: Publi
 
 def check_deploy_onnx(card: ModelCard, lab: LabLike, record: Record) -> None:
     """timm's deploy form exported to ONNX; ONNX Runtime's output vs the float64 training form."""
-    from .. import runtime
+    from .. import runtimes
     from ..export import exporter as export
 
     s = study(card, lab)
     train = lab.reference(card)
     res = export.exported(lab, card, model=deploy_for_export(train), tag="deploy-timm")
-    sess = runtime.session(res.path, threads=lab.settings.threads)
-    out = runtime.run(sess, s.truth.x.numpy(), batch_size=8)
+    sess = runtimes.spec(None).prepare(res.path, lab.settings.threads)
+    out = sess.run_batched(s.truth.x.numpy(), batch_size=8)
     form = FormFigures("onnx", out, rel_max_error(out, s.truth.logits64), s.truth.floor,
                        min_cosine(out, s.truth.logits64), top1_agreement(out, s.truth.logits64))
     vs_torch = rel_max_error(out, s.forms["timm"].logits)
