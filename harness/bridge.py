@@ -57,9 +57,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import NUM_CLASSES
 from . import accuracy as acc
 from .compare import CheckFailure, cosine_rows, message, rel_max_error
+from .constants import NUM_CLASSES
 from .errors import InputError
 from .report.results import ResultsCollector, atomic_write_text, jsonable, library_versions
 from .tolerances import tolerance

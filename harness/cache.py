@@ -16,9 +16,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Hashable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from filelock import FileLock
 
@@ -190,7 +191,7 @@ class Memo:
         store[key] = value
         return value
 
-    def share(self, kind: str, other: "Memo") -> None:
+    def share(self, kind: str, other: Memo) -> None:
         """Use ``other``'s memo of ``kind`` (two labs over the same images share their inputs)."""
         self._kinds[kind] = other.store(kind)
 
@@ -209,7 +210,7 @@ class HasMemo(Protocol):
              size_of: Callable[[Any], int] | None = None, valid: Callable[[Any], bool] | None = None) -> T: ...
 
 
-def memoised(owner: "HasMemo | Memo | None", kind: str, key: Hashable, build: Callable[[], T],
+def memoised(owner: HasMemo | Memo | None, kind: str, key: Hashable, build: Callable[[], T],
              size_of: Callable[[Any], int] | None = None, valid: Callable[[Any], bool] | None = None) -> T:
     """``owner.memo(...)`` (a lab) or ``owner.get(...)`` (a :class:`Memo`); with no owner the value
     is built every time (a check called outside a session, as the self-tests do)."""

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
-from .errors import InputError
 from .constants import NUM_CLASSES
-
+from .errors import InputError
 
 # Photos and graphics shipped in skimage/data (no network: these are package files). The
 # split is by source, and every kind of source is dealt to both sides, so that the

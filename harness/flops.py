@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+
 def conv_linear_macs(model: nn.Module, size: int) -> int:
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(torch.zeros(1, 3, size, size))

@@ -5,9 +5,10 @@ which caches (in memory for the session, on disk across sessions and xdist worke
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -9,8 +9,9 @@ No pytest here: the kit is plain Python, so that harness stays importable withou
 from __future__ import annotations
 
 import types
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .cache import ArtifactCache, Memo, T
 

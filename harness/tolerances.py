@@ -16,9 +16,10 @@ default for every class without one::
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from .errors import ConfigError
 
@@ -107,4 +108,4 @@ def limit(section: str, name: str, host_class: str | None, path: Path = TOLERANC
 
 def host_classes(section: str, path: Path = TOLERANCES) -> list[str]:
     """Host classes with their own entries in ``section``."""
-    return list(((_load(path).get(section) or {}).get(BY_HOST_CLASS) or {}))
+    return list((_load(path).get(section) or {}).get(BY_HOST_CLASS) or {})

@@ -5,7 +5,7 @@ ResNeSt: ``ECenterCrop(S)`` (seed 001's code, reproduced below), ``ToTensor``, `
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image

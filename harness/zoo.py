@@ -33,10 +33,12 @@ Expected failures of a row's checks live in ``fixtures/expectations.toml``, not 
 """
 from __future__ import annotations
 
-import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+import tomllib
 
 from .errors import ConfigError
 

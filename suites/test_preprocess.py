@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.plugin import family
 from harness.preprocess import checks as pc
 from harness.preprocess import images
-from harness.plugin import family
 
 pytestmark = pytest.mark.preprocess
 

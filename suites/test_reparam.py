@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.reparam import checks as reparamchecks
 from harness.plugin import rows_with
+from harness.reparam import checks as reparamchecks
 
 pytestmark = [pytest.mark.reparam, pytest.mark.zoo_family("repvgg")]  # every check here: RepVGG only
 

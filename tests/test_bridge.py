@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_accuracy_checks import KNOWN, Rec, tiny_card, write_folder
 
 from harness import bridge
 from harness.cli import main as cli
 from harness.compare import CheckFailure
 from harness.export.exporter import exported
 from harness.lab import Lab, Settings
-
-from test_accuracy_checks import KNOWN, Rec, tiny_card, write_folder
 
 MODEL = "repvgg_a0"
 

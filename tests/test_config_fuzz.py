@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import manifest, plugin
+from harness.errors import ConfigError, ZooconformError
 from harness.latency import budgets
 from harness.preprocess import deploy as deploy_preprocess
-from harness.errors import ConfigError, ZooconformError
 from harness.report import history as hist
 from harness.report.plots import _series
 from harness.report.regress import same_machine

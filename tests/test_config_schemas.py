@@ -4,11 +4,11 @@ shipped examples and refuse what the loaders refuse."""
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 
 from harness import config_schemas
 

@@ -19,12 +19,12 @@ import torch
 import torch.nn as nn
 from onnx import helper, numpy_helper
 
-from harness.export import checks as exportchecks
 from harness.cache import ArtifactCache
 from harness.compare import CheckFailure, Inconclusive
 from harness.errors import InputError
-from harness.export.exporter import ExportResult, export_onnx, exported
+from harness.export import checks as exportchecks
 from harness.export.checks import ExportCase
+from harness.export.exporter import ExportResult, export_onnx, exported
 from harness.lab import Lab, Settings
 from harness.testing import Recorder
 

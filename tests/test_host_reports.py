@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.latency import checks as lc
 from harness.host import CpuFacts, fingerprint
+from harness.latency import checks as lc
 from harness.report.merge import merge_documents
 from harness.report.nightly import write_report
 from harness.report.regress import same_machine

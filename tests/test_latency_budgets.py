@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.commands import budgets as budgets_cmd
-from harness.latency import budgets, recording
 from harness.errors import ConfigError
+from harness.latency import budgets, recording
 from harness.zoo import load_zoo
 
 ZOO = load_zoo()
@@ -328,8 +328,8 @@ def test_rescale_budgets_scales_by_recorded_over_measured_peak(tmp_path):
 
 
 def test_a_rescaled_budget_failure_shows_both_peaks_and_the_factor():
-    from harness.latency import checks as lc
     from harness.compare import CheckFailure
+    from harness.latency import checks as lc
 
     b = budgets.Budget("cpu-test", "repvgg_a0", "fp32", 1, 9.0, Path("cpu-test.toml"), False).rescaled(
         198 / 126, "fp32 peak recorded 198 / measured 126 GFLOP/s (x86-avx512-vnni -> x86-avx2), --rescale-budgets")
@@ -431,9 +431,9 @@ def test_ratio_limits_are_chosen_by_host_class():
 
 
 def test_a_ratio_message_names_the_host_class_whose_limit_applied():
+    from harness.compare import CheckFailure
     from harness.latency import checks as lc
     from harness.latency import timing
-    from harness.compare import CheckFailure
 
     r = timing.Ratio("num", "den", 1.10, 1.08, 1.12, 1.10, 1.08, 1.12, 6, 0.97, True, [], [1.1] * 6, [1.1] * 6)
     figs = {}
@@ -486,8 +486,8 @@ def test_an_over_budget_median_that_does_not_reproduce_is_judged_on_the_re_measu
 
 
 def test_a_slow_model_fails_even_after_the_re_measurement():
-    from harness.latency import checks as lc
     from harness.compare import CheckFailure
+    from harness.latency import checks as lc
 
     b = budgets.Budget("cpu-test", "hrnet_w18_small_v1", "fp32", 1, 27.45, Path("cpu-test.toml"), False)
     calls = []

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from _latency_sim import SimulatedMachine
 
+from harness.compare import CheckFailure, Inconclusive
 from harness.latency import checks as lc
 from harness.latency import timing
 from harness.latency.budgets import Budget
-from harness.compare import CheckFailure, Inconclusive
 from harness.testing import Recorder
 
 PLAN = timing.plan_from_tolerances(2)

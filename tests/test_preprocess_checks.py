@@ -3,16 +3,16 @@ the measured difference and its effect on predictions."""
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from harness.preprocess import deploy as dp
-from harness.preprocess import checks as pc
 from harness.compare import CheckFailure, Inconclusive
+from harness.preprocess import checks as pc
+from harness.preprocess import deploy as dp
 from harness.transforms import ECenterCrop, reference_transform
 from harness.zoo import load_zoo
 
@@ -25,7 +25,7 @@ class Figures(dict):
         self.update(figures)
 
 
-@lru_cache(maxsize=None)
+@cache
 def natural():
     return pc.natural_images(None, 6)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.preprocess import deploy as dp
 from harness import manifest as manifest_mod
-from harness.preprocess import checks as pc
 from harness.errors import ConfigError, InputError
+from harness.preprocess import checks as pc
+from harness.preprocess import deploy as dp
 from harness.testing import FakeLab
 from harness.zoo import load_zoo
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.preprocess import deploy as dp
-from harness.preprocess import checks as pc
-from harness.preprocess import images
 from harness.compare import CheckFailure
+from harness.preprocess import checks as pc
+from harness.preprocess import deploy as dp
+from harness.preprocess import images
 from harness.zoo import Preprocess, load_zoo
 
 ZOO = load_zoo()

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
+from harness.export.exporter import export_onnx
 from harness.quant import checks as qc
 from harness.quant import quantize as qz
-from harness.export.exporter import export_onnx
 
 SIZE = 32
 

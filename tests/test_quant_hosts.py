@@ -19,8 +19,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from harness import emulate
-from harness.quant import checks as qc
 from harness.host import cpu_facts, u8s8_may_saturate
+from harness.quant import checks as qc
 from harness.tolerances import tolerance
 
 pytestmark = pytest.mark.skipif(emulate.qemu() is None,

@@ -10,10 +10,10 @@ import types
 import numpy as np
 import pytest
 
-from harness.quant import checks as qc
-from harness.quant import quantize as qz
 from harness.compare import CheckFailure, Inconclusive, binomial_halfwidth
 from harness.data import ImageSet, Sample
+from harness.quant import checks as qc
+from harness.quant import quantize as qz
 from harness.testing import FakeLab
 from harness.tolerances import tolerance
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.reparam import fusion as reparam
-from harness.reparam import checks as reparamchecks
-from harness.testing import FakeLab, Recorder
 from harness.compare import CheckFailure
 from harness.errors import ConfigError, InputError
 from harness.manifest import ModelArtifacts
 from harness.models import randomise_bn, recalibrate_bn
+from harness.reparam import checks as reparamchecks
+from harness.reparam import fusion as reparam
+from harness.testing import FakeLab, Recorder
 from harness.zoo import PublishedRow
 
 SIZE = 64

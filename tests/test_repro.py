@@ -6,8 +6,8 @@ works through ``zooconform run``."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import stat
 import subprocess
 import sys

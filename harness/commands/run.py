@@ -237,8 +237,8 @@ def _reported_tests(phase: Phase) -> int:
 
 
 def phase_doc(phase: Phase, code: int) -> dict | None:
-    from ..report.merge import load_results
     from ..errors import InputError
+    from ..report.merge import load_results
 
     file = phase.folder / "results.json"
     if not file.exists():

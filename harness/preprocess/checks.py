@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import deploy as dp
 from ..compare import CheckFailure, Inconclusive, binomial_halfwidth, check, message, top1_agreement
 from ..errors import ConfigError
-from ..transforms import reference_batch, reference_transform
 from ..tolerances import tolerance
+from ..transforms import reference_batch, reference_transform
 from ..zoo import ModelCard, Preprocess
+from . import deploy as dp
 
 # Natural images in a parity set (besides the geometry probes) and images run through a model
 # for the effect on predictions: enough to see every resize path, few enough that resnest269

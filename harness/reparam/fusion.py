@@ -21,8 +21,8 @@ step (a subclass) and show that the checks name the block it breaks.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 import torch
 import torch.nn as nn

@@ -216,8 +216,8 @@ def _cell_md(cell: Cell | None) -> str:
 def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: list[dict[str, Any]],
              regressions: dict[str, Cell]) -> str:
     from .html import columns
-
-    from .verdict import host_text, level as run_level, profile_text, verdict_line
+    from .verdict import host_text, profile_text, verdict_line
+    from .verdict import level as run_level
 
     word, _, rest = verdict_line(doc).partition(": ")
     mark = {"fail": "\u274c", "incomplete": "\u274c", "known": "\U0001F7E1", "pass": "\u2705"}.get(run_level(doc), "")
@@ -238,7 +238,7 @@ def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: 
               f"{_md(machine.get('cores'))} cores",
               f"- host fingerprint: {_md(fingerprint_line(machine))}",
               *[f"- {_md(note)}" for note in doc.get("notes") or []],
-              f"- outcomes: {_md(counts)}", f"- full report: [index.html](index.html)", ""]
+              f"- outcomes: {_md(counts)}", "- full report: [index.html](index.html)", ""]
     families: dict[str, list[ModelView]] = {}
     for v in views:
         families.setdefault(v.family, []).append(v)

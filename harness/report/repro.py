@@ -22,8 +22,9 @@ import os
 import re
 import shlex
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 FILE_CAP = 64 * 2**20  # bytes: an artifact larger than this is linked, not copied
 RUN_CAP = 512 * 2**20  # bytes: once a run's repro folder holds this much, artifacts are linked

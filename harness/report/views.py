@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import PRECISIONS
 from .. import figures as contract
+from ..constants import PRECISIONS
 
 DASH = "\u2014"
 
