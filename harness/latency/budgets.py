@@ -94,7 +94,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 PROVIDER_RUNTIMES = {"CPUExecutionProvider": "ort", "CUDAExecutionProvider": "ort-cuda",
                      "TensorrtExecutionProvider": "ort-trt"}  # the older ``provider`` key, as runtimes
-PROFILE_KEYS = {"description": str, "runtime": str, "provider": str, "threads": int, "provisional": bool, "source": str,
+PROFILE_KEYS: dict[str, type | tuple[type, ...]] = {
+                "description": str, "runtime": str, "provider": str, "threads": int, "provisional": bool, "source": str,
                 "headroom": (int, float), "peak_gflops": (int, float), "int8_peak_gops": (int, float),
                 "instances": int, "match": dict}
 MATCH_KEYS = {"host_class": str, "cpu": str, "cores": int, "gpu": str}
@@ -251,7 +252,7 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
         raise ConfigError(path, "profile.provider", f"provider {provider!r} is runtime "
                           f"{PROVIDER_RUNTIMES[provider]!r}, but the profile says runtime = {runtime!r}",
                           fix="keep one of the two keys")
-    runtime = runtime or PROVIDER_RUNTIMES[provider]
+    runtime = runtime or PROVIDER_RUNTIMES[str(provider)]
     threads = head.get("threads")
     if threads is not None and threads < 1:
         raise ConfigError(path, "profile.threads", f"expected an integer >= 1, got {threads}")

@@ -343,9 +343,11 @@ def measure_latency(card: ModelCard, lab: LabLike, record: Record, precision: st
         rspec = runtimes.Spec(rspec.name, "fp16")
     x = batch_of(lab, card, batch)
     path, what = artifact(lab, card, file_precision(precision))
+    threads: int | None
+    peak: timing.Peak | None
     if rspec.on_cpu:
-        threads: int | None = threads_for(lab)
-        peak: timing.Peak | None = peak_for(threads, clocks, lab)
+        threads = cpu_threads = threads_for(lab)
+        peak = peak_for(cpu_threads, clocks, lab)
     else:
         threads, peak = None, None  # host CPU time says nothing about GPU work; no GPU peak measured
     sess = session_for(lab, card, path, rspec, precision, threads)

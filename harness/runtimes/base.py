@@ -43,6 +43,8 @@ class Session(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def run_batched(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray: ...
+
 
 @runtime_checkable
 class Runtime(Protocol):
