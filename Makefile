@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.zooconform-installed
 ARGS   ?=
 
-.PHONY: setup run test full clean-reports
+.PHONY: setup run test lint full clean-reports
 
 setup: $(STAMP)
 
@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/zooconform run --tier smoke $(ARGS)
 
-test: setup
+# ruff, the layering contracts (import-linter, pyproject.toml) and mypy on harness/: seconds
+lint: setup
+	$(VENV)/bin/ruff check harness suites tests conftest.py
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest tests suites -m "not slow and (not latency or latency_ratio)" -o cache_dir=.zooconform-cache/pytest --durations=15 $(ARGS)
 	# the other runtimes (harness/runtimes) on the smallest smoke model only: ~2 min on 2 cores
 	$(PY) -m pytest suites/test_export.py suites/test_runtimes.py suites/test_quant.py -m "not slow" \

@@ -32,8 +32,8 @@ proportion at n, with the finite-population correction sqrt((50000 - n) / (50000
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class Evaluation:
 
     @classmethod
     def from_logits(cls, origin: str, names: list[str], labels: list[int], logits: dict[str, np.ndarray],
-                    skipped: list[str] | None = None) -> "Evaluation":
+                    skipped: list[str] | None = None) -> Evaluation:
         ev = cls(origin, list(names), [int(v) for v in labels], skipped=list(skipped or []))
         for runner, out in logits.items():
             ev.top5[runner] = [ranked_top(np.asarray(out))]

@@ -161,7 +161,8 @@ def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_i
     if labelled:
         atomic_write_text(out / LABELS, "".join(f"{im} {v}\n" for im, v in zip(image_names, labels)))
     meta = {
-        "schema": SCHEMA, "model": card.id, "card": card.file.name, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "schema": SCHEMA, "model": card.id, "card": card.file.name,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "images": len(names), "data": str(lab.settings.imagenet or "embedded"), "splits": list(acc.splits_for(lab)),
         "imagenet": lab.settings.imagenet is not None, "labelled": labelled, "skipped": skipped,
         "input": {"key": INPUT_KEY, "shape": [1, 3, card.input_size, card.input_size], "dtype": "float32",

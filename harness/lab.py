@@ -189,7 +189,8 @@ class Lab:
                 self._images[split] = data_mod.embedded(split, n or default)
         return self._images[split]
 
-    def inputs(self, card: ModelCard, split: str = "eval", limit: int | None = None) -> tuple[torch.Tensor, list[data_mod.Sample]]:
+    def inputs(self, card: ModelCard, split: str = "eval",
+               limit: int | None = None) -> tuple[torch.Tensor, list[data_mod.Sample]]:
         """The card's reference preprocessing of the split, NCHW float32, plus the samples kept.
 
         Undecodable images are dropped and reported in ``data_problems``.
@@ -204,7 +205,8 @@ class Lab:
 
         return self.memo("inputs", (card.preprocess, split, limit), build, _tensor_bytes)
 
-    def iter_batches(self, card: ModelCard, split: str, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, list[data_mod.Sample]]]:
+    def iter_batches(self, card: ModelCard, split: str,
+                     batch_size: int = 32) -> Iterator[tuple[torch.Tensor, list[data_mod.Sample]]]:
         """Streaming version of :meth:`inputs` for large (real ImageNet) sets."""
         tf = reference_transform(card.preprocess)
         samples = self.images(split).samples

@@ -68,7 +68,8 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
         try:
             sd = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise InputError(path, f"not a valid safetensors file ({e})", fix="re-save with safetensors.torch.save_file") from None
+            raise InputError(path, f"not a valid safetensors file ({e})",
+                             fix="re-save with safetensors.torch.save_file") from None
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,20 +11,19 @@ import os
 import sys
 import threading
 import time
-import tomllib
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import tomllib
 
 from . import figures as figure_contract
 from .compare import CheckFailure, Inconclusive
 from .constants import parse_shard
 from .errors import ConfigError, ZooconformError
 from .host import cpu_facts, host_class
-from .report.results import (FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions,
-                             machine_info)
+from .report.results import FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions, machine_info
 from .zoo import SOURCES, TIERS, UnknownModelError
 
 if TYPE_CHECKING:  # harness.lab imports torch (seconds): only when a run needs it, never for --help
@@ -50,8 +49,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "plain pytest: a new folder reports/pytest/<UTC time>/, so a plain run never replaces the "
                      "latest reports that zooconform run published in reports/")
     g.addoption("--cache-dir", default=None, metavar="DIR", help="artifact cache (default .zooconform-cache)")
-    g.addoption("--eval-images", type=int, default=None, metavar="N", help="evaluation images (default 200 embedded; all of ImageNet)")
-    g.addoption("--calib-images", type=int, default=None, metavar="N", help="calibration images (default 200 embedded; 1000 ImageNet)")
+    g.addoption("--eval-images", type=int, default=None, metavar="N",
+                help="evaluation images (default 200 embedded; all of ImageNet)")
+    g.addoption("--calib-images", type=int, default=None, metavar="N",
+                help="calibration images (default 200 embedded; 1000 ImageNet)")
     g.addoption("--threads", type=int, default=None, metavar="N", help="intra-op threads for torch and ONNX Runtime")
     g.addoption("--profile", default=None, metavar="NAME", help="latency budget profile (fixtures/budgets/NAME.toml)")
     g.addoption("--rescale-budgets", action="store_true",
@@ -502,7 +503,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     cases = [(getattr(it, "originalname", it.name), it.callspec.id) for it in items if hasattr(it, "callspec")]
     every_model = {c.id for c in lab.cards} == set(lab.zoo)
     for line in unmatched_expectations(entries, cases, suite_test_names(), every_model):
-        warnings.warn(ExpectationWarning(f"{EXPECTATIONS}: {line} (a stale known failure: fix or remove it)"))
+        warnings.warn(ExpectationWarning(f"{EXPECTATIONS}: {line} (a stale known failure: fix or remove it)"),
+                      stacklevel=2)
 
 
 # --- fixtures -----------------------------------------------------------------------------

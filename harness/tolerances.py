@@ -69,7 +69,8 @@ def tolerance(section: str, name: str, path: Path = TOLERANCES) -> float:
     try:
         return float(data[section][name]["value"])
     except KeyError:
-        raise ConfigError(path, f"{section}.{name}", "tolerance not defined", fix=f"add [{section}] {name} = {{ value = ..., why = ... }}") from None
+        raise ConfigError(path, f"{section}.{name}", "tolerance not defined",
+                          fix=f"add [{section}] {name} = {{ value = ..., why = ... }}") from None
 
 
 def why(section: str, name: str, path: Path = TOLERANCES) -> str:

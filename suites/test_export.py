@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from harness import onnxfile
 from harness.export import checks as exportchecks
 from harness.export import fp16
-from harness import onnxfile
 from harness.export.checks import CASES, EXPORT_IMAGES, ExportCase
 from harness.plugin import family
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.constants import PRECISIONS
 from harness.latency import budgets
 from harness.latency import checks as lc
 from harness.plugin import family
@@ -53,7 +54,7 @@ def _judge_or_skip(m, choice, card, precision, batch, runtime, threads, record, 
 
 
 @pytest.mark.parametrize("batch", lc.BATCHES, ids=lambda b: f"b{b}")
-@pytest.mark.parametrize("precision", lc.PRECISIONS)
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_latency_within_budget(model_card, precision, batch, lab, record, benchmark, latency_profile, runtime):
     _not_applicable(lc.not_applicable(runtime, int8=precision == "int8"))
     m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, runtime=runtime)

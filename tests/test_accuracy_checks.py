@@ -19,8 +19,8 @@ from harness.compare import CheckFailure
 from harness.errors import InputError
 from harness.export.exporter import export_onnx
 from harness.lab import Lab, Settings
-from harness.zoo import ModelCard, Preprocess, PublishedRow, load_zoo
 from harness.testing import Recorder
+from harness.zoo import ModelCard, Preprocess, PublishedRow, load_zoo
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from PIL import Image
 
 from harness import data, manifest, models, onnxfile
-from harness.preprocess import deploy as deploy_preprocess
 from harness.errors import ZooconformError
+from harness.preprocess import deploy as deploy_preprocess
 from harness.report import history as hist
 from harness.report.nightly import write_report
 

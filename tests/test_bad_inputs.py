@@ -17,10 +17,10 @@ from _kit import DIES, suite_dir
 from PIL import Image
 
 from harness import data, errors, onnxfile
-from harness.preprocess import deploy as deploy_preprocess
 from harness.commands import run as run_cmd
 from harness.errors import ConfigError, InputError
 from harness.lab import Lab, Settings
+from harness.preprocess import deploy as deploy_preprocess
 from harness.report import history as hist
 from harness.report.nightly import write_report
 
@@ -534,8 +534,8 @@ def odd_input_onnx(path: Path, case: str) -> Path:
 def test_a_file_ort_cannot_feed_is_blamed_on_its_inputs_not_a_fixed_shape(tmp_path, case, cause):
     import torch
 
-    from harness.export import checks as exportchecks
     from harness.compare import CheckFailure
+    from harness.export import checks as exportchecks
 
     path = odd_input_onnx(tmp_path / "m.onnx", case)
     with pytest.raises(CheckFailure) as e:

@@ -17,13 +17,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from harness.cache import Memo
+from harness.compare import CheckFailure, Inconclusive
 from harness.latency import checks as lc
 from harness.latency import timing
 from harness.latency.budgets import Choice, load_profile
-from harness.compare import CheckFailure, Inconclusive
-from harness.zoo import load_zoo
-from harness.cache import Memo
 from harness.testing import Recorder
+from harness.zoo import load_zoo
 
 SIZE, CH = 32, 16
 
@@ -46,7 +46,8 @@ def tiny_convnet() -> onnx.ModelProto:
               numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
     nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
               helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)

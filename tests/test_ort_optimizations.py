@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _kit import recorder as _recorder
 
-from harness.runtimes import ort as ortopt
 from harness.compare import CheckFailure
-
-
+from harness.runtimes import ort as ortopt
 
 
 def _planted_runner(culprit: str | None, error: float = 1e-3, calls=None):

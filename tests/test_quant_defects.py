@@ -20,14 +20,14 @@ import pytest
 from _kit import recorder as _recorder
 from onnx import numpy_helper
 
-from harness.quant import checks as qc
-from harness.quant import quantize as qz
 from harness.compare import CheckFailure
-from harness.host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
-from harness.tolerances import tolerance
 from harness.export.exporter import exported
+from harness.host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
 from harness.lab import Lab, Settings
 from harness.models import create_architecture
+from harness.quant import checks as qc
+from harness.quant import quantize as qz
+from harness.tolerances import tolerance
 
 MODEL = "hrnet_w18_small_v1"
 

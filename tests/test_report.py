@@ -379,6 +379,7 @@ def test_latency_without_a_budget_profile_still_trends_but_contention_does_not()
                           model="repvgg_a0", suite="test_latency", provider="TensorrtExecutionProvider",
                           precision="fp16", batch=1, median_ms=0.9))
     v = view_of(doc)
-    assert v.cells["latency"].lines() == ["fp32 4.8 / 19.2 / 38.4", "int8 2.4 / 9.6 / 19.2", "Tensorrt fp16 0.9 / \u2014 / \u2014"]
+    assert v.cells["latency"].lines() == ["fp32 4.8 / 19.2 / 38.4", "int8 2.4 / 9.6 / 19.2",
+                                          "Tensorrt fp16 0.9 / \u2014 / \u2014"]
     assert "latency.fp32.b1.ms" in v.metrics and "latency.tensorrt_fp16.b1.ms" in v.metrics
     assert "latency.int8.b8.ms" not in v.metrics

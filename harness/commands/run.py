@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--marker", dest="marker", default=None, help="pytest marker expression, e.g. 'card or export'")
     p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
                    help="N xdist workers for everything but latency (N or 'auto'), then latency serially")
-    p.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N (split by model); merge with `zooconform merge`")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N (split by model); merge with `zooconform merge`")
     p.add_argument("--history", default=None, metavar="FILE", help="history file (default <report-dir>/history.jsonl)")
     p.add_argument("--no-history", action="store_true", help="do not append this run to the history")
     p.add_argument("--suites", default=str(ROOT / "suites"), metavar="PATH", help="suite folder or file (default: suites/)")
@@ -155,7 +156,8 @@ def pytest_cache_dir(args: argparse.Namespace) -> Path:
 def pytest_args(args: argparse.Namespace, extra: list[str], phase: Phase) -> list[str]:
     suites = Path(args.suites).resolve()
     inside = ROOT in suites.parents or suites == ROOT
-    out = [str(suites), "-c", str(ROOT / "pyproject.toml"), f"--rootdir={ROOT if inside else (suites if suites.is_dir() else suites.parent)}",
+    rootdir = ROOT if inside else (suites if suites.is_dir() else suites.parent)
+    out = [str(suites), "-c", str(ROOT / "pyproject.toml"), f"--rootdir={rootdir}",
            "-p", "harness.plugin", "-o", f"cache_dir={pytest_cache_dir(args)}", f"--tier={args.tier}",
            f"--report-dir={phase.folder}", f"--junitxml={phase.folder / 'junit.xml'}",
            f"--html={phase.folder / 'report.html'}", "--self-contained-html", "-o", "junit_family=xunit1"]

@@ -27,18 +27,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..constants import NUM_CLASSES
-from .. import divergence
-from .. import onnxfile, runtimes
-from ..runtimes import ort as ortrt  # the ORT-only check below: graph-optimizer bisection
-from ..compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
-from ..errors import InputError
-from .exporter import TWO_GB, ExportResult, exported
+from .. import divergence, onnxfile, runtimes
 from ..cache import memoised
+from ..compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
+from ..constants import NUM_CLASSES
+from ..errors import InputError
 from ..lab import torch_logits
 from ..onnxfile import INPUT_NAME, OUTPUT_NAME
+from ..runtimes import ort as ortrt  # the ORT-only check below: graph-optimizer bisection
 from ..tolerances import tolerance
 from ..zoo import ModelCard
+from .exporter import TWO_GB, ExportResult, exported
 
 if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
     from ..testing import LabLike, Record
@@ -141,7 +140,6 @@ def check_onnx_valid(path: Path, record, *, label: str, self_contained: bool = F
     hand over) unless the model is over 2 GB, the protobuf limit.
     """
     import onnx
-
     from onnx.external_data_helper import uses_external_data
 
     proto = header(path, lab)

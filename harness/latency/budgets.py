@@ -68,7 +68,8 @@ measurements times ``headroom`` (throughput: the lowest figure divided by it), p
 run-to-run spread of each cell to choose the headroom by, and writes the profile with
 ``[profile.match]`` set to the runs' machine. ``zooconform budgets check [NAME ...]``
 validates profiles; ``zooconform budgets summary RESULTS.json ...`` lists every latency
-test's outcome and figure per run with the run-to-run spread (the 3x flake check). (The module also has the ``add_arguments`` / ``main`` shape of a
+test's outcome and figure per run with the run-to-run spread (the 3x flake check).
+(The module also has the ``add_arguments`` / ``main`` shape of a
 ``zooconform`` verb, so ``zooconform budgets record ...`` is one line in harness/cli.py.)
 
 The ``t4-tensorrt`` profile is the seeds' T4 TensorRT table (seed 002, PaddleClas HRNet
@@ -82,10 +83,12 @@ import fnmatch
 import math
 import os
 import re
-import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+import tomllib
 
 from ..errors import ConfigError
 
@@ -137,7 +140,7 @@ class Budget:
     def expected(self) -> str:
         return f"<= {self.text}"
 
-    def rescaled(self, factor: float, note: str) -> "Budget":
+    def rescaled(self, factor: float, note: str) -> Budget:
         return replace(self, ms=self.ms * factor, recorded_ms=self.ms, scale=factor, scale_note=note)
 
 
@@ -374,7 +377,8 @@ class Applicability:
                            ("fp32", "GFLOP/s", "fp32_peak_gflops"))
         rec, meas = self.recorded.get(key), self.measured.get(key)
         if not rec:
-            return None, (f"profile {self.profile} records no {kind} peak ({'int8_peak_gops' if kind == 'int8' else 'peak_gflops'}): "
+            key_name = "int8_peak_gops" if kind == "int8" else "peak_gflops"
+            return None, (f"profile {self.profile} records no {kind} peak ({key_name}): "
                           f"its {precision} budgets cannot be rescaled to this host")
         if not meas:
             return None, f"this host's {kind} peak was not measured: no rescaling"
@@ -551,7 +555,8 @@ def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[st
         prof = load_profile(p, valid_models)
         if not prof.provisional and matches(prof, machine):
             found.append(prof)
-    desc = f"cpu '{machine.get('cpu')}', {machine.get('cores')} cores" + (f", gpu '{machine['gpu']}'" if machine.get("gpu") else "")
+    desc = f"cpu '{machine.get('cpu')}', {machine.get('cores')} cores"
+    desc += f", gpu '{machine['gpu']}'" if machine.get("gpu") else ""
     if host is not None:
         desc += f", host class {host.host_class}"
     apps = {p.name: applicability(p, host, tolerance) for p in found}

@@ -33,20 +33,20 @@ more threads than CPUs, the run delay our own threads cause each other is allowe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import runtimes
-from ..constants import PRECISIONS  # the suite parametrizes over lc.PRECISIONS
-from . import timing
-from .budgets import Budget, Choice
 from ..cache import memoised
 from ..compare import CheckFailure, Inconclusive, check, message
 from ..tolerances import Limit, tolerance
 from ..zoo import ModelCard
+from . import timing
+from .budgets import Budget, Choice
 
 if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
     from ..testing import LabLike, Record
@@ -461,7 +461,7 @@ def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.P
     return out
 
 
-def judge_ratio(r: timing.Ratio, limit: "float | Limit", limit_key: str, record, *, what: str, where: str, cause: str,
+def judge_ratio(r: timing.Ratio, limit: float | Limit, limit_key: str, record, *, what: str, where: str, cause: str,
                 note: str | None = None) -> None:
     """``limit``: a :class:`harness.tolerances.Limit` (names the host class whose limit applied)
     or a plain number (the [latency] default)."""
@@ -551,8 +551,8 @@ def not_applicable(runtime, *, files: bool = False, int8: bool = False) -> str |
     return None
 
 
-def check_user_onnx_speed(card: ModelCard, lab: LabLike, record: Record, user: Path, *, clocks: timing.Clocks = timing.REAL_CLOCKS,
-                          runtime=None) -> None:
+def check_user_onnx_speed(card: ModelCard, lab: LabLike, record: Record, user: Path, *,
+                          clocks: timing.Clocks = timing.REAL_CLOCKS, runtime=None) -> None:
     threads = threads_for(lab)
     x = batch_of(lab, card, 1)
     b = len(x)
@@ -582,8 +582,8 @@ def check_int8_faster(card: ModelCard, lab: LabLike, record: Record, batch: int,
                                   "they save")
 
 
-def check_batching_pays(card: ModelCard, lab: LabLike, record: Record, *, big: int = 8, clocks: timing.Clocks = timing.REAL_CLOCKS,
-                        runtime=None) -> None:
+def check_batching_pays(card: ModelCard, lab: LabLike, record: Record, *, big: int = 8,
+                        clocks: timing.Clocks = timing.REAL_CLOCKS, runtime=None) -> None:
     threads = threads_for(lab)
     path, what = artifact(lab, card, "fp32")
     model = lab.reference(card) if runtimes.spec(runtime).runtime.runs_module else None
@@ -599,8 +599,8 @@ def check_batching_pays(card: ModelCard, lab: LabLike, record: Record, *, big: i
                                   "in cache")
 
 
-def check_deploy_faster(card: ModelCard, lab: LabLike, record: Record, *, batch: int = 1, clocks: timing.Clocks = timing.REAL_CLOCKS,
-                        runtime=None) -> None:
+def check_deploy_faster(card: ModelCard, lab: LabLike, record: Record, *, batch: int = 1,
+                        clocks: timing.Clocks = timing.REAL_CLOCKS, runtime=None) -> None:
     threads = threads_for(lab)
     train, deploy = own_export(lab, card), deploy_export(lab, card)
     m_train = m_deploy = None
@@ -621,8 +621,9 @@ def check_deploy_faster(card: ModelCard, lab: LabLike, record: Record, *, batch:
 
 # --- throughput -----------------------------------------------------------------------------
 
-def measure_throughput(card: ModelCard, lab: LabLike, record: Record, *, instances: int | None = None, batch: int = THROUGHPUT_BATCH,
-                       clocks: timing.Clocks = timing.REAL_CLOCKS, runtime=None) -> timing.Concurrent:
+def measure_throughput(card: ModelCard, lab: LabLike, record: Record, *, instances: int | None = None,
+                       batch: int = THROUGHPUT_BATCH, clocks: timing.Clocks = timing.REAL_CLOCKS,
+                       runtime=None) -> timing.Concurrent:
     threads = threads_for(lab)
     n = instances or threads
     intra = max(1, threads // n)

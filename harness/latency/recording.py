@@ -220,5 +220,6 @@ def t4_tensorrt_text(zoo: dict | None = None) -> str:
         fp32 = [max(vals) for vals in zip(*(row.latency_ms[k] for k in row.latency_ms if k.startswith("t4_trt_fp32")))]
         lines.append("fp32 = { " + ", ".join(f"b{b} = {float(ms)!r}" for b, ms in zip(batches, fp32)) + " }")
         if "t4_trt_fp16" in row.latency_ms:
-            lines.append("fp16 = { " + ", ".join(f"b{b} = {float(ms)!r}" for b, ms in zip(batches, row.latency_ms["t4_trt_fp16"])) + " }")
+            fp16 = row.latency_ms["t4_trt_fp16"]
+            lines.append("fp16 = { " + ", ".join(f"b{b} = {float(ms)!r}" for b, ms in zip(batches, fp16)) + " }")
     return "\n".join(lines) + "\n"

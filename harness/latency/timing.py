@@ -49,8 +49,9 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..cache import memoised
 
@@ -156,7 +157,7 @@ class Plan:
             return self.max_delay_share + 1.0 - self.cpus / self.threads
         return self.max_delay_share
 
-    def with_threads(self, threads: int | None) -> "Plan":
+    def with_threads(self, threads: int | None) -> Plan:
         return replace(self, threads=threads)
 
 
@@ -290,7 +291,7 @@ class Spread:
         return self.stdev / self.mean if self.mean > 0 else float("inf")
 
     @classmethod
-    def of(cls, values: Sequence[float], level: float = 0.95) -> "Spread":
+    def of(cls, values: Sequence[float], level: float = 0.95) -> Spread:
         v = sorted(float(x) for x in values)
         if not v:
             nan = float("nan")
@@ -611,7 +612,7 @@ def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks
     for i in tries:
         calls: list[Call] = []
 
-        def instrumented() -> None:
+        def instrumented(calls: list[Call] = calls) -> None:  # bound now: used in this attempt only
             calls.append(timed_call(fn, clocks))
 
         with no_gc():
@@ -664,7 +665,7 @@ class Interleaved:
     def quiet(self) -> bool:
         return not self.noise
 
-    def ratio(self, num: str, den: str, num_items: int = 1, den_items: int = 1) -> "Ratio":
+    def ratio(self, num: str, den: str, num_items: int = 1, den_items: int = 1) -> Ratio:
         """(num / num_items) / (den / den_items): wall-time (clean calls) and CPU-time ratios."""
         scale = den_items / num_items
         a_num, a_den = self.attempt_of(num), self.attempt_of(den)
@@ -820,12 +821,13 @@ def measure_concurrent(fns: Sequence[Callable[[], Any]], calls: int, plan: Plan,
     kept: Concurrent | None = None
     seen: list[float] = []
     tries = Attempts(plan, clocks)
-    for attempt in tries:
+    for _attempt in tries:
         start = threading.Barrier(len(fns) + 1)
         per_call: list[list[float]] = [[] for _ in fns]
         errors: list[BaseException] = []
 
-        def work(i: int) -> None:
+        def work(i: int, start: threading.Barrier = start, per_call: list[list[float]] = per_call,
+                 errors: list[BaseException] = errors) -> None:  # this attempt's, bound now
             try:
                 for _ in range(plan.warmup):
                     fns[i]()

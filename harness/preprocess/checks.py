@@ -255,7 +255,8 @@ def _hint(key: str, value: Any, good_value: Any) -> str:
     if value is None or good_value is None:
         return ""
     if key == "resize" and isinstance(value, int):
-        return f" (short side {value} instead of {good_value}: the crop keeps {'more' if value < good_value else 'less'} of the image)"
+        keeps = "more" if value < good_value else "less"
+        return f" (short side {value} instead of {good_value}: the crop keeps {keeps} of the image)"
     if key == "crop_fraction":
         return f" (the crop keeps {value:.4g} of the short side instead of {good_value:.4g})"
     if key == "crop_offset_rounding":
@@ -480,7 +481,8 @@ def check_ecenter_vs_resize_crop(card: ModelCard, images: Sequence[tuple[str, Im
         x_ref = np.stack(reference_outputs(sub, pre))
         x_alt = np.stack(reference_outputs(sub, resize_center_crop_of(pre)))
         e = prediction_effect(_model_of(model), x_ref, x_alt, pre.std)
-        e["effect_vs_noise_floor"] = ("within" if e["top1_agreement"] >= e["noise_floor_top1_agreement"] - e["agreement_halfwidth"]
+        within = e["top1_agreement"] >= e["noise_floor_top1_agreement"] - e["agreement_halfwidth"]
+        e["effect_vs_noise_floor"] = ("within" if within
                                       else "beyond")
         figures.update(e)
     record(**figures)

@@ -174,7 +174,8 @@ def from_dict(d: Any, source: str | Path = "<in memory>") -> DeployConfig:
         raise ConfigError(file, unknown[0], f"unknown key(s) {unknown}", fix=f"known keys are {list(KEYS)}")
     for key in REQUIRED:
         if key not in d:
-            raise ConfigError(file, key, f"missing required key '{key}'", fix=f"add \"{key}\": ... (see harness/preprocess/deploy.py)")
+            raise ConfigError(file, key, f"missing required key '{key}'",
+                              fix=f"add \"{key}\": ... (see harness/preprocess/deploy.py)")
     pipeline = _choice(d, "pipeline", PIPELINES, file)
     needed = GEOMETRY_KEY[pipeline]
     other = GEOMETRY_KEY["crop_then_resize" if pipeline == "resize_then_crop" else "resize_then_crop"]

@@ -35,15 +35,32 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import quantize as qmod
 from .. import onnxfile, runtimes
-from ..runtimes import ort as ortrt  # QDQ tooling: the float simulation is ORT_DISABLE_ALL
-from ..compare import (CheckFailure, Inconclusive, binomial_halfwidth, check, cosine_rows, distinct_top1, message,
-                      top1_agreement, topk_accuracy)
+from ..compare import (
+    CheckFailure,
+    Inconclusive,
+    binomial_halfwidth,
+    check,
+    cosine_rows,
+    distinct_top1,
+    message,
+    top1_agreement,
+    topk_accuracy,
+)
 from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
+from ..runtimes import ort as ortrt  # QDQ tooling: the float simulation is ORT_DISABLE_ALL
 from ..tolerances import tolerance
-from .qdq_report import (WORST_SHOWN, LayerReport, TensorError, dequantize, layer_report, qdq_pairs,  # noqa: F401
-                         sqnr_db, weight_errors)  # (re-exported: the self-tests reach them through checks)
+from . import quantize as qmod
+from .qdq_report import (  # noqa: F401
+    WORST_SHOWN,
+    LayerReport,
+    TensorError,
+    dequantize,
+    layer_report,
+    qdq_pairs,
+    sqnr_db,  # (re-exported: the self-tests reach them through checks)
+    weight_errors,
+)
 
 if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
     from ..testing import LabLike, Record
@@ -104,7 +121,8 @@ class LabelFree:
     def figures(self) -> dict:
         return {"eval_images": self.images, "fp32_distinct_top1": self.distinct_fp32,
                 "top1_agreement": round(self.agreement, 4), "centred_cosine": round(self.cosine, 5),
-                "noise_floor_top1_agreement": round(self.floor_agreement, 4), "noise_floor_centred_cosine": round(self.floor_cosine, 5),
+                "noise_floor_top1_agreement": round(self.floor_agreement, 4),
+                "noise_floor_centred_cosine": round(self.floor_cosine, 5),
                 "agreement_vs_floor": round(self.agreement_vs_floor, 3),
                 "cosine_distance_vs_floor": round(self.cosine_distance_vs_floor, 2)}
 

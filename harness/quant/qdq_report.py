@@ -69,8 +69,10 @@ class LayerReport:
 
     def summary(self) -> str:
         worst = "; ".join(f"{t.name} {t.local_db:.1f} dB at depth {t.depth:.2f}" for t in self.worst())
-        depth = ", ".join(f"{r['depth']}: {r['xmodel_db_median'] if r['xmodel_db_median'] is not None else r['local_db_median']} dB"
-                          for r in self.by_depth())
+        def median_db(r: dict) -> float:
+            return r["xmodel_db_median"] if r["xmodel_db_median"] is not None else r["local_db_median"]
+
+        depth = ", ".join(f"{r['depth']}: {median_db(r)} dB" for r in self.by_depth())
         text = f"worst QDQ tensors (local SQNR): {worst}; accumulated SQNR by depth: {depth}"
         if self.logits_db is not None:
             text += f"; logits SQNR {self.logits_db:.1f} dB"
@@ -163,8 +165,11 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
     ``float_path`` must be the float model the int8 one was made from (tensor names kept):
     for zooconform's models the ``quant_pre_process`` output.
     """
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_signal_to_quantization_noice_ratio,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        modify_model_output_intermediate_tensors,
+    )
 
     from .quantize import ArrayCalibrationReader, _quiet
 

@@ -177,7 +177,7 @@ def activation_bytes_per_image(model_path: Path) -> int:
     return total
 
 
-def calibration_plan(n_images: int, bytes_per_image: int, options: "QuantOptions") -> tuple[int, int, int]:
+def calibration_plan(n_images: int, bytes_per_image: int, options: QuantOptions) -> tuple[int, int, int]:
     """(images used, stride, batch): stride images per pass within the memory budget.
 
     ORT requires the image count to be divisible by the stride and its histogram collector

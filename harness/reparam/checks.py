@@ -24,20 +24,22 @@ every model by running two deliberately wrong fusions and requiring that they fa
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .. import flops as flops_mod
-from . import fusion as reparam
 from ..cardchecks import within_published
 from ..compare import CheckFailure, check, message, min_cosine, rel_max_error, top1_agreement
 from ..errors import ConfigError, InputError
 from ..models import count_params, deploy_form, load_state_dict_file, official_repvgg_to_timm
 from ..tolerances import tolerance
 from ..zoo import ModelCard, PublishedRow
+from . import fusion as reparam
 
 if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
     from ..testing import LabLike, Record

@@ -101,7 +101,7 @@ def family_table(views: list[ModelView], regressions: dict[str, Cell]) -> str:
             if i == 0:
                 sub = f'<div class="small">{esc(v.weights)}</div>' if v.weights else ""
                 tds.append(f'<td rowspan="{n}" class="model"><a href="#{model_anchor(v.model)}">{esc(v.model)}</a>{sub}</td>')
-            for key, _, level in cols:
+            for key, _, col_level in cols:
                 if key == "regression":
                     if i == 0:
                         tds.append(cell_html(regressions.get(v.model), n, "wrap"))
@@ -110,7 +110,7 @@ def family_table(views: list[ModelView], regressions: dict[str, Cell]) -> str:
                     if i == 0:
                         tds.append(cell_html(v.cells.get(key), n, "wrap"))
                     continue
-                if level == "row" and not (key in v.cells and key == "fp32"):
+                if col_level == "row" and not (key in v.cells and key == "fp32"):
                     tds.append(cell_html(row.cells.get(key) if row else None))
                 elif i == 0:
                     tds.append(cell_html(v.cells.get(key), n))
@@ -185,7 +185,8 @@ def tests_table(tests: list[dict[str, Any]]) -> str:
         repro = (f'<div class="small">repro: <a href="{esc(t["repro"])}/command.txt">{esc(t["repro"])}</a></div>'
                  if t.get("repro") else "")
         rows.append(f'<tr class="test" id="{anchor(t["nodeid"])}"><td>{esc(t["nodeid"])}</td>'
-                    f'<td class="{cls}">{esc(outcome)}</td><td>{esc(t.get("duration_s"))}</td><td>{msg}{repro}{fig_html}</td></tr>')
+                    f'<td class="{cls}">{esc(outcome)}</td><td>{esc(t.get("duration_s"))}</td>'
+                    f'<td>{msg}{repro}{fig_html}</td></tr>')
     return ("<table><tr><th>test</th><th>outcome</th><th>s</th><th>message / figures</th></tr>"
             + "".join(rows) + "</table>")
 

@@ -30,11 +30,13 @@ def load_results(path: Path | str) -> dict[str, Any]:
     try:
         doc = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(file, "no results.json here", fix="pass a run folder (reports/<tier>/<timestamp>) or its results.json") from None
+        raise InputError(file, "no results.json here",
+                         fix="pass a run folder (reports/<tier>/<timestamp>) or its results.json") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(file, f"not valid JSON ({e})", fix="the run that wrote it was killed mid-write? re-run it") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list):
-        raise InputError(file, "not a zooconform results document (no 'tests' list)", fix="pass a results.json written by zooconform")
+        raise InputError(file, "not a zooconform results document (no 'tests' list)",
+                         fix="pass a results.json written by zooconform")
     for i, t in enumerate(doc["tests"]):
         if not isinstance(t, dict) or not isinstance(t.get("nodeid"), str):
             raise InputError(file, f"tests[{i}] has no nodeid", fix="pass a results.json written by zooconform")
