@@ -633,8 +633,6 @@ def test_plain_pytest_tells_an_input_error_from_a_failing_check(pytester):
     from "your model is wrong"; a failing check alone still exits 1."""
     import xml.etree.ElementTree as ET
 
-    import onnx  # noqa: F401  (loaded once here: the in-process runs must not re-import its extension)
-
     pytester.makepyfile(test_inputs='''
         from pathlib import Path
         from harness.compare import CheckFailure
