@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -286,7 +287,7 @@ def claimed_row(card: ModelCard, measured_top1_pct: float, source: str | None = 
         raise InputError(card.file, f"[models.{card.id}] has no published top-1 for source {source!r}"
                          if source else f"[models.{card.id}] has no published top-1",
                          fix=f"sources with top-1 for {card.id}: {have}" if have else "nothing to compare with")
-    row = min(rows, key=lambda r: (abs(r.top1 - measured_top1_pct), r.weights is not None))
+    row = min(rows, key=lambda r: (abs(cast(float, r.top1) - measured_top1_pct), r.weights is not None))  # rows with top1
     others = [r for r in rows if r is not row]
     if source:
         how = f"weights source '{source}'"

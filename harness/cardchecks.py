@@ -4,7 +4,7 @@ Each raises :class:`CheckFailure` with the one message shape on a mismatch.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
@@ -28,7 +28,7 @@ def measured_figures(card: ModelCard) -> dict:
     model = create_architecture(card)
     deploy = deploy_form(model) if card.count_form == "deploy" else None
     counted = deploy if deploy is not None else model
-    figures = {"params": count_params(counted), "form": "deploy" if deploy is not None else "train",
+    figures: dict[str, Any] = {"params": count_params(counted), "form": "deploy" if deploy is not None else "train",
                "upsample_modes": sorted({m.mode for m in model.modules() if isinstance(m, nn.Upsample)}),
                "flops": {}, "gmacs": {}}
     for row in card.published:
@@ -62,6 +62,7 @@ def within_published(measured: float, published: float, rel: float, digit_units:
 
 
 def check_params(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
+    assert row.params_m is not None  # the suite checks only rows that publish params
     fig = figures_of(card, lab)
     measured = fig["params"] / 1e6
     deploy = fig["form"] == "deploy"
@@ -78,6 +79,7 @@ def check_params(card: ModelCard, lab: LabLike, record: Record, row: PublishedRo
 
 
 def check_flops(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
+    assert row.flops_g is not None  # the suite checks only rows that publish FLOPs
     size = row.input_size or card.input_size
     measured = figures_of(card, lab)["flops"][(row.flops_convention, size)]
     plain = figures_of(card, lab)["gmacs"][size]

@@ -87,7 +87,7 @@ def budgets_schema() -> dict[str, Any]:
     profile_props["threads"] = {"type": "integer", "minimum": 1}
     ms = {"type": "object", "additionalProperties": False, "description": "milliseconds per call, by batch: b1, b4, ...",
           "patternProperties": {budgets._BATCH_KEY.pattern: {"type": "number", "exclusiveMinimum": 0}}}
-    model = {"type": "object", "additionalProperties": False,
+    model: dict[str, Any] = {"type": "object", "additionalProperties": False,
              "properties": {**{p: ms for p in budgets.PRECISIONS},
                             "throughput_ips": {"type": "number", "exclusiveMinimum": 0}, "note": {"type": "string"}}}
     assert set(model["properties"]) == set(budgets.MODEL_KEYS), "a budget model key without a schema"

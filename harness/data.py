@@ -18,7 +18,9 @@ import hashlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
@@ -124,7 +126,7 @@ def _view_of_photo(photo: str, index: int, decoded: dict[str, np.ndarray] | None
     # vary the final size and aspect ratio so resize paths of every kind are exercised
     target_short = int(rng.integers(160, 520))
     s = target_short / min(img.size)
-    img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BILINEAR)
+    img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.Resampling.BILINEAR)
     return img
 
 
@@ -152,9 +154,9 @@ def _synthetic(index: int) -> Image.Image:
         x1, y1 = x0 + rng.integers(10, w // 2 + 11), y0 + rng.integers(10, h // 2 + 11)
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         if rng.random() < 0.5:
-            draw.ellipse([x0, y0, x1, y1], fill=colour)
+            draw.ellipse([int(x0), int(y0), int(x1), int(y1)], fill=colour)
         else:
-            draw.rectangle([x0, y0, x1, y1], fill=colour)
+            draw.rectangle([int(x0), int(y0), int(x1), int(y1)], fill=colour)
     return img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.5))))
 
 
@@ -174,11 +176,11 @@ def embedded(split: str, count: int) -> ImageSet:
     decoded: dict[str, np.ndarray] = {}  # owned by this set's loaders: each photo decoded once per set
     for p in photos:
         for i in range(per_photo):
-            samples.append(Sample(f"{p}#{i}", p, (lambda p=p, i=i: _view_of_photo(p, i, decoded))))
+            samples.append(Sample(f"{p}#{i}", p, partial(_view_of_photo, p, i, decoded)))
     i = 0
     while len(samples) < count:
         k = 2 * i + offset
-        samples.append(Sample(f"synthetic#{k}", f"synthetic#{k}", (lambda k=k: _synthetic(k))))
+        samples.append(Sample(f"synthetic#{k}", f"synthetic#{k}", partial(_synthetic, k)))
         i += 1
     return ImageSet(samples[:count], origin=f"embedded:{split}")
 
@@ -283,7 +285,7 @@ def imagenet(root: Path | str) -> ImageSet:
     class_names = None
     if (root / "label.txt").is_file():
         class_names = read_class_names(root / "label.txt")
-    samples = [Sample(name, name, (lambda p=val / name: _open_rgb(p)), label)
+    samples = [Sample(name, name, partial(_open_rgb, val / name), label)
                for name, label in entries if name in on_disk]
     return ImageSet(samples, origin=str(root), problems=problems, class_names=class_names)
 
@@ -297,7 +299,7 @@ def calibration_subset(images: ImageSet, count: int = 1000) -> tuple[ImageSet, I
     """
     by_class: dict[int, list[Sample]] = {}
     for s in sorted(images.samples, key=lambda s: s.name):
-        by_class.setdefault(s.label, []).append(s)
+        by_class.setdefault(cast(int, s.label), []).append(s)  # a labelled set (ImageNet folder)
     chosen: list[Sample] = []
     depth = 0
     while len(chosen) < min(count, len(images)):

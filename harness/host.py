@@ -66,7 +66,7 @@ class CpuFacts:
 
 
 def _parse_proc_cpuinfo(text: str) -> tuple[str, set[str]]:
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()

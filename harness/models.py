@@ -14,6 +14,7 @@ import re
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,7 @@ def create_architecture(card: ModelCard) -> nn.Module:
     import timm
 
     torch.manual_seed(seed_for(card.id))
+    model: nn.Module
     if card.byob:
         from timm.models import byobnet
 
@@ -65,6 +67,7 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        sd: Any
         try:
             sd = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types

@@ -41,8 +41,8 @@ def _load(path: Path) -> dict:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, "-", "tolerance file not found", fix="restore fixtures/tolerances.toml") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, "-", f"not valid TOML: {err}", fix="fix the TOML syntax") from None
     for section, entries in data.items():
         if not isinstance(entries, dict):
             raise ConfigError(path, section, "expected a table of tolerances", fix=f"write [{section}]")

@@ -68,6 +68,7 @@ class Preprocess:
         """Fraction of the short side that ends up in the crop."""
         if self.pipeline == "ecenter_crop":
             return self.crop / (self.crop + 32)
+        assert self.resize is not None, "resize_then_crop has a resize"
         return self.crop / self.resize
 
 

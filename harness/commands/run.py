@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..constants import parse_shard
 
@@ -215,6 +216,7 @@ def run_phase(cmd: list[str], forwarder: _Forwarder, crashes: list[str] | None =
     try:
         if crashes is not None:
             out = getattr(sys.stdout, "buffer", None)
+            assert forwarder.proc.stdout is not None  # stdout=PIPE above
             for line in iter(forwarder.proc.stdout.readline, b""):
                 if out is not None:
                     out.write(line)
@@ -314,7 +316,8 @@ def write_junit_from_doc(doc: dict, label: str, out: Path) -> None:
             ET.SubElement(case, "error", message=text[:2000]).text = text
             counts["errors"] += 1
         elif outcome not in ("passed", "xpassed"):
-            kind = {"type": "zooconform.inconclusive"} if outcome == "inconclusive" else {}  # plugin.INCONCLUSIVE_TYPE
+            # plugin.INCONCLUSIVE_TYPE
+            kind: dict[str, Any] = {"type": "zooconform.inconclusive"} if outcome == "inconclusive" else {}
             if kind:
                 ET.SubElement(ET.SubElement(case, "properties"), "property", name="outcome", value="inconclusive")
             ET.SubElement(case, "skipped", message=f"{outcome}: {msg}"[:2000], **kind)
@@ -357,11 +360,11 @@ def publish_latest(folder: Path, report_dir: Path, codes: list) -> tuple[list[Pa
     staged: list[tuple[str, Path]] = []
     try:
         for name, src in sources.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=report_dir)
-            staged.append((name, Path(tmp)))
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=report_dir)
+            staged.append((name, Path(tmp_name)))
             with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out)
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the reports from a CI's other users
+            os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide the reports from a CI's other users
         out_paths = []
         # all three are complete on disk before the first replace; the lock keeps two runs'
         # replaces from interleaving (else junit.xml of one run beside results.json of another)

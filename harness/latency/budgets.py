@@ -83,7 +83,7 @@ import fnmatch
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -537,7 +537,7 @@ def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[st
     """The profile whose absolute budgets are judged (see the module docstring for the rules).
     ``host``: this machine's :class:`harness.host.Fingerprint` with measured peaks; without it
     applicability is not checked."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     if name:
         if name.lower() == NONE:
             return Choice(None, "none", f"--profile {NONE}: ratios only", host=host)
@@ -546,13 +546,13 @@ def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[st
             raise ConfigError(path, "--profile", f"no budget profile '{name}'", fix=_available_fix(folder))
         prof = load_profile(path, valid_models)
         return Choice(prof, "--profile", f"--profile {name}", applicability(prof, host, tolerance), rescale, host)
-    if env.get("CI"):
+    if environ.get("CI"):
         return Choice(None, "none", "no --profile given and CI is set (no detection on shared runners): ratios only",
                       host=host)
     machine = this_machine() if machine is None else machine
     found = []
-    for p in profile_files(folder):
-        prof = load_profile(p, valid_models)
+    for pf in profile_files(folder):
+        prof = load_profile(pf, valid_models)
         if not prof.provisional and matches(prof, machine):
             found.append(prof)
     desc = f"cpu '{machine.get('cpu')}', {machine.get('cores')} cores"
@@ -560,7 +560,7 @@ def choose(name: str | None, machine: dict[str, Any] | None = None, env: dict[st
     if host is not None:
         desc += f", host class {host.host_class}"
     apps = {p.name: applicability(p, host, tolerance) for p in found}
-    fitting = [p for p in found if apps[p.name] is None or apps[p.name].applies]
+    fitting = [p for p in found if (app := apps[p.name]) is None or app.applies]
     if len(fitting) == 1:
         p = fitting[0]
         return Choice(p, "detected", f"profile {p.name} detected ({desc})", apps[p.name], rescale, host)

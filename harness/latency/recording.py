@@ -38,11 +38,11 @@ def _machine_of(doc: dict[str, Any]) -> dict[str, Any]:
     return doc.get("machine") or {}
 
 
-def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple, Cell], dict[str, Cell], dict[str, Any]]:
+def collect(docs: list[dict[str, Any]]) -> tuple[dict[tuple[Any, ...], Cell], dict[str, Cell], dict[str, Any]]:
     """(latency cells keyed (model, precision, batch), throughput cells per model, settings)."""
-    cells: dict[tuple, Cell] = {}
+    cells: dict[tuple[Any, ...], Cell] = {}
     tput: dict[str, Cell] = {}
-    seen: dict[str, set] = {"runtime": set(), "threads": set(), "instances": set(), "peak": set(),
+    seen: dict[str, set[Any]] = {"runtime": set(), "threads": set(), "instances": set(), "peak": set(),
                             "int8_peak": set(), "host_class": set()}
     for doc in docs:
         m = _machine_of(doc)
@@ -154,11 +154,11 @@ def profile_text(docs: list[dict[str, Any]], name: str, headroom: float, descrip
                 entries.append(f"b{b} = {_fmt(max(cell.medians) * headroom)}")
             if entries:
                 lines.append(f"{prec} = {{ {', '.join(entries)} }}")
-        cell = tput.get(model)
-        if cell is not None:
-            if cell.medians:
-                lines.append(f"throughput_ips = {_fmt(min(cell.medians) / headroom)}")
-                report.append(f"{model} throughput: {', '.join(_fmt(x) for x in cell.medians)} images/s")
+        tcell = tput.get(model)
+        if tcell is not None:
+            if tcell.medians:
+                lines.append(f"throughput_ips = {_fmt(min(tcell.medians) / headroom)}")
+                report.append(f"{model} throughput: {', '.join(_fmt(x) for x in tcell.medians)} images/s")
             else:
                 report.append(f"{model} throughput: no quiet measurement: left out")
     return "\n".join(lines) + "\n", report
@@ -193,7 +193,7 @@ def runs_summary(docs: list[dict[str, Any]], names: list[str] | None = None) -> 
 
 # --- the seeds' T4 TensorRT table -----------------------------------------------------------
 
-def t4_tensorrt_text(zoo: dict | None = None) -> str:
+def t4_tensorrt_text(zoo: dict[str, Any] | None = None) -> str:
     """The ``t4-tensorrt`` profile from the registry's seed-002 (PaddleClas) rows."""
 
     zoo = zoo if zoo is not None else load_zoo()

@@ -457,6 +457,7 @@ def _measure_gemm_peak(kind: str, threads: int | None, matrix: int, calls: int, 
         # a quiet round beats a contended one; among equals the faster
         if best is None or (quiet, -wall) > (best[1], -best[0]):
             best = (wall, quiet)
+    assert best is not None  # at least one round
     wall, quiet = best
     gflops = 2.0 * matrix ** 3 / wall / 1e9
     note = "" if quiet else "no quiet round: a contended figure (too low), roofline ratios too high"

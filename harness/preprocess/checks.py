@@ -50,7 +50,7 @@ def probe_sizes(pre: Preprocess) -> tuple[tuple[int, int], ...]:
     """Generic probes plus the card's own: side S+32 (ECenterCrop keeps exactly S px there)
     with odd margins, where offsets land on .5 and half-even differs from half-up."""
     m = pre.crop + 32
-    own = ((m, m), (m + 1, m), (m, m + 5), (2 * m + 3, 2 * m))
+    own: tuple[tuple[int, int], ...] = ((m, m), (m + 1, m), (m, m + 5), (2 * m + 3, 2 * m))
     if pre.resize:
         own += ((pre.resize, pre.resize + 1), (pre.resize + 3, pre.resize))
     return GENERIC_PROBE_SIZES + own
@@ -142,7 +142,7 @@ def pixel_stats(outs: Sequence[np.ndarray], refs: Sequence[np.ndarray], std: Seq
             "worst_image": worst}
 
 
-def _model_of(model) -> torch.nn.Module | None:
+def _model_of(model) -> torch.nn.Module:  # callers pass a model, or a callable that builds one
     return model() if callable(model) and not isinstance(model, torch.nn.Module) else model
 
 

@@ -241,6 +241,7 @@ def dump(cfg: DeployConfig, path: Path | str) -> Path:
 
 def config_from_preprocess(pre: Preprocess, source: str) -> DeployConfig:
     """The deploy config that reproduces a reference pipeline (0-255 mean/std, RGB)."""
+    geometry: dict[str, Any]
     if pre.pipeline == "resize_then_crop":
         geometry = {"pipeline": "resize_then_crop", "resize": pre.resize}
     elif pre.pipeline == "ecenter_crop":
@@ -352,6 +353,7 @@ def geometry(cfg: DeployConfig, img: Image.Image) -> np.ndarray:
     resample = _PIL_RESAMPLE[cfg.interpolation]
     w, h = rgb.size
     if cfg.pipeline == "resize_then_crop":
+        assert cfg.resize is not None  # the config's validation requires it for resize_then_crop
         nw, nh = short_side_size(w, h, cfg.resize)
         resized = rgb if (nw, nh) == (w, h) else rgb.resize((nw, nh), resample)
         arr = np.asarray(resized)
@@ -359,6 +361,7 @@ def geometry(cfg: DeployConfig, img: Image.Image) -> np.ndarray:
         return crop_padded(arr, _center_offset(nw, c, cfg.crop_offset_rounding),
                            _center_offset(nh, c, cfg.crop_offset_rounding), c, c)
     # crop_then_resize: ECenterCrop's arithmetic, PIL's rounding of the float box edges
+    assert cfg.crop_fraction is not None  # the config's validation requires it for crop_then_resize
     side = cfg.crop_fraction * min(w, h)
     top = round_offset((h - side) / 2.0, cfg.crop_offset_rounding)
     left = round_offset((w - side) / 2.0, cfg.crop_offset_rounding)
@@ -372,7 +375,7 @@ def geometry(cfg: DeployConfig, img: Image.Image) -> np.ndarray:
 
 def normalise(pixels: np.ndarray, cfg: DeployConfig) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32: channel order, then (pixel - mean) / std."""
-    x = pixels.astype(np.float32)
+    x: np.ndarray = pixels.astype(np.float32)
     if cfg.color == "BGR":
         x = x[..., ::-1]
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)

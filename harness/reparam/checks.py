@@ -532,6 +532,7 @@ def _where_row(card: ModelCard, row: PublishedRow) -> str:
 
 
 def check_deploy_params(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
+    assert row.params_m is not None  # the suite checks only rows that publish params
     train = lab.reference(card)
     ours, theirs = count_params(independent_deploy(train)), count_params(timm_deploy(train))
     measured = ours / 1e6
@@ -547,6 +548,7 @@ def check_deploy_params(card: ModelCard, lab: LabLike, record: Record, row: Publ
 
 
 def check_deploy_flops(card: ModelCard, lab: LabLike, record: Record, row: PublishedRow) -> None:
+    assert row.flops_g is not None  # the suite checks only rows that publish FLOPs
     train = lab.reference(card)
     size = row.input_size or card.input_size
     measured = flops_mod.conv_linear_macs(independent_deploy(train), size) / 1e9

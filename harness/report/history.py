@@ -181,14 +181,16 @@ def _fsync_dir(folder: Path) -> None:
 
 def previous_record(history: History, model: str, run_id: str, started_utc: str | None) -> dict[str, Any] | None:
     """The latest record of ``model`` from another run that started before this one."""
-    best = None
+    best: dict[str, Any] | None = None
     for r in history.for_model(model):
         if r.get("run_id") == run_id:
             continue
-        stamp = r.get("started_utc") if isinstance(r.get("started_utc"), str) else ""
+        raw = r.get("started_utc")
+        stamp = raw if isinstance(raw, str) else ""
         if started_utc and stamp and stamp > started_utc:
             continue
-        best_stamp = best.get("started_utc") if best is not None and isinstance(best.get("started_utc"), str) else ""
+        best_raw = best.get("started_utc") if best is not None else None
+        best_stamp = best_raw if isinstance(best_raw, str) else ""
         if best is None or stamp >= best_stamp:
             best = r
     return best

@@ -84,7 +84,7 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
     problems: list[str] = []
     shards: dict[int, list[str]] = {}
     shard_total: set[int] = set()
-    summary = []
+    summary: list[dict[str, Any]] = []
     for label, doc in parts:
         settings = doc.get("settings") or {}
         for t in doc.get("tests", []):
@@ -143,7 +143,7 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
     applied = applied_profile(list(tests.values()), settings)
     settings.update(profile=applied["name"], profile_how=applied["how"], profile_reason=applied["reason"])
     ids = hashlib.sha1("\n".join(sorted(s["run_id"] for s in summary)).encode()).hexdigest()[:8]
-    started = min((d.get("started_utc") for _, d in parts if d.get("started_utc")), default=None)
+    started = min((str(d["started_utc"]) for _, d in parts if d.get("started_utc")), default=None)
     doc = {
         "schema": first.get("schema", "zooconform.results/1"),
         "run_id": f"{(started or 'merged').replace(':', '').replace('-', '')}-merged-{ids}",

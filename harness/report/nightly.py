@@ -87,7 +87,10 @@ def _refuse_foreign_results(path: Path) -> None:
 
 def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | None = None,
                  append_history: bool = True, links: dict[str, str] | None = None,
-                 write_results: bool = True) -> Written:
+                 write_results: bool = True, sensitivity: Path | str | None = None) -> Written:
+    """``sensitivity``: the "What a pass rules out" document (default fixtures/sensitivity.json)."""
+    from .sensitivity import load as load_sensitivity
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     run_id = run_id_of(doc)
@@ -101,6 +104,7 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
             history_error = (f"{history}: cannot be read ({e.strerror or e}); regressions were not compared "
                              f"(fix: make it a readable file, or pass --history FILE / --no-history)")
     if hist is not None and hist.bad_lines:
+        assert history is not None  # hist was read from it
         doc["notes"] = list(doc.get("notes") or []) + [hist.bad_note(Path(history).name)]
     if history_error:
         doc["notes"] = list(doc.get("notes") or []) + [history_error]
@@ -137,6 +141,7 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
             links[label] = name
     note = ""
     if hist is not None:
+        assert history is not None  # hist was read from it
         earlier = [r for r in hist.runs() if r != run_id]
         note = (f"Regressions compare with the previous run of each model in {Path(history).name}"
                 f" ({len(earlier)} other runs"
@@ -146,9 +151,10 @@ def write_report(doc: dict[str, Any], folder: Path | str, history: Path | str | 
     _refuse_foreign(summary, MD_MARKER)
     if write_results:
         _refuse_foreign_results(results)
-    page = html_mod.render(doc, run_id, views, orphans, cells, trends, links, note)
+    sens = load_sensitivity(sensitivity)
+    page = html_mod.render(doc, run_id, views, orphans, cells, trends, links, note, sensitivity=sens)
     _write_ours(index, page, HTML_MARKER)
-    _write_ours(summary, markdown(doc, run_id, views, orphans, cells), MD_MARKER)
+    _write_ours(summary, markdown(doc, run_id, views, orphans, cells, sensitivity=sens), MD_MARKER)
     if write_results:
         atomic_write_text(results, json.dumps(jsonable(doc), indent=1))
     atomic_write_text(folder / "results.csv", results_csv(doc, views, records))
@@ -214,8 +220,9 @@ def _cell_md(cell: Cell | None) -> str:
 
 
 def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: list[dict[str, Any]],
-             regressions: dict[str, Cell]) -> str:
+             regressions: dict[str, Cell], sensitivity: dict[str, Any] | None = None) -> str:
     from .html import columns
+    from .sensitivity import markdown_section
     from .verdict import host_text, profile_text, verdict_line
     from .verdict import level as run_level
 
@@ -260,6 +267,7 @@ def markdown(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: 
                         cols.append(_cell_md(v.cells.get(key)) if i == 0 else "")
                 lines.append("| " + " | ".join(cols) + " |")
         lines.append("")
+    lines += markdown_section(sensitivity)
     failing = [t for v in views for t in v.tests if outcome_of(t) in BAD | {"inconclusive"}]
     failing += [t for t in orphans if outcome_of(t) in BAD]
     if failing:

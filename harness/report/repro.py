@@ -173,7 +173,7 @@ def write_bundle(root: Path, nodeid: str, *, outcome: str, exc_type: str, messag
             target = adir / (p.name or f"artifact{i}")
             if target.exists() or target.is_symlink():
                 target = adir / f"{i}-{p.name}"
-            entry = {"source": str(p.resolve())}
+            entry: dict[str, Any] = {"source": str(p.resolve())}
             try:
                 size = p.stat().st_size if p.is_file() else None
                 if size is not None and size <= file_cap and used + size <= run_cap:
