@@ -193,7 +193,11 @@ def tests_table(tests: list[dict[str, Any]]) -> str:
 
 def render(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: list[dict[str, Any]],
            regressions: dict[str, Cell], trends: dict[str, bytes | None], links: dict[str, str],
-           history_note: str = "") -> str:
+           history_note: str = "", sensitivity: dict[str, Any] | None = None) -> str:
+    """``sensitivity``: the document of fixtures/sensitivity.json (harness/report/sensitivity.py),
+    or None for the one line that says how to measure it."""
+    from .sensitivity import html_section
+
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">', GENERATOR,
            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',  # a constant: no escaping needed
            f"<title>zooconform report {esc(run_id)}</title><style>{CSS}</style></head><body>",
@@ -211,6 +215,7 @@ def render(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: li
         out.append(family_table(vs, regressions))
     out.append('<p class="small">Each figure links to the test that produced it; hover for the figures behind it. '
                f"{DASH}: no figure (the suite did not run for this model, or recorded none). {esc(history_note)}</p>")
+    out.append(html_section(sensitivity))
     out.append("<h2>Models: trends and tests</h2>")
     for v in views:
         out.append(f'<h3 id="{model_anchor(v.model)}">{esc(v.model)} <span class="small">{esc(v.family)}</span></h3>')
