@@ -53,6 +53,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -127,7 +128,11 @@ def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_i
         floor_images = IMAGENET_FLOOR_IMAGES if lab.settings.imagenet else 1 << 62
     _claim_folder(out)
     batches, expected, problems, listed_missing = acc.image_batches(lab, card, batch_size)
-    names, image_names, labels, logits, logits64 = [], [], [], [], []
+    names: list[str] = []
+    image_names: list[str] = []
+    labels: list[int] = []
+    logits: list[np.ndarray] = []
+    logits64: list[np.ndarray] = []
     taken: set[str] = set()
     model64 = copy.deepcopy(model).double().eval() if floor_images > 0 else None
     with torch.no_grad():
@@ -138,6 +143,7 @@ def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_i
             logits.append(model(x).float().numpy())
             measured = sum(len(t) for t in logits64)
             if measured < floor_images:
+                assert model64 is not None  # floor_images > 0
                 logits64.append(model64(x[:floor_images - measured].double()).numpy())
             names.extend(stems)
             image_names.extend(s.name for s in samples)
@@ -306,7 +312,7 @@ def match_outputs(results: Path, prepared: Prepared) -> tuple[list[Path], str]:
     if all(m is None for m in matched) and strangers:
         numbered = [p for p in strangers if _number(p.stem) is not None]
         if len(numbered) == len(prepared.names) == len(strangers):
-            return sorted(numbered, key=lambda p: _number(p.stem)), "by the number in the file name (datalist order)"
+            return sorted(numbered, key=lambda p: cast(int, _number(p.stem))), "by the number in the file name (datalist order)"
     missing = [results / f"{s}.npz" for s, m in zip(prepared.names, matched) if m is None]
     if missing:
         other = (f"; the folder holds {len(strangers)} output file(s) named for no datalist line "
@@ -318,7 +324,7 @@ def match_outputs(results: Path, prepared: Prepared) -> tuple[list[Path], str]:
         raise InputError(strangers[0], f"output for an image that is not in {prepared.folder / DATALIST} "
                                        f"({len(strangers)} such file(s)): the runtime ran another datalist",
                          fix="run the runtime over this prepared folder's datalist.txt, into an empty results folder")
-    return matched, "by stem"
+    return cast("list[Path]", matched), "by stem"  # none is None: missing ones raised above
 
 
 def read_outputs(results: Path | str, prepared: Prepared) -> tuple[np.ndarray, list[Path], str]:

@@ -17,6 +17,9 @@ import numpy as np
 class CheckFailure(AssertionError):
     """A conformance check failed. ``figures`` carries what was measured."""
 
+    # optional, set by a check: arrays for the repro bundle's inputs.npz (read with getattr)
+    inputs: dict[str, Any]
+
     def __init__(self, message: str, figures: dict[str, Any] | None = None):
         super().__init__(message)
         self.figures = figures or {}

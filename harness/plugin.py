@@ -400,8 +400,8 @@ def _load_expectations() -> list[dict]:
         return []
     try:
         data = tomllib.loads(EXPECTATIONS.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(EXPECTATIONS, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(EXPECTATIONS, "-", f"not valid TOML: {err}", fix="fix the TOML syntax") from None
     entries = data.get("xfail", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(EXPECTATIONS, "xfail", "expected [[xfail]] tables", fix="see the file's header")
@@ -484,8 +484,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [it for it in items if it not in other]
     try:
         entries = _load_expectations()
-    except ConfigError as e:
-        raise pytest.UsageError(str(e)) from None
+    except ConfigError as err:
+        raise pytest.UsageError(str(err)) from None
     this_host_class = host_class(cpu_facts()) if any("host_class" in e for e in entries) else ""
     lab = lab_of(config)
     for item in items:
@@ -823,6 +823,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = INPUT_ERROR_EXIT
         return
     listener = config.pluginmanager.get_plugin("zooconform-results")
+    assert listener is not None  # registered in pytest_configure with the collector this hook reads
     doc = listener.write(True, int(exitstatus), listener.incomplete_reasons(interrupted))
     if doc is not None:
         config.stash[_doc_key] = doc

@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..zoo import SOURCES
 
@@ -69,7 +70,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     def run(check: str, fn) -> None:
         nonlocal status
         rec, t0 = _Recorder(), time.perf_counter()
-        entry = {"nodeid": f"bridge/{card.id}::{check}", "outcome": "passed", "figures": rec}
+        entry: dict[str, Any] = {"nodeid": f"bridge/{card.id}::{check}", "outcome": "passed", "figures": rec}
         try:
             fn(rec)
         except CheckFailure as e:

@@ -454,7 +454,7 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
     bad = {b: e for b, e in errs.items() if e > tol}
     if not bad:
         return
-    b, e = max(bad.items(), key=lambda kv: kv[1])
+    b, err = max(bad.items(), key=lambda kv: kv[1])
     where, cause = str(path), "rows depend on the other images of the batch"
     try:
         found = divergence.first_batch_dependent_node(path, xn[:b], tol, model=model,
@@ -466,7 +466,7 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
         ins = ", ".join(found.get("inputs", [])[:3])
         where = f"first batch-dependent node: '{found['node']}' ({found['op_type']} <- {ins}){mod}; file {path}"
         cause += f": node '{found['node']}' mixes images across the batch (batch statistics? a BatchNorm in training mode?)"
-    raise CheckFailure(message(f"max|rows at batch {b} - rows at batch {sizes[0]}| / scale of {label}", f"{e:.3g}",
+    raise CheckFailure(message(f"max|rows at batch {b} - rows at batch {sizes[0]}| / scale of {label}", f"{err:.3g}",
                                f"<= {tol:g}", where, cause=cause), {"batch_errors": errs})
 
 

@@ -471,14 +471,16 @@ def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, sub
 
     if labelled:
         y = ref.labels
+        assert y is not None  # labelled: every eval image has its label
         m = Labelled(len(y), topk_accuracy(ref.fp32, y, 1), topk_accuracy(ref.fp32, y, 5),
                      topk_accuracy(out, y, 1), topk_accuracy(out, y, 5),
                      full_set=len(y) >= IMAGENET_VAL_IMAGES - calibration_images_taken(lab))
         record(**m.figures())
         record(**judge_labelled(m, card.family, subject=subject.describe, where=where, explain=explain))
     else:
-        m = label_free_figures(ref.fp32, out, ref.fp32_noisy)
-        record(**m.figures())
+        assert ref.fp32_noisy is not None  # fp32_run(with_noise=not labelled)
+        mf = label_free_figures(ref.fp32, out, ref.fp32_noisy)
+        record(**mf.figures())
         samples = lab.images("eval").samples
         names = [s.name for s in samples] if len(samples) == len(out) else None
         flips = flip_attribution(ref.fp32, out, ref.fp32_noisy, names)
@@ -488,10 +490,11 @@ def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, sub
             return "; ".join(x for x in (flips.text(), explain()) if x)
 
         try:
-            record(**judge_label_free(m, subject=subject.describe, where=where, explain=explain_with_flips))
+            record(**judge_label_free(mf, subject=subject.describe, where=where, explain=explain_with_flips))
         except CheckFailure as e:
             e.inputs = flips.arrays()  # the repro bundle's inputs.npz (harness/report/repro.py)
             raise
+    return None
 
 
 @dataclass
@@ -599,6 +602,7 @@ def _kernel_inputs(lab, card, fp32_path: Path) -> tuple[np.ndarray, np.ndarray, 
     if not lab.uses_real_data:
         x, _ = lab.inputs(card, "eval")
         ref = fp32_run(lab, card, fp32_path, with_noise=True)
+        assert ref.fp32_noisy is not None  # with_noise=True
         n = min(KERNEL_IMAGES, len(x))
         return x.numpy()[:n], ref.fp32[:n], ref.fp32_noisy[:n]
     xs, taken = [], 0

@@ -181,7 +181,7 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
         for o in node.output:
             order[o] = i
     n_nodes = max(len(float_model.graph.node), 1)
-    notes = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="zc-qdq-") as tmp, _quiet():
         aug_q, aug_f = Path(tmp) / "int8.aug.onnx", Path(tmp) / "float.aug.onnx"
         modify_model_output_intermediate_tensors(str(int8_path), str(aug_q))
@@ -239,7 +239,7 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
             unmatched += 1
         depth = order.get(pre, -1) + 1
         tensors.append(TensorError(pre, "activation", depth / n_nodes, local, xmodel, scale, producer_name.get(pre, "")))
-    consumer = {}
+    consumer: dict[str, tuple[int, str]] = {}
     for i, node in enumerate(float_model.graph.node):
         for name in node.input:
             consumer.setdefault(name, (i, node.name))

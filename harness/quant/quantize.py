@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -235,7 +236,7 @@ def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[options.method]
     # percentile keeps ORT's 2048 histogram bins; entropy's bins are set in histogram_ranges
-    extra = {"CalibStridedMinMax": stride}
+    extra: dict[str, Any] = {"CalibStridedMinMax": stride}
     if options.method == "percentile":
         extra["CalibPercentile"] = options.percentile
     if options.symmetric_ranges is not None:
@@ -313,7 +314,7 @@ def histogram_ranges(preprocessed: Path, reader: ArrayCalibrationReader, stride:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     op_types = list(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
-    extra = {} if options.symmetric_ranges is None else {"symmetric": options.symmetric_ranges}
+    extra: dict[str, Any] = {} if options.symmetric_ranges is None else {"symmetric": options.symmetric_ranges}
     if options.method == "percentile":
         method, extra["percentile"] = CalibrationMethod.Percentile, options.percentile
     elif options.method == "entropy":
@@ -424,7 +425,7 @@ def quantized_result(lab, card, method: str = DEFAULT_METHOD, *, options: QuantO
     fp32 = Path(fp32) if fp32 is not None else fp32_source(lab, card)
     samples = None
     if calib is not None:
-        calib_id = {"array": array_digest(calib), "source": calib_source or "array"}
+        calib_id: dict[str, Any] = {"array": array_digest(calib), "source": calib_source or "array"}
     else:
         images = lab.images("calib")
         samples = calibration_samples(lab)
@@ -434,7 +435,7 @@ def quantized_result(lab, card, method: str = DEFAULT_METHOD, *, options: QuantO
            "calib": calib_id, **library_key()}
 
     def build(folder: Path) -> None:
-        x = calib if calib is not None else calibration_inputs(samples, card)
+        x = calib if calib is not None else calibration_inputs(cast(list, samples), card)  # set when calib is None
         pre = preprocessed(lab, fp32)
         res = quantize_file(fp32, folder / QUANT_FILE, x, options, preprocessed=pre)
         pre_seconds = json.loads((pre.parent / "pre.json").read_text())["seconds"]
