@@ -31,6 +31,7 @@ import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -372,13 +373,16 @@ def _initializer(proto, name: str) -> np.ndarray | None:
     return None
 
 
-def _folded_conv(conv: nn.Module, bn: nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
+def _folded_conv(conv: nn.modules.conv._ConvNd,
+                 bn: nn.modules.batchnorm._BatchNorm | None) -> tuple[np.ndarray, np.ndarray]:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
     if bn is not None:
-        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+        # an eval-mode BatchNorm has running statistics (the folding export did)
+        var, mean = cast(torch.Tensor, bn.running_var), cast(torch.Tensor, bn.running_mean)
+        scale = bn.weight.detach().double() / torch.sqrt(var.detach().double() + bn.eps)
         w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
-        b = (b - bn.running_mean.detach().double()) * scale + bn.bias.detach().double()
+        b = (b - mean.detach().double()) * scale + bn.bias.detach().double()
     return w.numpy(), b.numpy()
 
 
@@ -418,22 +422,24 @@ def explain(model: nn.Module, proto, nodes, mods, module: str, trace: TorchTrace
                                  f"module '{owner}' (align_corners={ups.align_corners}) needs '{want_ctm}'")
         elif n.op_type in ("Conv", "Gemm") and len(n.input) >= 2:
             conv = tmod if isinstance(tmod, (nn.modules.conv._ConvNd, nn.Linear)) else None
-            bn, conv_name, bn_name = None, owner, None
+            bn: nn.modules.batchnorm._BatchNorm | None = None
+            conv_name, bn_name = owner, None
             if conv is None and isinstance(tmod, nn.modules.batchnorm._BatchNorm) and owner in inv_alias:
                 conv_name, bn_name = inv_alias[owner], owner  # dynamo: the folded node sits in the BN's scope
-                conv, bn = model.get_submodule(conv_name), tmod
+                conv, bn = cast("nn.modules.conv._ConvNd", model.get_submodule(conv_name)), tmod  # the BN's conv
             elif conv is not None and owner in trace.alias:
                 bn_name = trace.alias[owner]  # legacy: the folded node sits in the Conv's scope
-                bn = model.get_submodule(bn_name)
+                bn = cast("nn.modules.batchnorm._BatchNorm", model.get_submodule(bn_name))  # the conv's BN
             if conv is None:
                 continue
             w_onnx = _initializer(proto, n.input[1])
             if isinstance(conv, nn.modules.conv._ConvNd):
-                for attr, want in (("strides", list(conv.stride)), ("dilations", list(conv.dilation)),
-                                   ("group", conv.groups)):
+                conv_attrs: tuple[tuple[str, Any], ...] = (("strides", list(conv.stride)), ("dilations", list(conv.dilation)),
+                                                           ("group", conv.groups))
+                for attr, want_v in conv_attrs:
                     got = _attr(n, attr)
-                    if got is not None and list(np.atleast_1d(got)) != list(np.atleast_1d(want)):
-                        hints.append(f"Conv node '{n.name}' has {attr}={got}, but module '{conv_name}' has {want}")
+                    if got is not None and list(np.atleast_1d(got)) != list(np.atleast_1d(want_v)):
+                        hints.append(f"Conv node '{n.name}' has {attr}={got}, but module '{conv_name}' has {want_v}")
             if w_onnx is None:
                 continue
             w_ref, b_ref = _folded_conv(conv, bn) if isinstance(conv, nn.modules.conv._ConvNd) else (

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -95,22 +95,23 @@ class TrainingTruth:
 
 def _branch_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The block's pre-activation as the training form computes it (3x3 + 1x1 + identity)."""
-    out = block.conv_kxk(x)
-    if block.conv_1x1 is not None:
-        out = out + block.conv_1x1(x)
-    if block.identity is not None:
-        out = out + block.identity(x)
+    b: Any = block  # its branches are submodules (nn.Module.__getattr__ types them Tensor | Module)
+    out = b.conv_kxk(x)
+    if b.conv_1x1 is not None:
+        out = out + b.conv_1x1(x)
+    if b.identity is not None:
+        out = out + b.identity(x)
     return out
 
 
-ConvsByBlock = dict[str, nn.Module]
+ConvsByBlock = dict[str, nn.Conv2d]
 
 
 def deploy_convs(model: nn.Module) -> ConvsByBlock:
     """Block name -> fused conv for a plain model or timm's deploy form (``reparam_conv``)."""
     if isinstance(model, reparam.PlainRepVGG):
         return dict(model.convs())
-    return {n: m.reparam_conv for n, m in model.named_modules()
+    return {n: cast(nn.Conv2d, m.reparam_conv) for n, m in model.named_modules()
             if isinstance(getattr(m, "reparam_conv", None), nn.Conv2d)}
 
 
@@ -140,7 +141,7 @@ def measure(train: nn.Module, x: torch.Tensor,
             x32 = inputs.pop(name).float()
             ref32 = _branch_sum(train32[name], x32)
             floor = rel_max_error(ref32.numpy(), pre64.numpy())
-            groups = getattr(train32[name].conv_kxk.conv, "groups", 1)
+            groups = getattr(cast(nn.Module, train32[name].conv_kxk).conv, "groups", 1)
             for label, (_, convs) in candidates.items():
                 conv = convs.get(name)
                 err = float("inf") if conv is None else rel_max_error(conv(x32).numpy(), pre64.numpy())
@@ -149,7 +150,7 @@ def measure(train: nn.Module, x: torch.Tensor,
 
     for name, block in reparam.rep_blocks(train64):
         hooks.append(block.register_forward_pre_hook(remember_input(name)))
-        hooks.append(block.act.register_forward_pre_hook(judge_preactivation(name)))
+        hooks.append(cast(nn.Module, block.act).register_forward_pre_hook(judge_preactivation(name)))
     try:
         with torch.no_grad():
             logits64 = train64(x.double()).numpy()
@@ -286,7 +287,7 @@ def diagnose(train: nn.Module, conv: nn.Module, figures: BlockFigures, x_block: 
         e = kernel_err.flatten()
         cos = {b: float(torch.dot(e, v.flatten()) / (e.norm() * v.norm() + 1e-300)) for b, v in linear.items()}
         best = max(cos, key=lambda b: abs(cos[b]))
-        groups = getattr(tb.conv_kxk.conv, "groups", 1)
+        groups = getattr(cast(nn.Module, tb.conv_kxk).conv, "groups", 1)
         hint = {"identity": f"the identity written as a 3x3 kernel (centre tap, {groups} group(s)) missing or wrong",
                 "conv_1x1": "the 1x1 kernel not zero-padded to the 3x3's centre tap, or its BN not folded",
                 "conv_kxk": "the BN scale gamma / sqrt(running_var + eps) folded wrongly (eps dropped?)"}[best]
@@ -296,7 +297,7 @@ def diagnose(train: nn.Module, conv: nn.Module, figures: BlockFigures, x_block: 
 
 def block_input(train: nn.Module, x: torch.Tensor, block: str) -> torch.Tensor:
     """The float32 training form's input to ``block`` on ``x`` (for diagnosis)."""
-    got = {}
+    got: dict[str, torch.Tensor] = {}
     target = dict(reparam.rep_blocks(train))[block]
     h = target.register_forward_pre_hook(lambda m, a: got.setdefault("x", a[0].detach().clone()))
     try:
@@ -415,8 +416,9 @@ def check_bugs_would_show(card: ModelCard, lab: LabLike, record: Record) -> None
     over = tolerance(SECTION, "deploy_over_floor")
     train = lab.reference(card)
     bns = [m for m in train.modules() if isinstance(m, nn.BatchNorm2d)]
-    mean_spread = max(float(m.running_mean.abs().max()) for m in bns)
-    var_spread = max(float((m.running_var - 1).abs().max()) for m in bns)
+    # eval-form BNs: running statistics are tensors
+    mean_spread = max(float(cast(torch.Tensor, m.running_mean).abs().max()) for m in bns)
+    var_spread = max(float((cast(torch.Tensor, m.running_var) - 1).abs().max()) for m in bns)
     figures = {"bn_max_abs_running_mean": mean_spread, "bn_max_abs_running_var_minus_1": var_spread,
                "noise_floor_fp64": s.truth.floor}
     hidden = []
@@ -471,7 +473,9 @@ def check_fusions_agree(card: ModelCard, lab: LabLike, record: Record) -> None:
         shape_ok = a.weight.shape == b.weight.shape and a.groups == b.groups and a.stride == b.stride \
             and a.padding == b.padding
         w = rel_max_error(a.weight.detach().numpy(), b.weight.detach().numpy()) if shape_ok else float("inf")
-        bias = rel_max_error(a.bias.detach().numpy(), b.bias.detach().numpy()) if shape_ok else float("inf")
+        # both deploy forms' convs have a bias (timm's reparam_conv, FusedConv.conv)
+        bias = (rel_max_error(cast(torch.Tensor, a.bias).detach().numpy(), cast(torch.Tensor, b.bias).detach().numpy())
+                if shape_ok else float("inf"))
         rows.append((name, w, bias, shape_ok))
     logits = rel_max_error(s.forms["timm"].logits, s.forms["independent"].logits)
     worst = max(rows, key=lambda r: max(r[1], r[2]), default=None)
@@ -487,10 +491,10 @@ def check_fusions_agree(card: ModelCard, lab: LabLike, record: Record) -> None:
     floor = s.truth.floor
     record(logits_diff_over_floor=round(logits / floor, 3) if floor > 0 else None)
     if bad:
-        name, w, b, shape_ok = bad[0]
+        name, w, bias_err, shape_ok = bad[0]
         raise CheckFailure(message(
             f"fused kernel/bias of {card.id} block {name}: timm vs harness/reparam/fusion.py (rel max diff)",
-            f"kernel {w:.3g}, bias {b:.3g}", f"<= {limit:g}",
+            f"kernel {w:.3g}, bias {bias_err:.3g}", f"<= {limit:g}",
             f"{FUSION_CODE['timm']} vs {FUSION_CODE['independent']}; block {name} (first of {len(bad)})",
             cause="conv geometry differs (shape/groups/stride/padding)" if not shape_ok else
                   "the two fusions disagree: the deploy-vs-training checks say which one is wrong"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,7 @@ class FusedConv:
         conv = nn.Conv2d(in_per_group * self.groups, out_chs, (kh, kw), stride=self.stride, padding=self.padding,
                          dilation=self.dilation, groups=self.groups, bias=True,
                          dtype=self.weight.dtype)
+        assert conv.bias is not None  # bias=True
         with torch.no_grad():
             conv.weight.copy_(self.weight)
             conv.bias.copy_(self.bias)
@@ -72,7 +74,7 @@ class PlainRepVGG(nn.Module):
 
     def convs(self) -> Iterator[tuple[str, nn.Conv2d]]:
         for name, stage in zip(self.block_names, self.features):
-            yield name, stage[0]
+            yield name, cast(nn.Conv2d, cast(nn.Sequential, stage)[0])  # Sequential(conv, ReLU), see __init__
 
 
 class UnsupportedBlock(ValueError):
@@ -110,9 +112,11 @@ class Fusion:
 
     def fold_bn(self, kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
         """BN(conv(x)) = conv'(x) + b': scale each output kernel by gamma / sqrt(var + eps)."""
-        std = torch.sqrt(bn.running_var + bn.eps)
+        # eval-form BN: running statistics are tensors (a BN without them is not foldable)
+        var, mean = cast(torch.Tensor, bn.running_var), cast(torch.Tensor, bn.running_mean)
+        std = torch.sqrt(var + bn.eps)
         scale = bn.weight / std
-        return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+        return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - mean * scale
 
     def pad_to(self, kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Zero-pad a small kernel to ``size``, centred (a 1x1 lands on the 3x3's middle tap)."""
@@ -135,16 +139,19 @@ class Fusion:
         act = getattr(block, "act", None)
         if not isinstance(act, nn.ReLU):
             raise UnsupportedBlock(f"{name}.act is {type(act).__name__}: the plain deploy form applies ReLU")
-        conv3, bn3 = _conv_and_bn(block.conv_kxk, f"{name}.conv_kxk")
-        size = conv3.kernel_size
+        conv3, bn3 = _conv_and_bn(cast(nn.Module, block.conv_kxk), f"{name}.conv_kxk")
+        # Conv2d: 2-tuples (a str padding, 'same'/'valid', is not expected in timm's RepVGG blocks)
+        size = cast("tuple[int, int]", conv3.kernel_size)
+        padding3 = cast("tuple[int, int]", conv3.padding)
         weight, bias = self.fold_bn(conv3.weight, bn3)
         if block.conv_1x1 is not None:
-            conv1, bn1 = _conv_and_bn(block.conv_1x1, f"{name}.conv_1x1")
+            conv1, bn1 = _conv_and_bn(cast(nn.Module, block.conv_1x1), f"{name}.conv_1x1")
             if conv1.groups != conv3.groups or conv1.stride != conv3.stride:
                 raise UnsupportedBlock(f"{name}: 1x1 and 3x3 branches differ in groups or stride")
             # centred zero-padding is exact only when both branches see the same output grid:
             # the 3x3 pads (k-1)/2 more than the 1x1 (timm and the official repo: 1 and 0)
-            if any(p3 - p1 != (k - 1) // 2 for p3, p1, k in zip(conv3.padding, conv1.padding, size)):
+            padding1 = cast("tuple[int, int]", conv1.padding)
+            if any(p3 - p1 != (k - 1) // 2 for p3, p1, k in zip(padding3, padding1, size)):
                 raise UnsupportedBlock(f"{name}: paddings {conv3.padding} (3x3) and {conv1.padding} (1x1) do not "
                                        "centre the 1x1 on the 3x3")
             k1, b1 = self.fold_bn(conv1.weight, bn1)
@@ -156,8 +163,8 @@ class Fusion:
             _no_extra_ops(bn_id, f"{name}.identity")
             kid, bid = self.fold_bn(self.identity_kernel(conv3.in_channels, conv3.groups, size, conv3.weight), bn_id)
             weight, bias = weight + kid, bias + bid
-        return FusedConv(name, weight.detach().clone(), bias.detach().clone(), conv3.stride, conv3.padding,
-                         conv3.dilation, conv3.groups)
+        return FusedConv(name, weight.detach().clone(), bias.detach().clone(), cast("tuple[int, int]", conv3.stride),
+                         padding3, cast("tuple[int, int]", conv3.dilation), conv3.groups)
 
     def fuse(self, model: nn.Module) -> PlainRepVGG:
         """The plain deploy model of a timm RepVGG (ByobNet) training form, in its dtype."""
@@ -167,7 +174,7 @@ class Fusion:
         _expect_plain_tail(model)
         with torch.no_grad():
             convs = [self.fuse_block(n, b) for n, b in blocks]
-        src = model.get_classifier()
+        src = cast(nn.Linear, cast(Any, model).get_classifier())  # timm's ByobNet: its head.fc
         fc = nn.Linear(src.in_features, src.out_features, bias=src.bias is not None, dtype=src.weight.dtype)
         fc.load_state_dict(src.state_dict())
         return PlainRepVGG(convs, fc).eval()
@@ -200,11 +207,12 @@ def deploy_state_dict(plain: PlainRepVGG, names: str = "timm") -> dict[str, torc
     for block, conv in plain.convs():
         prefix = block if names == "timm" else _official_block(block)
         branch = "reparam_conv" if names == "timm" else "rbr_reparam"
+        assert conv.bias is not None  # FusedConv.conv: bias=True
         out[f"{prefix}.{branch}.weight"] = conv.weight.detach().clone()
         out[f"{prefix}.{branch}.bias"] = conv.bias.detach().clone()
     head = "head.fc" if names == "timm" else "linear"
     out[f"{head}.weight"] = plain.fc.weight.detach().clone()
-    out[f"{head}.bias"] = plain.fc.bias.detach().clone()
+    out[f"{head}.bias"] = cast(torch.Tensor, plain.fc.bias).detach().clone()  # RepVGG's classifier has a bias
     return out
 
 
@@ -225,8 +233,9 @@ def plain_from_deploy_state(template: PlainRepVGG, sd: Mapping[str, torch.Tensor
     plain = copy.deepcopy(template)
     with torch.no_grad():
         for block, conv in plain.convs():
+            assert conv.bias is not None  # FusedConv.conv: bias=True
             conv.weight.copy_(sd[f"{block}.reparam_conv.weight"])
             conv.bias.copy_(sd[f"{block}.reparam_conv.bias"])
         plain.fc.weight.copy_(sd["head.fc.weight"])
-        plain.fc.bias.copy_(sd["head.fc.bias"])
+        cast(torch.Tensor, plain.fc.bias).copy_(sd["head.fc.bias"])  # RepVGG's classifier has a bias
     return plain
