@@ -16,6 +16,7 @@ VERBS = {
     "prepare": ("harness.commands.prepare", "write preprocessed inputs (.npz) + reference outputs for an external runtime"),
     "budgets": ("harness.commands.budgets", "latency budget profiles: record from a run, check, summary, t4 table"),
     "eval": ("harness.commands.evaluate", "score an external runtime's outputs against references and labels"),
+    "sensitivity": ("harness.commands.sensitivity", "measure the smallest planted defect each check family detects"),
 }
 
 
