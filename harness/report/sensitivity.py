@@ -45,7 +45,7 @@ def rows(doc: dict[str, Any]) -> list[dict[str, str]]:
             unit = d.get("unit") or ""
             yes_no = unit == "yes/no"
             detected = ("detected" if smallest is True else "NOT detected") if yes_no else \
-                (f"{_fmt(smallest)} ({unit})" if smallest is not None else f"not detected up to the largest tried ({unit})")
+                (f"{_fmt(smallest)} {unit}" if smallest is not None else f"not detected up to the largest tried ({unit})")
             out.append({"family": str(family), "defect": str(d.get("defect", "")), "detected": detected,
                         "passed": "" if yes_no else _fmt(d.get("not_detected_below")) if d.get("not_detected_below")
                         is not None or smallest is None else "none (detected at the smallest tried)",
