@@ -63,9 +63,9 @@ def html_section(doc: dict[str, Any] | None) -> str:
         f"<tr><td>{e(r['family'])}</td><td>{e(r['defect'])}</td><td>{e(r['detected'])}</td><td>{e(r['passed'])}</td>"
         f"<td>{e(r['model'])}</td><td>{e(r['measured_utc'])}</td><td><code>{e(r['command'])}</code></td></tr>"
         for r in rows(doc))
-    return (f'{head}<p class="small">A pass means none of these planted defects was present at or above the '
-            "magnitude its check detected (smallest detected; the largest magnitude tried that still passed). "
-            "Measured on one smoke model by the suite's own checks.</p>"
+    return (f'{head}<p class="small">Each defect was planted in one smoke model and run through the suite\'s own '
+            "check: it failed at the smallest detected magnitude and passed at the one beside it. A green report "
+            "rules out defects of that kind and size (on a model like it), not smaller ones.</p>"
             "<table><tr><th>family</th><th>planted defect</th><th>smallest detected</th><th>passed at</th>"
             f"<th>model</th><th>measured (UTC)</th><th>command</th></tr>{body}</table>")
 
