@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import CheckFailure, Inconclusive
+from .onnxfile import load_checked
 from .testing import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +119,7 @@ def scale_conv_channel(src: Path, dst: Path, conv: int, channel: int, s: float) 
     import onnx
     from onnx import numpy_helper
 
-    proto = onnx.load(str(src))
+    proto = load_checked(src)  # the guarded load: external data may not leave its folder
     inits = {i.name: i for i in proto.graph.initializer}
     node = [n for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits][conv]
     init = inits[node.input[1]]
@@ -130,15 +131,13 @@ def scale_conv_channel(src: Path, dst: Path, conv: int, channel: int, s: float) 
 
 
 def export_sensitivity(lab: Any, card: Any, command: str, tmp: Path) -> list[dict[str, Any]]:
-    import onnx
-
     from .export import checks as ec
     from .export.exporter import exported
 
     res = exported(lab, card, opset=17)
     x, _ = lab.inputs(card, "eval", limit=ec.EXPORT_IMAGES)
     model = lab.reference(card)
-    proto = onnx.load(str(res.path))
+    proto = load_checked(res.path)
     inits = {i.name for i in proto.graph.initializer}
     convs = [n for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits]
     out = []
@@ -221,7 +220,7 @@ def tamper_activation_scale(src: Path, dst: Path, factor: float) -> tuple[str, s
 
     from .quant import checks as qc
 
-    model = onnx.load(str(src))
+    model = load_checked(src)  # the guarded load: external data may not leave its folder
     acts, _ = qc.qdq_pairs(model)
     tensor, _, scale = acts[len(acts) // 2]
     for init in model.graph.initializer:
