@@ -212,8 +212,8 @@ def latency_sensitivity(card_id: str, command: str, limit_key: str = "user_over_
 # --- int8: one activation scale shrunk -----------------------------------------------------
 
 def tamper_activation_scale(src: Path, dst: Path, factor: float) -> tuple[str, str]:
-    """Multiply the scale of one mid-depth activation QDQ pair by ``factor`` (as
-    tests/test_quant_defects.py plants it); returns (tensor, scale initializer)."""
+    """Multiply the scale of one mid-depth activation QDQ pair by ``factor`` (the defect
+    tests/test_quant_defects.py plants too); returns (tensor, scale initializer)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper

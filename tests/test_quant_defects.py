@@ -27,6 +27,7 @@ from harness.lab import Lab, Settings
 from harness.models import create_architecture
 from harness.quant import checks as qc
 from harness.quant import quantize as qz
+from harness.sensitivity import tamper_activation_scale
 from harness.tolerances import tolerance
 
 MODEL = "hrnet_w18_small_v1"
@@ -95,23 +96,11 @@ def test_degenerate_fp32_model_is_judged_on_cosine_not_left_inconclusive(qlab, c
     assert figures["judged_on"] == "cosine (agreement reported only)" and "agreement_not_judged" in figures
 
 
-def _tamper_scale(src: Path, dst: Path, factor: float) -> tuple[str, str]:
-    """Multiply the scale of one mid-depth activation QDQ pair by ``factor``."""
-    model = onnx.load(str(src))
-    acts, _ = qc.qdq_pairs(model)
-    tensor, _, scale = acts[len(acts) // 2]
-    for init in model.graph.initializer:
-        if init.name == scale:
-            init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) * factor).astype(np.float32), scale))
-    onnx.save(model, str(dst))
-    return tensor, scale
-
-
 @pytest.mark.parametrize("factor", [16.0, 1 / 16], ids=["scale_x16_too_coarse", "scale_x1/16_clips"])
 def test_tampered_qdq_scale_is_caught_and_named(qlab, card, tmp_path, factor):
     good = qz.quantized(qlab, card, "minmax")
     user = tmp_path / f"{card.id}.int8.onnx"
-    tensor, scale = _tamper_scale(good, user, factor)
+    tensor, scale = tamper_activation_scale(good, user, factor)
     manifest = tmp_path / "artifacts.toml"
     manifest.write_text(f'[models.{card.id}]\nint8_onnx = "{user.name}"\n')
     user_lab = Lab(Settings(artifacts=manifest, cache_dir=qlab.settings.cache_dir))

@@ -34,6 +34,14 @@ def _inputs(lab, card):
     return x
 
 
+def _subject(lab, card, path, label):
+    """The file under test (the suite's export unless ``path``), its label, the card's
+    reference module and the inputs: what every cross-runtime check starts from."""
+    if path is None:
+        path, label = file_under_test(lab, card)
+    return path, label or str(path), lab.reference(card), _inputs(lab, card)
+
+
 def file_under_test(lab, card):
     from .checks import fp32_file_under_test
 
@@ -62,11 +70,7 @@ def check_runtimes_agree(card, lab, record, a, b, *, path=None, label: str | Non
     """Runtime ``a`` vs runtime ``b`` (``harness.runtimes.Spec``) on the same fp32 file."""
     from .checks import numerics_tolerance, reference_and_floor
 
-    if path is None:
-        path, label = file_under_test(lab, card)
-    label = label or str(path)
-    model = lab.reference(card)
-    x = _inputs(lab, card)
+    path, label, model, x = _subject(lab, card, path, label)
     xn = x.numpy()
     sessions, outs = {}, {}
     for spec in (a, b):
@@ -144,11 +148,7 @@ def check_deterministic(card, lab, record, spec, *, path=None, label: str | None
     ``max(floor, rel_min)``. Returns the spreads (also recorded)."""
     from .checks import reference_and_floor
 
-    if path is None:
-        path, label = file_under_test(lab, card)
-    label = label or str(path)
-    model = lab.reference(card)
-    x = _inputs(lab, card)
+    path, label, model, x = _subject(lab, card, path, label)
     xn = x.numpy()
     n = threads or lab.settings.threads or _cpus()
     first = spec.prepare(path, n, model=model)
