@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -250,8 +251,13 @@ def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
             from onnxruntime.quantization.calibrate import save_tensors_data
 
             save_tensors_data(histogram_ranges(preprocessed, reader, stride, options, Path(tmp)), cache_path)
+        # ORT writes '<model>-inferred.onnx' beside the model it quantizes and deletes it after:
+        # two processes quantizing one cached preprocessed model (xdist workers) raced on that
+        # file, so each quantizes a private copy
+        private = Path(tmp) / preprocessed.name
+        shutil.copyfile(preprocessed, private)
         quantize_static(
-            str(preprocessed), str(out), None if cache_path else reader,
+            str(private), str(out), None if cache_path else reader,
             quant_format=QuantFormat.QDQ,
             per_channel=options.per_channel,
             reduce_range=options.reduce_range,
