@@ -18,12 +18,54 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import tomllib
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
+from .config import Expect, Strict, problem, validate
 from .errors import ConfigError, InputError
 
-KEYS = ("checkpoint", "onnx", "int8_onnx", "preprocess", "deploy_checkpoint")
+
+def _a_path(value: str) -> str:
+    if not value.strip() or "\0" in value:
+        raise problem(f"expected a path, got {value!r}", fix='write it as "relative/or/absolute/path"')
+    return value
+
+
+_Path = Annotated[str, Expect("a path string", fix='write it as "relative/or/absolute/path"'), AfterValidator(_a_path),
+                  Field(min_length=1)]
+
+
+class Entry(Strict):
+    """[models.<id>]: the files of one model; relative paths resolve against the manifest's folder."""
+
+    checkpoint: _Path | None = Field(None, description="reference weights (.pth or .safetensors)")
+    onnx: _Path | None = Field(None, description="the fp32 ONNX under test")
+    int8_onnx: _Path | None = Field(None, description="the quantized ONNX under test")
+    preprocess: _Path | None = Field(None, description="a deploy-side preprocessing config (JSON)")
+    deploy_checkpoint: _Path | None = Field(None, description="a RepVGG deploy-form state dict under test")
+
+
+class File(Strict):
+    """The --artifacts TOML file: the user's deployment artifacts, per model of the registry."""
+
+    # validated with context={"valid_ids": [...]}: the registry's ids
+
+    models: dict[str, Entry] = Field({}, description="[models.<id>]: the files of one model")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _known_ids(cls, models: Any, info: ValidationInfo) -> Any:
+        valid = (info.context or {}).get("valid_ids")
+        if isinstance(models, dict) and valid is not None:
+            for mid in models:
+                if mid not in valid:
+                    raise problem(f"unknown model id {mid!r}", fix=f"valid ids: {', '.join(valid)}", key=mid)
+        return models
+
+
+KEYS = tuple(Entry.model_fields)
 
 
 @dataclass
@@ -88,31 +130,11 @@ def loads(text: str, path: Path | str, valid_ids: list[str]) -> Manifest:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "-", f"not valid TOML: {e}", fix="fix the TOML syntax") from None
-    unknown_top = sorted(set(data) - {"models"})
-    if unknown_top:
-        raise ConfigError(path, unknown_top[0], f"unknown top-level key(s) {unknown_top}",
-                          fix="entries go under [models.<id>]")
-    models = data.get("models", {})
-    if not isinstance(models, dict):
-        raise ConfigError(path, "models", "expected tables [models.<id>]", fix="write [models.<id>] tables")
+    doc: File = validate(File, data, path, shape="harness/manifest.py", context={"valid_ids": list(valid_ids)})
     out: dict[str, ModelArtifacts] = {}
-    for mid, entry in models.items():
-        if mid not in valid_ids:
-            raise ConfigError(path, f"models.{mid}", f"unknown model id {mid!r}",
-                              fix=f"valid ids: {', '.join(valid_ids)}")
-        if not isinstance(entry, dict):
-            raise ConfigError(path, f"models.{mid}", "expected a table", fix=f"write [models.{mid}]")
-        bad = sorted(set(entry) - set(KEYS))
-        if bad:
-            raise ConfigError(path, f"models.{mid}.{bad[0]}", f"unknown key(s) {bad}", fix=f"known keys: {list(KEYS)}")
+    for mid, entry in doc.models.items():
         paths = {}
-        for k, v in entry.items():
-            if not isinstance(v, str):
-                raise ConfigError(path, f"models.{mid}.{k}", f"expected a path string, got {type(v).__name__}",
-                                  fix=f'write {k} = "relative/or/absolute/path"')
-            if not v.strip() or "\0" in v:
-                raise ConfigError(path, f"models.{mid}.{k}", f"expected a path, got {v!r}",
-                                  fix=f'write {k} = "relative/or/absolute/path"')
+        for k, v in entry.model_dump(exclude_unset=True).items():
             try:
                 p = Path(v).expanduser()
             except RuntimeError as e:  # "~someone" with no such user

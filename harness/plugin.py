@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import tomllib
 
 from . import figures as figure_contract
 from .compare import CheckFailure, Inconclusive
+from .config import load_expectations
 from .constants import parse_shard
 from .errors import ConfigError, ZooconformError
 from .host import cpu_facts, host_class
@@ -395,30 +395,8 @@ def _load_expectations() -> list[dict]:
     """``[[xfail]]`` entries: ``test`` (function name glob), ``params`` (case id glob), ``reason``;
     optional ``host_class`` (glob or list of globs: the entry holds only on those host classes,
     ``harness/host.py``) and ``suite_artifacts_only`` (true: not when the manifest names files
-    of that model, whose findings are the user's to see)."""
-    if not EXPECTATIONS.is_file():
-        return []
-    try:
-        data = tomllib.loads(EXPECTATIONS.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(EXPECTATIONS, "-", f"not valid TOML: {err}", fix="fix the TOML syntax") from None
-    entries = data.get("xfail", [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(EXPECTATIONS, "xfail", "expected [[xfail]] tables", fix="see the file's header")
-    for i, e in enumerate(entries):
-        if not isinstance(e.get("strict", True), bool):
-            raise ConfigError(EXPECTATIONS, f"xfail[{i}].strict", "expected true or false", fix="see the file's header")
-        for key in ("test", "params", "reason"):
-            if not isinstance(e.get(key), str):
-                raise ConfigError(EXPECTATIONS, f"xfail[{i}].{key}", "expected a string", fix="see the file's header")
-        hc = e.get("host_class")
-        if hc is not None and not (isinstance(hc, str) or (isinstance(hc, list) and all(isinstance(h, str) for h in hc))):
-            raise ConfigError(EXPECTATIONS, f"xfail[{i}].host_class", f"expected a glob or a list of globs, got {hc!r}",
-                              fix='e.g. host_class = ["x86-avx2", "x86-avx512"] (harness/host.py lists the classes)')
-        if not isinstance(e.get("suite_artifacts_only", False), bool):
-            raise ConfigError(EXPECTATIONS, f"xfail[{i}].suite_artifacts_only", "expected true or false",
-                              fix="see the file's header")
-    return entries
+    of that model, whose findings are the user's to see). Validated by harness/config.py's model."""
+    return load_expectations(EXPECTATIONS)
 
 
 def _expectation_applies(e: dict, this_host_class: str, lab: Lab, card) -> bool:

@@ -18,49 +18,62 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
 import tomllib
+from pydantic import ConfigDict, RootModel, model_validator
 
+from .config import Expect, Strict, problem, validate
 from .errors import ConfigError
 
 TOLERANCES = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.toml"
 BY_HOST_CLASS = "by_host_class"
+SHAPE = '[section] name = { value = <number>, why = "..." } (harness/tolerances.py)'
 
 
-def _check_entry(path: Path, key: str, e: object) -> None:
-    if not (isinstance(e, dict) and isinstance(e.get("value"), (int, float)) and not isinstance(e.get("value"), bool)
-            and isinstance(e.get("why"), str)):
-        raise ConfigError(path, key, f"expected {{ value = <number>, why = \"...\" }}, got {e!r}",
-                          fix="every tolerance needs a number and the measurement behind it")
+class Entry(Strict):
+    value: float
+    why: str
 
 
-def _load(path: Path) -> dict:
-    """The file, parsed and validated on each call (~4 ms for fixtures/tolerances.toml): no
-    module-level cache, and an edited file is read as it is now."""
+# anything else than the shape is reported as the shape, with the value found
+_Entry = Annotated[Entry, Expect('{ value = <number>, why = "..." }',
+                                 fix="every tolerance needs a number and the measurement behind it")]
+
+
+class Section(Strict):
+    """``[section]``: its tolerances, and per host class overrides of them."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, _Entry]  # the section's own tolerances
+    by_host_class: dict[str, dict[str, _Entry]] = {}
+
+
+class File(RootModel[dict[str, Section]]):
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    @model_validator(mode="after")
+    def _overrides_have_a_default(self) -> File:
+        for section, entries in self.root.items():
+            for cls, overrides in entries.by_host_class.items():
+                for name in overrides:
+                    if name not in (entries.model_extra or {}):
+                        raise problem(f"overrides no [{section}] tolerance '{name}'",
+                                      fix=f"define [{section}] {name} first (the default for every host class)",
+                                      key=f'{section}.{BY_HOST_CLASS}."{cls}".{name}')
+        return self
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """The file, parsed and validated on each call: no module-level cache, and an edited file is
+    read as it is now."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, "-", "tolerance file not found", fix="restore fixtures/tolerances.toml") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, "-", f"not valid TOML: {err}", fix="fix the TOML syntax") from None
-    for section, entries in data.items():
-        if not isinstance(entries, dict):
-            raise ConfigError(path, section, "expected a table of tolerances", fix=f"write [{section}]")
-        for name, e in entries.items():
-            if name == BY_HOST_CLASS:
-                if not isinstance(e, dict):
-                    raise ConfigError(path, f"{section}.{name}", "expected tables [section.by_host_class.\"<class>\"]")
-                for cls, overrides in e.items():
-                    if not isinstance(overrides, dict):
-                        raise ConfigError(path, f"{section}.{name}.{cls}", "expected a table of tolerances")
-                    for oname, oe in overrides.items():
-                        if oname not in entries:
-                            raise ConfigError(path, f"{section}.{name}.{cls}.{oname}",
-                                              f"overrides no [{section}] tolerance '{oname}'",
-                                              fix=f"define [{section}] {oname} first (the default for every host class)")
-                        _check_entry(path, f"{section}.{name}.\"{cls}\".{oname}", oe)
-                continue
-            _check_entry(path, f"{section}.{name}", e)
+    validate(File, data, path, shape=SHAPE)
     return data
 
 

@@ -33,13 +33,15 @@ Expected failures of a row's checks live in ``fixtures/expectations.toml``, not 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tomllib
+from pydantic import Field, WrapValidator, model_validator
 
+from .config import Expect, OneOf, Strict, problem, validate
 from .errors import ConfigError
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "zoo"
@@ -137,113 +139,122 @@ class Printed(float):
         return 10.0 ** -decimals
 
 
-# --- validation -------------------------------------------------------------------------
+# --- validation: the file's model (harness/config.py) -------------------------------------
 
-def _expect(d: dict, key: str, types: type | tuple[type, ...], where: str, file: Path,
-            required: bool = True, default: Any = None) -> Any:
-    if key not in d:
-        if required:
-            raise ConfigError(file, f"{where}.{key}", f"missing required key '{key}'",
-                              fix=f"add '{key} = ...' to [{where}]")
-        return default
-    value = d[key]
-    # bool is an int in Python; a card never means a bool where it asks for a number
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        ok = False
-    else:
-        ok = isinstance(value, types)
-    if not ok:
-        tn = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise ConfigError(file, f"{where}.{key}",
-                          f"expected {tn}, got {type(value).__name__} {value!r}",
-                          fix=f"write {key} as a {tn}")
-    return value
+def _printed(value: Any, inner: Callable[[Any], Any]) -> Printed:
+    """A published figure keeps how it was printed (TOML floats are parsed as Printed)."""
+    inner(value)
+    return value if isinstance(value, Printed) else Printed(str(value))
 
 
-def _number(d, key, where, file, required=True):
-    v = _expect(d, key, (int, float), where, file, required)
-    if v is None or isinstance(v, Printed):
-        return v
-    return Printed(str(v))
+Int = Annotated[int, Expect("int")]
+Str = Annotated[str, Expect("str")]
+Figure = Annotated[float, Expect("int or float"), WrapValidator(_printed)]
+Triple = Annotated[list[float], Field(min_length=3, max_length=3), Expect("a list of 3 numbers", fix="write it as [r, g, b]")]
 
 
-def _triple(d, key, where, file) -> tuple[float, float, float]:
-    v = _expect(d, key, list, where, file)
-    if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-        raise ConfigError(file, f"{where}.{key}", f"expected a list of 3 numbers, got {v!r}",
-                          fix=f"write {key} = [r, g, b]")
-    return (float(v[0]), float(v[1]), float(v[2]))
+class _Preprocess(Strict):
+    pipeline: Annotated[str, OneOf(PIPELINES)]
+    crop: Int
+    interpolation: Annotated[str, OneOf(INTERPOLATIONS)]
+    mean: Triple
+    std: Triple
+    resize: Int | None = None
+
+    @model_validator(mode="after")
+    def _resize_with_its_pipeline(self) -> _Preprocess:
+        if self.pipeline == "resize_then_crop" and self.resize is None:
+            raise problem("missing required key 'resize' (pipeline 'resize_then_crop')", fix="add resize = ...",
+                          key="resize")
+        return self
 
 
-def _choice(d, key, choices, where, file, required=True):
-    v = _expect(d, key, str, where, file, required)
-    if v is not None and v not in choices:
-        raise ConfigError(file, f"{where}.{key}", f"'{v}' is not one of {list(choices)}",
-                          fix=f"use one of {list(choices)}")
-    return v
+class _Row(Strict):
+    sources: list[Annotated[str, OneOf(SOURCES)]]
+    name: Str
+    seed: Str
+    top1: Figure | None = None
+    top5: Figure | None = None
+    params_m: Figure | None = None
+    flops_g: Figure | None = None
+    flops_convention: Annotated[str, OneOf(FLOPS_CONVENTIONS)] | None = None
+    weights: Str | None = None
+    input_size: Int | None = None
+    reference_top1: Figure | None = None
+    reference_top5: Figure | None = None
+    latency_ms: dict[str, list[Annotated[float, Expect("int or float")]]] = {}
+    latency_batches: list[Int] = []
+    note: Str = ""
+
+    @model_validator(mode="after")
+    def _paired_keys(self) -> _Row:
+        if self.flops_g is not None and self.flops_convention is None:
+            raise problem("missing required key 'flops_convention' (the row has flops_g)",
+                          fix=f"add flops_convention = one of {list(FLOPS_CONVENTIONS)}", key="flops_convention")
+        if self.latency_ms and not self.latency_batches:
+            raise problem("missing required key 'latency_batches' (the row has latency_ms)",
+                          fix="add latency_batches = [1, 4, 8]", key="latency_batches")
+        for k, v in self.latency_ms.items():
+            if len(v) != len(self.latency_batches):
+                raise problem(f"expected a list of {len(self.latency_batches)} numbers (one per latency_batches entry), "
+                              f"got {v!r}", fix="give one figure per batch size", key=f"latency_ms.{k}")
+        return self
 
 
-def _parse_preprocess(d: dict, where: str, file: Path) -> Preprocess:
-    known = {"pipeline", "crop", "interpolation", "mean", "std", "resize"}
-    _no_unknown(d, known, where, file)
-    pipeline = _choice(d, "pipeline", PIPELINES, where, file)
-    resize = _expect(d, "resize", int, where, file, required=pipeline == "resize_then_crop")
-    return Preprocess(
-        pipeline=pipeline,
-        crop=_expect(d, "crop", int, where, file),
-        interpolation=_choice(d, "interpolation", INTERPOLATIONS, where, file),
-        mean=_triple(d, "mean", where, file),
-        std=_triple(d, "std", where, file),
-        resize=resize,
-    )
+class _Model(Strict):
+    timm_arch: Str
+    input_size: Int
+    preprocess: _Preprocess  # the family's, with the model's keys over it
+    tiers: list[Annotated[str, OneOf(TIERS)]] = []
+    published: list[_Row] = []
+    byob: dict[str, Any] | None = None
+    note: Str = ""
 
 
-def _no_unknown(d: dict, known: Iterable[str], where: str, file: Path) -> None:
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ConfigError(file, f"{where}.{unknown[0]}", f"unknown key(s) {unknown}",
-                          fix=f"known keys are {sorted(known)}")
+class _Family(Strict):
+    name: Str
+    seed: Str = ""
+    preprocess: dict[str, Any] = {}
+    count_form: Annotated[str, OneOf(("train", "deploy"))] = "train"
+    export_note: Str = ""
+    claims: dict[str, Any] = {}
+    timm_tag: Str = ""
 
 
-_ROW_KEYS = {"sources", "name", "seed", "top1", "top5", "params_m", "flops_g", "flops_convention",
-             "weights", "input_size", "reference_top1", "reference_top5", "latency_ms",
-             "latency_batches", "note"}
-_MODEL_KEYS = {"timm_arch", "input_size", "tiers", "preprocess", "published", "byob", "note"}
+class FamilyFile(Strict):
+    """``fixtures/zoo/<family>.toml`` (the module docstring shows it)."""
+
+    family: _Family
+    models: dict[str, _Model]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_preprocess_under_each_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            return data
+        fam = data.get("family")
+        fam_pre = fam.get("preprocess", {}) if isinstance(fam, dict) else {}
+        if not isinstance(fam_pre, dict):
+            return data  # reported at family.preprocess
+        models = {mid: ({**m, "preprocess": {**fam_pre, **m["preprocess"]}} if isinstance(m.get("preprocess"), dict)
+                        else m if "preprocess" in m else {**m, "preprocess": dict(fam_pre)}) if isinstance(m, dict) else m
+                  for mid, m in data["models"].items()}
+        return {**data, "models": models}
 
 
-def _parse_row(d: dict, where: str, file: Path) -> PublishedRow:
-    if not isinstance(d, dict):
-        raise ConfigError(file, where, f"expected a table, got {type(d).__name__}",
-                          fix="write each row as [[models.<id>.published]]")
-    _no_unknown(d, _ROW_KEYS, where, file)
-    sources = _expect(d, "sources", list, where, file)
-    for s in sources:
-        if s not in SOURCES:
-            raise ConfigError(file, f"{where}.sources", f"unknown source {s!r}",
-                              fix=f"use some of {list(SOURCES)}")
-    lat = _expect(d, "latency_ms", dict, where, file, required=False, default={})
-    batches = tuple(_expect(d, "latency_batches", list, where, file, required=bool(lat), default=[]))
-    for k, v in lat.items():
-        if not isinstance(v, list) or len(v) != len(batches):
-            raise ConfigError(file, f"{where}.latency_ms.{k}",
-                              f"expected a list of {len(batches)} numbers (one per latency_batches entry), got {v!r}",
-                              fix="give one figure per batch size")
+def _row(r: _Row) -> PublishedRow:
     return PublishedRow(
-        sources=tuple(sources),
-        name=_expect(d, "name", str, where, file),
-        seed=_expect(d, "seed", str, where, file),
-        params_m=_number(d, "params_m", where, file, required=False),
-        flops_g=_number(d, "flops_g", where, file, required=False),
-        flops_convention=_choice(d, "flops_convention", FLOPS_CONVENTIONS, where, file, required="flops_g" in d),
-        top1=_number(d, "top1", where, file, required=False),
-        top5=_number(d, "top5", where, file, required=False),
-        weights=_expect(d, "weights", str, where, file, required=False),
-        input_size=_expect(d, "input_size", int, where, file, required=False),
-        reference_top1=_number(d, "reference_top1", where, file, required=False),
-        reference_top5=_number(d, "reference_top5", where, file, required=False),
-        latency_ms={k: tuple(float(x) for x in v) for k, v in lat.items()},
-        latency_batches=batches,
-    )
+        sources=tuple(r.sources), name=r.name, seed=r.seed, params_m=r.params_m, flops_g=r.flops_g,
+        flops_convention=r.flops_convention, top1=r.top1, top5=r.top5, weights=r.weights, input_size=r.input_size,
+        reference_top1=r.reference_top1, reference_top5=r.reference_top5,
+        latency_ms={k: tuple(float(x) for x in v) for k, v in r.latency_ms.items()},
+        latency_batches=tuple(r.latency_batches))
+
+
+def _preprocess(p: _Preprocess) -> Preprocess:
+    return Preprocess(pipeline=p.pipeline, crop=p.crop, interpolation=p.interpolation,
+                      mean=(float(p.mean[0]), float(p.mean[1]), float(p.mean[2])),
+                      std=(float(p.std[0]), float(p.std[1]), float(p.std[2])), resize=p.resize)
 
 
 def load_family_file(file: Path) -> dict[str, ModelCard]:
@@ -254,44 +265,14 @@ def load_family_file(file: Path) -> dict[str, ModelCard]:
         raise ConfigError(file, "-", "file not found", fix="check the path") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "-", f"not valid TOML: {e}", fix="fix the TOML syntax at that line") from None
-    fam = _expect(data, "family", dict, "<top>", file)
-    _no_unknown(data, {"family", "models"}, "<top>", file)
-    _no_unknown(fam, {"name", "seed", "preprocess", "count_form", "export_note", "claims", "timm_tag"}, "family", file)
-    timm_tag = _expect(fam, "timm_tag", str, "family", file, required=False, default="")
-    claims = _expect(fam, "claims", dict, "family", file, required=False, default={})
-    family = _expect(fam, "name", str, "family", file)
-    fam_pre = _expect(fam, "preprocess", dict, "family", file, required=False, default={})
-    count_form = _choice(fam, "count_form", ("train", "deploy"), "family", file, required=False) or "train"
-    models = _expect(data, "models", dict, "<top>", file)
-    cards: dict[str, ModelCard] = {}
-    for mid, m in models.items():
-        where = f"models.{mid}"
-        if not isinstance(m, dict):
-            raise ConfigError(file, where, f"expected a table, got {type(m).__name__}",
-                              fix=f"write [models.{mid}]")
-        _no_unknown(m, _MODEL_KEYS, where, file)
-        pre = {**fam_pre, **_expect(m, "preprocess", dict, where, file, required=False, default={})}
-        tiers = _expect(m, "tiers", list, where, file, required=False, default=[])
-        for t in tiers:
-            if t not in TIERS:
-                raise ConfigError(file, f"{where}.tiers", f"unknown tier {t!r}", fix=f"use {list(TIERS)}")
-        rows = _expect(m, "published", list, where, file, required=False, default=[])
-        cards[mid] = ModelCard(
-            id=mid,
-            family=family,
-            timm_arch=_expect(m, "timm_arch", str, where, file),
-            input_size=_expect(m, "input_size", int, where, file),
-            preprocess=_parse_preprocess(pre, f"{where}.preprocess", file),
-            published=tuple(_parse_row(r, f"{where}.published[{i}]", file) for i, r in enumerate(rows)),
-            tiers=tuple(sorted(set(tiers) | {"full"})),
-            file=file,
-            count_form=count_form,
-            byob=_expect(m, "byob", dict, where, file, required=False),
-            claims=dict(claims),
-            timm_tag=timm_tag,
-            note=_expect(m, "note", str, where, file, required=False, default=""),
-        )
-    return cards
+    doc: FamilyFile = validate(FamilyFile, data, file, shape="harness/zoo.py")
+    fam = doc.family
+    return {mid: ModelCard(id=mid, family=fam.name, timm_arch=m.timm_arch, input_size=m.input_size,
+                           preprocess=_preprocess(m.preprocess), published=tuple(_row(r) for r in m.published),
+                           tiers=tuple(sorted(set(m.tiers) | {"full"})), file=file, count_form=fam.count_form,
+                           byob=dict(m.byob) if m.byob is not None else None, claims=dict(fam.claims),
+                           timm_tag=fam.timm_tag, note=m.note)
+            for mid, m in doc.models.items()}
 
 
 def load_zoo(zoo_dir: Path | str = ZOO_DIR) -> dict[str, ModelCard]:

@@ -78,7 +78,6 @@ page) as the registry carries it (``PublishedRow.latency_ms`` of the ppcls seed-
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import math
 import os
@@ -86,10 +85,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tomllib
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from ..config import Expect, Strict, did_you_mean, problem, validate
 from ..errors import ConfigError
 
 BUDGETS = Path(__file__).resolve().parents[2] / "fixtures" / "budgets"
@@ -97,13 +98,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 PROVIDER_RUNTIMES = {"CPUExecutionProvider": "ort", "CUDAExecutionProvider": "ort-cuda",
                      "TensorrtExecutionProvider": "ort-trt"}  # the older ``provider`` key, as runtimes
-PROFILE_KEYS: dict[str, type | tuple[type, ...]] = {
-                "description": str, "runtime": str, "provider": str, "threads": int, "provisional": bool, "source": str,
-                "headroom": (int, float), "peak_gflops": (int, float), "int8_peak_gops": (int, float),
-                "instances": int, "match": dict}
-MATCH_KEYS = {"host_class": str, "cpu": str, "cores": int, "gpu": str}
 CPU_PROVIDER = "CPUExecutionProvider"
-MODEL_KEYS = (*PRECISIONS, "throughput_ips", "note")
 NONE = "none"
 _BATCH_KEY = re.compile(r"^b([1-9][0-9]*)$")
 
@@ -184,36 +179,129 @@ class Profile:
 
 # --- loading and validation ---------------------------------------------------------------
 
-def _type_name(types: type | tuple[type, ...]) -> str:
-    names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "dict": "a table"}
-    ts = types if isinstance(types, tuple) else (types,)
-    return " or ".join(dict.fromkeys(names.get(t.__name__, t.__name__) for t in ts))
+SHAPE = "harness/latency/budgets.py"
+FIX = f"see the file shape in {SHAPE}"
 
 
-def _is(value: Any, types: type | tuple[type, ...]) -> bool:
-    ts = types if isinstance(types, tuple) else (types,)
-    if isinstance(value, bool) and bool not in ts:
-        return False  # TOML true is not a number here
-    return isinstance(value, ts)
-
-
-def _unknown(file: Path, key: str, name: str, allowed: Iterable[str], what: str = "key") -> ConfigError:
+def _unknown_text(what: str, name: str, allowed: Iterable[str]) -> str:
     allowed = list(allowed)
-    scores = {a: difflib.SequenceMatcher(None, name, a).ratio() for a in allowed}
-    best = max(scores.values(), default=0.0)
-    close = [a for a in allowed if scores[a] == best][:3] if best >= 0.6 else []  # ties: repvgg_ao -> a0, a1, a2
-    hint = ""
-    if close:
-        hint = "; did you mean " + (" or ".join(", ".join(f"'{c}'" for c in close).rsplit(", ", 1))) + "?"
-    return ConfigError(file, key, f"unknown {what} '{name}' (expected one of {', '.join(allowed)}){hint}",
-                       fix="see the file shape in harness/latency/budgets.py")
+    return f"unknown {what} '{name}' (expected one of {', '.join(allowed)}){did_you_mean(name, allowed)}"
 
 
-def _positive(file: Path, key: str, value: Any, unit: str) -> float:
-    if not _is(value, (int, float)) or not math.isfinite(float(value)) or float(value) <= 0:
-        raise ConfigError(file, key, f"expected a number of {unit} > 0, got {value!r} ({type(value).__name__})",
-                          fix=f"write e.g. {key.rsplit('.', 1)[-1]} = 12.5")
-    return float(value)
+def _unknown_key(file: Path | str, key: str, name: str, allowed: list[str]) -> ConfigError:
+    """The wording of an unknown key (a top-level one is a table: ``[profiel]``)."""
+    return ConfigError(file, key, _unknown_text("key" if "." in key else "table", name, allowed), fix=FIX)
+
+
+# a finite number > 0; anything else says ``expected a number of <unit> > 0, got ...``
+_POSITIVE = Field(gt=0, allow_inf_nan=False)
+_Ms = Annotated[float, _POSITIVE, Expect("a number of milliseconds > 0")]
+_Factor = Annotated[float, _POSITIVE, Expect("a number > 0 (factor)")]
+_Gflops = Annotated[float, _POSITIVE, Expect("a number of GFLOP/s > 0")]
+_Gops = Annotated[float, _POSITIVE, Expect("a number of GOP/s > 0")]
+_Ips = Annotated[float, _POSITIVE, Expect("a number of images/s > 0")]
+
+
+def _batch_key(key: str) -> str:
+    if not _BATCH_KEY.match(key):
+        raise problem(f"unknown batch key '{key}' (expected b<batch> such as b1, b4, b8)", fix="name batches b1, b4, b8")
+    return key
+
+
+def _not_empty(batches: dict[str, float]) -> dict[str, float]:
+    if not batches:
+        raise problem("expected a table of batches such as { b1 = 9.0, b8 = 60.0 }, got {}",
+                      fix="one ms budget per batch: b1, b4, b8")
+    return batches
+
+
+def _batches_schema(schema: dict[str, Any]) -> None:
+    schema["patternProperties"] = {_BATCH_KEY.pattern: schema.pop("additionalProperties", {})}
+    schema["additionalProperties"] = False
+
+
+_Batches = Annotated[dict[Annotated[str, AfterValidator(_batch_key)], _Ms],
+                     AfterValidator(_not_empty),
+                     Field(description="milliseconds per call, by batch: b1, b4, ...", json_schema_extra=_batches_schema)]
+
+
+class Match(Strict):
+    """[profile.match]: how the profile is detected (a key left out fits any machine)."""
+
+    host_class: str | None = Field(None, description="harness/host.py's class of the host the figures come from")
+    cpu: str | None = Field(None, description="/proc/cpuinfo model name (fnmatch pattern)")
+    cores: int | None = Field(None, description="os.cpu_count()")
+    gpu: str | None = Field(None, description="CUDA device 0's name (fnmatch pattern)")
+
+
+class Head(Strict):
+    """[profile]: the machine and the run the budgets hold for."""
+
+    description: str = ""
+    runtime: str | None = Field(None, description="a --runtime name (harness/runtimes): ort, openvino, torch, ort-trt ...")
+    provider: str | None = Field(None, description="older form, ONNX Runtime only", json_schema_extra={"enum": list(PROVIDERS)})
+    threads: Annotated[int, Field(ge=1), Expect("an integer >= 1")] | None = Field(
+        None, description="intra-op threads the figures hold for (CPU runtimes)")
+    provisional: bool = False
+    source: str = ""
+    headroom: _Factor | None = None
+    peak_gflops: _Gflops | None = None
+    int8_peak_gops: _Gops | None = None
+    instances: int | None = None
+    match: Match = Field(default_factory=lambda: Match.model_validate({}))
+
+    @model_validator(mode="after")
+    def _runtime_and_threads(self) -> Head:
+        provider, runtime = self.provider, self.runtime
+        if provider is None and runtime is None:
+            raise problem("missing required key 'runtime' (or the older 'provider')",
+                          fix=f"add runtime = one of {', '.join(_runtime_names())}", key="runtime")
+        if provider is not None and provider not in PROVIDERS:
+            raise problem(_unknown_text("provider", provider, PROVIDERS), fix=FIX, key="provider")
+        if runtime is not None and runtime not in _runtime_names():
+            raise problem(_unknown_text("runtime", runtime, _runtime_names()), fix=FIX, key="runtime")
+        if provider is not None and runtime is not None and PROVIDER_RUNTIMES[provider] != runtime:
+            raise problem(f"provider {provider!r} is runtime {PROVIDER_RUNTIMES[provider]!r}, but the profile says "
+                          f"runtime = {runtime!r}", fix="keep one of the two keys", key="provider")
+        if runtime_device(runtime or PROVIDER_RUNTIMES[str(provider)]) == "CPU" and self.threads is None:
+            raise problem("a CPU profile needs the intra-op thread count its figures hold for", fix="add threads = N",
+                          key="threads")
+        return self
+
+
+class ModelBudgets(Strict):
+    """[models.<id>]: the budgets of one model of fixtures/zoo (ms per call, by precision and batch)."""
+
+    fp32: _Batches | None = None
+    fp16: _Batches | None = None
+    int8: _Batches | None = None
+    throughput_ips: _Ips | None = Field(None, description="images/s at batch 8, `instances` sessions")
+    note: str = ""
+
+
+class File(Strict):
+    """A latency budget profile: absolute budgets per model x precision x batch on one kind of machine."""
+
+    # validated with context={"valid_models": [...]}: the registry's ids, or the caller's
+
+    profile: Head
+    models: dict[str, ModelBudgets] = {}
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _known_models(cls, models: Any, info: ValidationInfo) -> Any:
+        valid = (info.context or {}).get("valid_models")
+        if isinstance(models, dict) and valid is not None:
+            for model in models:
+                if model not in valid:
+                    raise problem(_unknown_text("model id", model, valid), fix=FIX, key=model)
+        return models
+
+
+PROFILE_KEYS = tuple(Head.model_fields)
+MATCH_KEYS = tuple(Match.model_fields)
+MODEL_KEYS = tuple(ModelBudgets.model_fields)
+assert MODEL_KEYS[:len(PRECISIONS)] == PRECISIONS, "a precision without its budgets"
 
 
 def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) -> Profile:
@@ -230,85 +318,21 @@ def load_profile(path: Path | str, valid_models: Iterable[str] | None = None) ->
                           fix="save the profile as UTF-8") from None
     except IsADirectoryError:
         raise ConfigError(path, "-", "is a directory, not a budget profile", fix=_available_fix(path.parent)) from None
-    for top in data:
-        if top not in ("profile", "models"):
-            raise _unknown(path, top, top, ("profile", "models"), "table")
-    head = data.get("profile")
-    if not isinstance(head, dict):
-        raise ConfigError(path, "profile", "missing the [profile] table", fix="add [profile] with provider = ...")
-    for k, v in head.items():
-        if k not in PROFILE_KEYS:
-            raise _unknown(path, f"profile.{k}", k, PROFILE_KEYS)
-        if not _is(v, PROFILE_KEYS[k]):
-            raise ConfigError(path, f"profile.{k}", f"expected {_type_name(PROFILE_KEYS[k])}, got {v!r}",
-                              fix="see the file shape in harness/latency/budgets.py")
-    provider = head.get("provider")
-    runtime = head.get("runtime")
-    if provider is None and runtime is None:
-        raise ConfigError(path, "profile.runtime", "missing required key 'runtime' (or the older 'provider')",
-                          fix=f"add runtime = one of {', '.join(_runtime_names())}")
-    if provider is not None and provider not in PROVIDERS:
-        raise _unknown(path, "profile.provider", provider, PROVIDERS, "provider")
-    if runtime is not None and runtime not in _runtime_names():
-        raise _unknown(path, "profile.runtime", runtime, _runtime_names(), "runtime")
-    if provider is not None and runtime is not None and PROVIDER_RUNTIMES[provider] != runtime:
-        raise ConfigError(path, "profile.provider", f"provider {provider!r} is runtime "
-                          f"{PROVIDER_RUNTIMES[provider]!r}, but the profile says runtime = {runtime!r}",
-                          fix="keep one of the two keys")
-    runtime = runtime or PROVIDER_RUNTIMES[str(provider)]
-    threads = head.get("threads")
-    if threads is not None and threads < 1:
-        raise ConfigError(path, "profile.threads", f"expected an integer >= 1, got {threads}")
-    if runtime_device(runtime) == "CPU" and threads is None:
-        raise ConfigError(path, "profile.threads", "a CPU profile needs the intra-op thread count its figures hold for",
-                          fix="add threads = N")
-    match = head.get("match", {})
-    for k, v in match.items():
-        if k not in MATCH_KEYS:
-            raise _unknown(path, f"profile.match.{k}", k, MATCH_KEYS)
-        if not _is(v, MATCH_KEYS[k]):
-            raise ConfigError(path, f"profile.match.{k}", f"expected {_type_name(MATCH_KEYS[k])}, got {v!r}")
-    for k, unit in (("headroom", "(factor)"), ("peak_gflops", "GFLOP/s"), ("int8_peak_gops", "GOP/s")):
-        if k in head:
-            _positive(path, f"profile.{k}", head[k], unit)
-
-    models = data.get("models", {})
-    if not isinstance(models, dict):
-        raise ConfigError(path, "models", "expected [models.<id>] tables")
     valid = list(valid_models) if valid_models is not None else _registry_ids()
+    doc: File = validate(File, data, path, shape=SHAPE, unknown=_unknown_key, context={"valid_models": valid})
+    head = doc.profile
     latency: dict[str, dict[str, dict[int, float]]] = {}
-    throughput: dict[str, float] = {}
-    for model, entry in models.items():
-        if model not in valid:
-            raise _unknown(path, f"models.{model}", model, valid, "model id")
-        if not isinstance(entry, dict):
-            raise ConfigError(path, f"models.{model}", f"expected a table, got {entry!r}")
-        for k, v in entry.items():
-            key = f"models.{model}.{k}"
-            if k not in MODEL_KEYS:
-                raise _unknown(path, key, k, MODEL_KEYS)
-            if k == "note":
-                if not isinstance(v, str):
-                    raise ConfigError(path, key, f"expected a string, got {v!r}")
-            elif k == "throughput_ips":
-                throughput[model] = _positive(path, key, v, "images/s")
-            else:
-                if not isinstance(v, dict) or not v:
-                    raise ConfigError(path, key, f"expected a table of batches such as {{ b1 = 9.0, b8 = 60.0 }}, got {v!r}",
-                                      fix="one ms budget per batch: b1, b4, b8")
-                per_batch: dict[int, float] = {}
-                for b, ms in v.items():
-                    m = _BATCH_KEY.match(b)
-                    if not m:
-                        raise ConfigError(path, f"{key}.{b}", f"unknown batch key '{b}' (expected b<batch> such as b1, b4, b8)",
-                                          fix="name batches b1, b4, b8")
-                    per_batch[int(m.group(1))] = _positive(path, f"{key}.{b}", ms, "milliseconds")
-                latency.setdefault(model, {})[k] = per_batch
-    return Profile(name=path.stem, file=path, description=head.get("description", ""), provider=provider,
-                   threads=threads, provisional=bool(head.get("provisional", False)), source=head.get("source", ""),
-                   headroom=head.get("headroom"), peak_gflops=head.get("peak_gflops"), instances=head.get("instances"),
-                   match=dict(match), latency=latency, throughput=throughput, int8_peak_gops=head.get("int8_peak_gops"),
-                   runtime=runtime)
+    for model, entry in doc.models.items():
+        for precision in PRECISIONS:
+            batches = getattr(entry, precision)
+            if batches is not None:
+                latency.setdefault(model, {})[precision] = {int(b[1:]): float(ms) for b, ms in batches.items()}
+    throughput = {model: float(e.throughput_ips) for model, e in doc.models.items() if e.throughput_ips is not None}
+    return Profile(name=path.stem, file=path, description=head.description, provider=head.provider,
+                   threads=head.threads, provisional=head.provisional, source=head.source, headroom=head.headroom,
+                   peak_gflops=head.peak_gflops, instances=head.instances,
+                   match=head.match.model_dump(exclude_unset=True), latency=latency, throughput=throughput,
+                   int8_peak_gops=head.int8_peak_gops, runtime=head.runtime or PROVIDER_RUNTIMES[str(head.provider)])
 
 
 def _runtime_names() -> list[str]:

@@ -57,11 +57,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, model_validator
 
+from ..config import Expect, OneOf, Strict, problem, validate
 from ..errors import ConfigError
 from ..zoo import ModelCard, Preprocess
 
@@ -69,13 +71,88 @@ PIPELINES = ("resize_then_crop", "crop_then_resize")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 COLORS = ("RGB", "BGR")
 ROUNDINGS = ("half_even", "half_up", "floor")
-REQUIRED = ("pipeline", "crop", "interpolation", "color", "mean", "std")
 GEOMETRY_KEY = {"resize_then_crop": "resize", "crop_then_resize": "crop_fraction"}
-OPTIONAL = ("resize", "crop_fraction", "crop_offset_rounding", "note")
-KEYS = REQUIRED + OPTIONAL
 # the keys whose values define the output (``note`` does not), in the order messages list them
 SEMANTIC_KEYS = ("pipeline", "resize", "crop_fraction", "crop", "interpolation", "color", "mean", "std",
                  "crop_offset_rounding")
+SHAPE = "harness/preprocess/deploy.py"
+# Largest crop / resize side accepted: 4096 px is 10x the largest card input (416 px) and
+# 64 MiB of float32 per image; a typo like 1000000 would otherwise allocate terabytes.
+MAX_SIDE = 4096
+
+
+# --- validation: the file's model (harness/config.py) -------------------------------------
+
+def _at_most_max_side(v: int, info: ValidationInfo) -> int:
+    if v > MAX_SIDE:
+        raise problem(f"{v} px is larger than the {MAX_SIDE} px this harness accepts "
+                      f"({v}x{v}x3 float32 is {v * v * 12 / 2**30:.3g} GiB per image)",
+                      fix=f"write \"{info.field_name}\" as the model's pixel count (224, 256, ...), at most {MAX_SIDE}")
+    return v
+
+
+def _finite(v: list[float]) -> list[float]:
+    if not all(math.isfinite(x) for x in v):
+        raise problem(f"expected finite numbers, got {v!r}", fix="write 3 finite numbers")
+    return v
+
+
+def _positive(v: list[float]) -> list[float]:
+    if any(x <= 0 for x in v):
+        raise problem(f"expected positive numbers, got {v!r}", fix="std divides: use values > 0")
+    return v
+
+
+_Side = Annotated[int, Field(ge=1), Expect("an integer >= 1 (pixels)", fix="write it as a pixel count >= 1"),
+                  AfterValidator(_at_most_max_side), Field(json_schema_extra={"maximum": MAX_SIDE})]
+_Triple = Annotated[list[float], Field(min_length=3, max_length=3),
+                    Expect("a list of 3 numbers (0-255 pixel units)"), AfterValidator(_finite)]
+
+
+def _geometry_schema(schema: dict[str, Any]) -> None:
+    """Each pipeline requires its geometry key and refuses the other one."""
+    schema["allOf"] = [{"if": {"properties": {"pipeline": {"const": p}}, "required": ["pipeline"]},
+                        "then": {"required": [k], "not": {"anyOf": [{"required": [o]}
+                                                                    for o in GEOMETRY_KEY.values() if o != k]}}}
+                       for p, k in GEOMETRY_KEY.items()]
+
+
+class File(Strict):
+    """A deploy-side preprocessing config: what the runtime does to an image before the model."""
+
+    model_config = ConfigDict(json_schema_extra=_geometry_schema)
+
+    pipeline: Annotated[str, OneOf(PIPELINES)]
+    crop: _Side = Field(description="output side (pixels)")
+    interpolation: Annotated[str, OneOf(INTERPOLATIONS)]
+    color: Annotated[str, OneOf(COLORS)]
+    mean: _Triple = Field(description="per channel, 0-255 pixel units")
+    std: Annotated[_Triple, AfterValidator(_positive)] = Field(description="per channel, 0-255 pixel units",
+                                                               json_schema_extra={"items": {"type": "number",
+                                                                                            "exclusiveMinimum": 0}})
+    resize: _Side | None = Field(None, description="short side before the crop (pipeline resize_then_crop)")
+    crop_fraction: Annotated[float, Field(gt=0, le=1), Expect(
+        "a number in (0, 1]", fix="the share of the short side kept, e.g. 224/256 = 0.875")] | None = Field(
+        None, description="share of the short side kept (pipeline crop_then_resize), e.g. 0.875")
+    crop_offset_rounding: Annotated[str, OneOf(ROUNDINGS)] = "half_even"
+    note: Annotated[str, Expect("a string")] = ""
+
+    @model_validator(mode="after")
+    def _geometry_of_the_pipeline(self) -> File:
+        needed = GEOMETRY_KEY[self.pipeline]
+        if getattr(self, needed) is None:
+            raise problem(f"missing required key '{needed}' (pipeline '{self.pipeline}')", fix=f"add \"{needed}\": ...",
+                          key=needed)
+        for other in GEOMETRY_KEY.values():
+            if other != needed and other in self.model_fields_set:
+                raise problem(f"'{other}' does not apply to pipeline '{self.pipeline}'",
+                              fix=f"remove \"{other}\", or set \"pipeline\" to the pipeline it belongs to", key=other)
+        return self
+
+
+KEYS = tuple(File.model_fields)
+REQUIRED = tuple(k for k, f in File.model_fields.items() if f.is_required())
+OPTIONAL = tuple(k for k in KEYS if k not in REQUIRED)
 
 _PIL_RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -116,99 +193,17 @@ class DeployConfig:
                 f" offsets={self.crop_offset_rounding}")
 
 
-# --- validation -------------------------------------------------------------------------
-
-def _type_error(file, key, expected: str, value) -> ConfigError:
-    return ConfigError(file, key, f"expected {expected}, got {type(value).__name__} {value!r}",
-                       fix=f"write \"{key}\" as {expected}")
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _triple(d, key, file) -> tuple[float, float, float]:
-    v = d[key]
-    if not (isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)):
-        raise _type_error(file, key, "a list of 3 numbers (0-255 pixel units)", v)
-    if not all(math.isfinite(x) for x in v):
-        raise ConfigError(file, key, f"expected finite numbers, got {v!r}", fix="write 3 finite numbers")
-    return (float(v[0]), float(v[1]), float(v[2]))
-
-
-def _choice(d, key, choices, file) -> str:
-    v = d[key]
-    if not isinstance(v, str):
-        raise _type_error(file, key, f"a string, one of {list(choices)}", v)
-    if v not in choices:
-        raise ConfigError(file, key, f"'{v}' is not one of {list(choices)}", fix=f"use one of {list(choices)}")
-    return v
-
-
-# Largest crop / resize side accepted: 4096 px is 10x the largest card input (416 px) and
-# 64 MiB of float32 per image; a typo like 1000000 would otherwise allocate terabytes.
-MAX_SIDE = 4096
-
-
-def _positive_int(d, key, file) -> int:
-    v = d[key]
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _type_error(file, key, "an integer (pixels)", v)
-    if v < 1:
-        raise ConfigError(file, key, f"expected an integer >= 1, got {v}", fix=f"write \"{key}\" as a pixel count >= 1")
-    if v > MAX_SIDE:
-        raise ConfigError(file, key, f"{v} px is larger than the {MAX_SIDE} px this harness accepts "
-                                     f"({v}x{v}x3 float32 is {v * v * 12 / 2**30:.3g} GiB per image)",
-                          fix=f"write \"{key}\" as the model's pixel count (224, 256, ...), at most {MAX_SIDE}")
-    return v
-
-
 def from_dict(d: Any, source: str | Path = "<in memory>") -> DeployConfig:
     """Validate a parsed config. Every problem is a ConfigError naming ``source`` and the key."""
-    file = source
     if not isinstance(d, dict):
-        raise ConfigError(file, "-", f"expected a JSON object, got {type(d).__name__}",
+        raise ConfigError(source, "-", f"expected a JSON object, got {type(d).__name__}",
                           fix="write the config as {\"pipeline\": ..., \"crop\": ..., ...}")
-    unknown = sorted(set(d) - set(KEYS))
-    if unknown:
-        raise ConfigError(file, unknown[0], f"unknown key(s) {unknown}", fix=f"known keys are {list(KEYS)}")
-    for key in REQUIRED:
-        if key not in d:
-            raise ConfigError(file, key, f"missing required key '{key}'",
-                              fix=f"add \"{key}\": ... (see harness/preprocess/deploy.py)")
-    pipeline = _choice(d, "pipeline", PIPELINES, file)
-    needed = GEOMETRY_KEY[pipeline]
-    other = GEOMETRY_KEY["crop_then_resize" if pipeline == "resize_then_crop" else "resize_then_crop"]
-    if needed not in d:
-        raise ConfigError(file, needed, f"missing required key '{needed}' (pipeline '{pipeline}')",
-                          fix=f"add \"{needed}\": ...")
-    if other in d:
-        raise ConfigError(file, other, f"'{other}' does not apply to pipeline '{pipeline}'",
-                          fix=f"remove \"{other}\", or set \"pipeline\" to the pipeline it belongs to")
-    resize = crop_fraction = None
-    if pipeline == "resize_then_crop":
-        resize = _positive_int(d, "resize", file)
-    else:
-        v = d["crop_fraction"]
-        if not _is_number(v):
-            raise _type_error(file, "crop_fraction", "a number in (0, 1]", v)
-        if not (0 < v <= 1):
-            raise ConfigError(file, "crop_fraction", f"expected a number in (0, 1], got {v}",
-                              fix="the share of the short side kept, e.g. 224/256 = 0.875")
-        crop_fraction = float(v)
-    std = _triple(d, "std", file)
-    if any(s <= 0 for s in std):
-        raise ConfigError(file, "std", f"expected positive numbers, got {list(std)}", fix="std divides: use values > 0")
-    note = d.get("note", "")
-    if not isinstance(note, str):
-        raise _type_error(file, "note", "a string", note)
-    return DeployConfig(
-        pipeline=pipeline, crop=_positive_int(d, "crop", file),
-        interpolation=_choice(d, "interpolation", INTERPOLATIONS, file),
-        color=_choice(d, "color", COLORS, file), mean=_triple(d, "mean", file), std=std,
-        resize=resize, crop_fraction=crop_fraction,
-        crop_offset_rounding=_choice(d, "crop_offset_rounding", ROUNDINGS, file) if "crop_offset_rounding" in d else "half_even",
-        note=note, source=str(source))
+    f: File = validate(File, d, source, shape=SHAPE)
+    return DeployConfig(pipeline=f.pipeline, crop=f.crop, interpolation=f.interpolation, color=f.color,
+                        mean=(float(f.mean[0]), float(f.mean[1]), float(f.mean[2])),
+                        std=(float(f.std[0]), float(f.std[1]), float(f.std[2])), resize=f.resize,
+                        crop_fraction=None if f.crop_fraction is None else float(f.crop_fraction),
+                        crop_offset_rounding=f.crop_offset_rounding, note=f.note, source=str(source))
 
 
 def load(path: Path | str) -> DeployConfig:
