@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev,tools]' torch==2.14.1 torchvision==0.29.1
 	@touch $(STAMP)
 
 run: setup

@@ -15,7 +15,10 @@ Prepared folder (``zooconform prepare --model ID --out DIR``)::
     DIR/reference.npz      "logits" float32 (N, 1000): the torch reference on those inputs;
                            "names" (N,) stems; "labels" int64 (N,), -1 where unknown;
                            "floor" float64 (N,): each image's fp32 noise floor, max|fp32 - fp64|
-                           over its logits (logit units), NaN where not measured
+                           over its logits (logit units), NaN where not measured;
+                           "floor_fp16_weights" float64 (N,): the same with every weight rounded
+                           to fp16 (fp32 arithmetic), what fp16-stored weights cost;
+                           "cos_floor_fp16_weights" float64 (N,): 1 - cosine of that run with fp64
     DIR/val_label.txt      "<image file name> <class index>": only when the images have labels
 
 ``<stem>`` is the image's file stem (``ILSVRC2012_val_00000001``), or the embedded image's
@@ -42,7 +45,21 @@ worst-conditioned image. float64 is slow on CPU, so ``prepare --floor-images N``
 the first N images only (default: all embedded images, 200 of an ImageNet folder); the
 others get the largest floor measured. With labels, top-1/top-5 are computed, and with
 real weights on ImageNet held to the card like the accuracy suite does
-(:mod:`harness.accuracy`). Not for fp16/int8 runtimes: their error is no fp32 noise.
+(:mod:`harness.accuracy`). Not for int8 runtimes: their error is no fp32 noise.
+
+fp16 weights. OpenVINO's ``openvino.save_model`` (and ``ovc``) compress the weights to fp16 by
+default (``compress_to_fp16=True``); run in f32 such an IR departs from the reference on every
+image by what rounding the weights costs, and an fp32 judgement of it fails. Measured (openvino
+2026.4.1, f32 hint, the suite's opset-17 export, 8 embedded images): worst error 1.8e-3 / 3.4e-4 /
+6.0e-4 relative, 2290x / 2210x / 4580x the fp32 floor, 0.78x / 0.95x / 0.88x the fp16-weights
+floor (repvgg_a0 / hrnet_w18_small_v1 / resnest50), top-1 agreement 1.0, min cosine >= 0.9999964;
+the same IR saved with compress_to_fp16=False: 2.6x / 2.0x / 2.9x the fp32 floor, passing. That
+signature (every image off, top-1 and cosine intact, errors within ``fp16_floor_multiple`` x the
+fp16-weights floor ``prepare`` measures) is named in the message, with ``compress_to_fp16=False``
+as the fix. A runtime that declares fp16 (``check_agreement(...,
+precision="fp16")``, ``zooconform eval --precision fp16``) is judged against that fp16-weights
+floor instead: fp16-stored weights, fp32 arithmetic (a runtime that also computes in fp16 departs
+further and fails it).
 """
 from __future__ import annotations
 
@@ -77,6 +94,10 @@ OUTPUT_KEYS = ("output_0", "logits")
 OUTPUT_SUFFIXES = (".npz", ".bin", ".raw")
 IMAGENET_FLOOR_IMAGES = 200  # float64 convolutions are slow on CPU (1.5 s per repvgg_a0 image on 2 busy cores)
 SECTION = "export"  # the export suite's numerics tolerances: the same question, ORT vs torch
+PRECISIONS = ("fp32", "fp16")  # what a runtime behind the bridge may declare (fp16: fp16-stored weights)
+# the signature of reduced-precision weights: nearly every image off, yet top-1 and cosine intact
+SIGNATURE_OFF_SHARE = 0.9
+SIGNATURE_TOP1 = 0.99
 _OWN = (META, DATALIST, REFERENCE, LABELS)
 
 
@@ -114,6 +135,18 @@ def image_floors(logits32: np.ndarray, logits64: np.ndarray) -> np.ndarray:
     return np.max(np.abs(logits32.astype(np.float64) - logits64), axis=1)
 
 
+def fp16_weights_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A float32 copy of ``model`` whose float parameters and buffers are rounded to fp16 and back:
+    what a runtime that stores its weights in fp16 and computes in fp32 runs (OpenVINO's
+    compressed IR on an f32 plug-in)."""
+    rounded = copy.deepcopy(model).float().eval()
+    with torch.no_grad():
+        for t in [*rounded.parameters(), *rounded.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    return rounded
+
+
 def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_images: int | None = None) -> dict:
     """Write the prepared folder for ``card`` over the lab's images (see the module doc).
 
@@ -135,6 +168,8 @@ def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_i
     logits64: list[np.ndarray] = []
     taken: set[str] = set()
     model64 = copy.deepcopy(model).double().eval() if floor_images > 0 else None
+    model16w = fp16_weights_model(model) if floor_images > 0 else None
+    logits16w: list[np.ndarray] = []
     with torch.no_grad():
         for x, samples in batches:
             stems = [unique_stem(s.name, taken) for s in samples]
@@ -143,8 +178,9 @@ def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_i
             logits.append(model(x).float().numpy())
             measured = sum(len(t) for t in logits64)
             if measured < floor_images:
-                assert model64 is not None  # floor_images > 0
+                assert model64 is not None and model16w is not None  # floor_images > 0
                 logits64.append(model64(x[:floor_images - measured].double()).numpy())
+                logits16w.append(model16w(x[:floor_images - measured]).numpy())
             names.extend(stems)
             image_names.extend(s.name for s in samples)
             labels.extend(-1 if s.label is None else int(s.label) for s in samples)
@@ -153,15 +189,20 @@ def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_i
                          fix="check the --imagenet folder")
     all_logits = np.concatenate(logits).astype(np.float32)
     floors = np.full(len(names), np.nan)
+    floors16w = np.full(len(names), np.nan)
+    cos16w = np.full(len(names), np.nan)
     if logits64:
         l64 = np.concatenate(logits64)
         floors[:len(l64)] = image_floors(all_logits[:len(l64)], l64)
+        l16w = np.concatenate(logits16w)
+        floors16w[:len(l64)] = image_floors(l16w, l64)
+        cos16w[:len(l64)] = 1.0 - cosine_rows(l16w, l64)
     seen = set(image_names)
     skipped = listed_missing + [next((p for p in problems() if s.name in p), f"{s.name}: not decoded")
                                 for s in expected if s.name not in seen]
     scale = float(np.max(np.abs(all_logits))) or 1.0
     np.savez(out / REFERENCE, logits=all_logits, names=np.array(names), labels=np.array(labels, dtype=np.int64),
-             floor=floors)
+             floor=floors, floor_fp16_weights=floors16w, cos_floor_fp16_weights=cos16w)
     atomic_write_text(out / DATALIST, "".join(f"{out / INPUTS / n}.npz\n" for n in names))
     labelled = all(v >= 0 for v in labels)
     if labelled:
@@ -180,7 +221,8 @@ def prepare(lab, card: ModelCard, out: Path | str, batch_size: int = 16, floor_i
         "weights_digest": state_digest(model),
         "noise_floor": {"images_measured": int(np.count_nonzero(~np.isnan(floors))),
                         "max_rel": float(np.nanmax(floors) / scale) if logits64 else None,
-                        "median_rel": float(np.nanmedian(floors) / scale) if logits64 else None},
+                        "median_rel": float(np.nanmedian(floors) / scale) if logits64 else None,
+                        "fp16_weights_max_rel": float(np.nanmax(floors16w) / scale) if logits64 else None},
         "versions": library_versions(),
     }
     atomic_write_text(out / META, json.dumps(jsonable(meta), indent=1))
@@ -197,6 +239,10 @@ class Prepared:
     reference: np.ndarray
     labels: np.ndarray  # -1 where unknown
     floors: np.ndarray  # per image max|fp32 - fp64| (logit units); NaN where not measured
+    # per image max|fp16-weights run - fp64| (logit units) and 1 - its cosine with fp64; None: a
+    # folder prepared before these were measured
+    floors_fp16w: np.ndarray | None = None
+    cos_floors_fp16w: np.ndarray | None = None
 
     @property
     def scale(self) -> float:
@@ -226,6 +272,8 @@ def load_prepared(folder: Path | str, model_id: str | None = None) -> Prepared:
     try:
         with np.load(ref_path, allow_pickle=False) as z:
             reference, names, labels, floors = z["logits"], [str(n) for n in z["names"]], z["labels"], z["floor"]
+            f16w = np.asarray(z["floor_fp16_weights"], np.float64) if "floor_fp16_weights" in z else None
+            c16w = np.asarray(z["cos_floor_fp16_weights"], np.float64) if "cos_floor_fp16_weights" in z else None
     except FileNotFoundError:
         raise InputError(ref_path, "not found", fix="re-run zooconform prepare") from None
     except (ValueError, KeyError, OSError) as e:
@@ -241,7 +289,7 @@ def load_prepared(folder: Path | str, model_id: str | None = None) -> Prepared:
                          f"line {first + 1} names {got!r}, expected {want!r}",
                          fix="use the datalist.txt prepare wrote (re-run zooconform prepare to regenerate it)")
     return Prepared(folder, meta, names, np.asarray(reference, dtype=np.float32), np.asarray(labels, dtype=np.int64),
-                    np.asarray(floors, dtype=np.float64))
+                    np.asarray(floors, dtype=np.float64), f16w, c16w)
 
 
 def read_datalist(path: Path) -> list[str]:
@@ -332,20 +380,73 @@ def read_outputs(results: Path | str, prepared: Prepared) -> tuple[np.ndarray, l
     return np.stack([_values(p) for p in files]), files, how
 
 
-def allowed_errors(prepared: Prepared) -> np.ndarray:
-    """Per image: rel_floor_multiple x its floor (the largest measured where not measured), >= rel_min."""
-    floors = prepared.floors / prepared.scale
+def _filled(floors: np.ndarray) -> np.ndarray:
+    """Per-image floors with the largest measured one where an image was not measured."""
     measured = ~np.isnan(floors)
     fallback = float(np.max(floors[measured])) if measured.any() else 0.0
-    floors = np.where(measured, floors, fallback)
-    return np.maximum(tolerance(SECTION, "rel_floor_multiple") * floors, tolerance(SECTION, "rel_min"))
+    return np.where(measured, floors, fallback)
 
 
-def check_agreement(card: ModelCard, prepared: Prepared, outputs: np.ndarray, files: list[Path], record) -> None:
-    """fp32 runtime outputs equal the reference, each image within k x its own noise floor."""
+def allowed_errors(prepared: Prepared, precision: str = "fp32") -> np.ndarray:
+    """Per image: rel_floor_multiple x its floor (the largest measured where not measured), >= rel_min;
+    ``precision="fp16"``: also at least fp16_floor_multiple x its fp16-weights floor."""
+    allowed = np.maximum(tolerance(SECTION, "rel_floor_multiple") * _filled(prepared.floors / prepared.scale),
+                         tolerance(SECTION, "rel_min"))
+    if precision == "fp16":
+        f16w = _fp16w_floors(prepared)
+        allowed = np.maximum(allowed, tolerance(SECTION, "fp16_floor_multiple") * f16w)
+    return allowed
+
+
+def _fp16w_floors(prepared: Prepared) -> np.ndarray:
+    """Per image: the fp16-weights floor relative to the output scale; a folder without it is refused."""
+    if prepared.floors_fp16w is None or not np.any(~np.isnan(prepared.floors_fp16w)):
+        raise InputError(prepared.folder / REFERENCE, "holds no fp16-weights floor (floor_fp16_weights): prepared by an "
+                                                      "older zooconform or with --floor-images 0",
+                         fix="re-run zooconform prepare (with --floor-images >= 1) to judge an fp16 runtime")
+    return _filled(prepared.floors_fp16w / prepared.scale)
+
+
+def reduced_precision_cause(prepared: Prepared, per_image: np.ndarray, off: np.ndarray, agree: float,
+                            min_cos: float, need_cos: float) -> str | None:
+    """Name fp16-stored weights when the failure looks like them: nearly every image departs,
+    but top-1 and cosine stay intact (a wrong graph or a mixed-up file moves both), and, where
+    ``prepare`` measured it, every error is within fp16_floor_multiple x what rounding the
+    weights to fp16 costs."""
+    n = len(per_image)
+    if not n or len(off) < SIGNATURE_OFF_SHARE * n or agree < SIGNATURE_TOP1 or min_cos < need_cos:
+        return None
+    fix = ("OpenVINO: openvino.save_model and ovc compress weights to fp16 by default: save with "
+           "compress_to_fp16=False (ovc --compress_to_fp16=False) for fp32 weights, or declare fp16 "
+           "(zooconform eval --precision fp16) to judge against the fp16-weights floor")
+    head = (f"{len(off)} of {n} output files depart from the reference by a small amount with top-1 agreement "
+            f"{agree:.3f} and min cosine {min_cos:.7f} intact")
+    measured = prepared.floors_fp16w is not None and np.any(~np.isnan(prepared.floors_fp16w))
+    if not measured:
+        return (f"{head}: the signature of reduced-precision weights or arithmetic, likely fp16-compressed "
+                f"weights (this prepared folder has no fp16-weights floor to confirm it); {fix}")
+    ratio = per_image / _fp16w_floors(prepared)
+    limit = tolerance(SECTION, "fp16_floor_multiple")
+    if float(np.max(ratio)) <= limit:
+        return (f"{head}, each within {float(np.min(ratio)):.2f}-{float(np.max(ratio)):.2f}x what rounding the "
+                f"weights to fp16 costs (prepare's fp16-weights floor; <= {limit:g}x): the runtime ran fp16-stored "
+                f"weights (fp16 weight compression); {fix}")
+    return (f"{head}, but up to {float(np.max(ratio)):.3g}x what fp16 weights cost (more than {limit:g}x): "
+            "reduced-precision arithmetic (bf16, fp16 activations, an approximate kernel) rather than fp16 "
+            "weights alone; check the runtime's inference precision (OpenVINO: INFERENCE_PRECISION_HINT=f32)")
+
+
+def check_agreement(card: ModelCard, prepared: Prepared, outputs: np.ndarray, files: list[Path], record,
+                    precision: str = "fp32") -> None:
+    """Runtime outputs equal the reference, each image within k x its own noise floor (fp32);
+    ``precision="fp16"`` (declared by the user: fp16-stored weights) within fp16_floor_multiple x
+    its fp16-weights floor as well."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: the bridge judges {' or '.join(PRECISIONS)}")
     ref = prepared.reference
     k = tolerance(SECTION, "rel_floor_multiple")
-    allowed = allowed_errors(prepared)
+    allowed32 = allowed_errors(prepared)
+    allowed = allowed_errors(prepared, precision)
     per_image = np.max(np.abs(outputs.astype(np.float64) - ref), axis=1) / prepared.scale
     over = per_image / allowed
     worst = int(np.argmax(over))
@@ -353,26 +454,46 @@ def check_agreement(card: ModelCard, prepared: Prepared, outputs: np.ndarray, fi
     cos = cosine_rows(outputs, ref)
     cos_worst = int(np.argmin(cos))
     need_cos = tolerance(SECTION, "min_cosine")
+    if precision == "fp16":  # the cosine gate follows the fp16-weights floor too
+        cos16 = _filled(np.asarray(prepared.cos_floors_fp16w if prepared.cos_floors_fp16w is not None
+                                   else np.full(len(ref), np.nan)))
+        need_cos = min(need_cos, 1.0 - tolerance(SECTION, "fp16_floor_multiple") * float(np.max(cos16)))
     agree = float(np.mean(np.argmax(outputs, 1) == np.argmax(ref, 1)))
-    record(images=len(ref), rel_max_error=rel_max_error(outputs, ref), worst_file=files[worst].name,
-           worst_rel_error=float(per_image[worst]), worst_allowed=float(allowed[worst]),
-           worst_error_over_floor=float(per_image[worst] / allowed[worst] * k),
-           floor_images_measured=int(np.count_nonzero(~np.isnan(prepared.floors))),
-           min_cosine=float(cos[cos_worst]), min_cosine_file=files[cos_worst].name,
-           top1_agreement=agree, images_off=len(off), files_off=[files[i].name for i in off[:5]])
+    figures = dict(images=len(ref), rel_max_error=rel_max_error(outputs, ref), worst_file=files[worst].name,
+                   worst_rel_error=float(per_image[worst]), worst_allowed=float(allowed[worst]),
+                   # over the fp32 floor whatever was declared: what the report's floor column means
+                   worst_error_over_floor=float(per_image[worst] / allowed32[worst] * k),
+                   floor_images_measured=int(np.count_nonzero(~np.isnan(prepared.floors))),
+                   min_cosine=float(cos[cos_worst]), min_cosine_file=files[cos_worst].name,
+                   top1_agreement=agree, images_off=len(off), files_off=[files[i].name for i in off[:5]],
+                   declared_precision=precision)
+    if prepared.floors_fp16w is not None and np.any(~np.isnan(prepared.floors_fp16w)):
+        figures["error_over_fp16_weights_floor"] = float(np.max(per_image / _fp16w_floors(prepared)))
+    record(**figures)
     if len(off):
         floor = allowed[worst] / k
+        what = f"max|out - ref| / max|ref| of {card.id} runtime output {files[worst].name}"
+        where = f"{files[worst]} vs {prepared.folder / REFERENCE} row {worst}"
+        if precision == "fp16":
+            m16 = tolerance(SECTION, "fp16_floor_multiple")
+            raise CheckFailure(message(
+                what, f"{per_image[worst]:.3g}", f"<= {allowed[worst]:.3g} ({m16:g} x this image's fp16-weights floor "
+                f"{_fp16w_floors(prepared)[worst]:.3g}, declared fp16)", where,
+                cause=f"{len(off)} of {len(ref)} output file(s) depart from the reference by more than fp16-stored "
+                      f"weights cost (top-1 agreement {agree:.3f}): fp16 arithmetic or a different function"), figures)
+        cause = reduced_precision_cause(prepared, per_image, off, agree, float(cos[cos_worst]), need_cos)
         raise CheckFailure(message(
-            f"max|out - ref| / max|ref| of {card.id} runtime output {files[worst].name}", f"{per_image[worst]:.3g}",
+            what, f"{per_image[worst]:.3g}",
             f"<= {allowed[worst]:.3g} ({k:g} x this image's fp32 noise floor {floor:.3g}, at least "
-            f"{tolerance(SECTION, 'rel_min'):g})", f"{files[worst]} vs {prepared.folder / REFERENCE} row {worst}",
-            cause=f"{len(off)} of {len(ref)} output file(s) depart from the reference "
-                  f"(first: {', '.join(files[i].name for i in off[:3])}; top-1 agreement {agree:.3f})"))
+            f"{tolerance(SECTION, 'rel_min'):g})", where,
+            cause=cause or f"{len(off)} of {len(ref)} output file(s) depart from the reference "
+                           f"(first: {', '.join(files[i].name for i in off[:3])}; top-1 agreement {agree:.3f})"),
+            figures)
     if cos[cos_worst] < need_cos:
         raise CheckFailure(message(
             f"cosine of {card.id} runtime output {files[cos_worst].name} with the reference", f"{cos[cos_worst]:.7f}",
             f">= {need_cos}", f"{files[cos_worst]} vs {prepared.folder / REFERENCE} row {cos_worst}",
-            cause="this image's logits point elsewhere: a mixed-up or stale output file"))
+            cause="this image's logits point elsewhere: a mixed-up or stale output file"), figures)
 
 
 def evaluation(prepared: Prepared, outputs: np.ndarray) -> acc.Evaluation:

@@ -45,6 +45,18 @@ _SOURCE_KINDS = {  # kind: (calibration sources, evaluation sources)
 }
 _CALIB_PHOTOS = tuple(p for calib, _ in _SOURCE_KINDS.values() for p in calib)
 _EVAL_PHOTOS = tuple(p for _, evaluation in _SOURCE_KINDS.values() for p in evaluation)
+_KIND_OF_SOURCE = {p: kind for kind, (calib, evaluation) in _SOURCE_KINDS.items() for p in calib + evaluation}
+SYNTHETIC_KIND = "synthetic 1/f texture"
+IMAGENET_KIND = "ImageNet photo"
+SOURCE_KINDS = (*_SOURCE_KINDS, SYNTHETIC_KIND)  # every kind of the embedded set, in report order
+# The kinds that are photographs: images a camera or an imaging sensor captured of a real
+# scene, with natural-image statistics, which is what an ImageNet classifier is deployed on
+# and what a deployer calibrates with ("32 photo crops"). Microscopy and astronomy are sensor
+# images of real scenes and "texture" is photographs of grass, brick and gravel, so they are
+# photographs too; "graphic" (a text page, a logo, a silhouette, a phantom, a colour wheel) is
+# drawn, not captured, and the synthetic 1/f textures are generated. With --imagenet every
+# image is an ImageNet photo.
+PHOTO_KINDS = frozenset({"colour photo", "grey photo", "microscopy and astronomy", "texture", IMAGENET_KIND})
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class Sample:
     group: str  # the source it was derived from: the unit of the calib/eval split
     loader: Callable[[], Image.Image] = field(repr=False, compare=False)
     label: int | None = None
+    kind: str = ""  # the kind of its source (SOURCE_KINDS, IMAGENET_KIND); "" when not known
 
     def load(self) -> Image.Image:
         return self.loader()
@@ -176,11 +189,11 @@ def embedded(split: str, count: int) -> ImageSet:
     decoded: dict[str, np.ndarray] = {}  # owned by this set's loaders: each photo decoded once per set
     for p in photos:
         for i in range(per_photo):
-            samples.append(Sample(f"{p}#{i}", p, partial(_view_of_photo, p, i, decoded)))
+            samples.append(Sample(f"{p}#{i}", p, partial(_view_of_photo, p, i, decoded), kind=_KIND_OF_SOURCE[p]))
     i = 0
     while len(samples) < count:
         k = 2 * i + offset
-        samples.append(Sample(f"synthetic#{k}", f"synthetic#{k}", partial(_synthetic, k)))
+        samples.append(Sample(f"synthetic#{k}", f"synthetic#{k}", partial(_synthetic, k), kind=SYNTHETIC_KIND))
         i += 1
     return ImageSet(samples[:count], origin=f"embedded:{split}")
 
@@ -285,7 +298,7 @@ def imagenet(root: Path | str) -> ImageSet:
     class_names = None
     if (root / "label.txt").is_file():
         class_names = read_class_names(root / "label.txt")
-    samples = [Sample(name, name, partial(_open_rgb, val / name), label)
+    samples = [Sample(name, name, partial(_open_rgb, val / name), label, IMAGENET_KIND)
                for name, label in entries if name in on_disk]
     return ImageSet(samples, origin=str(root), problems=problems, class_names=class_names)
 

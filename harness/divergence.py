@@ -262,12 +262,49 @@ def first_divergence(model: nn.Module, onnx_path: Path | str, x: torch.Tensor, *
     index = ModuleIndex(model)
     mods = node_modules(proto, index)
     nodes = list(proto.graph.node)
+    unfolded_bn_aliases(t32, t64, nodes, mods)
     float_names = _float_outputs(proto)
     mapped = sum(1 for n, m in zip(nodes, mods) if m is not None and n.op_type not in _SHAPE_OPS)
     compute = sum(1 for n in nodes if n.op_type not in _SHAPE_OPS)
     if compute and mapped >= 0.5 * compute:
-        return _scope_search(model, proto, nodes, mods, t32, t64, xb, k, minimum, float_names, threads)
-    return _value_search(model, proto, nodes, t32, t64, xb, k, minimum, float_names, threads)
+        div = _scope_search(model, proto, nodes, mods, t32, t64, xb, k, minimum, float_names, threads)
+    else:
+        div = _value_search(model, proto, nodes, t32, t64, xb, k, minimum, float_names, threads)
+    training = training_mode_batchnorms(nodes)
+    if training and not (div.hint and "training mode" in div.hint):
+        # named wherever the search stopped: these nodes change every layer after them
+        div.hint = "; ".join(h for h in (div.hint, _training_bn_note(training, nodes, mods)) if h)
+    return div
+
+
+def training_mode_batchnorms(nodes) -> list[int]:
+    """Indices of BatchNormalization nodes that normalise with the batch's own statistics:
+    ``training_mode=1`` (opset >= 14) or the extra mean/var outputs a training export writes
+    (opset < 14, where the attribute does not exist)."""
+    return [i for i, n in enumerate(nodes) if n.op_type == "BatchNormalization"
+            and (_attr(n, "training_mode", 0) == 1 or len([o for o in n.output if o]) > 1)]
+
+
+def _training_bn_note(found: list[int], nodes, mods) -> str:
+    first = nodes[found[0]]
+    mod = f" (module '{mods[found[0]]}')" if mods[found[0]] else ""
+    return (f"{len(found)} BatchNormalization node(s) run in training mode (first: '{first.name or first.output[0]}'"
+            f"{mod}, training_mode=1): they normalise each batch with its own statistics, not the running "
+            "mean/var, so every output depends on the batch; the file was exported from a model in train() "
+            "mode (torch.onnx.export(training=TrainingMode.TRAINING), timm onnx_export(training=True)): "
+            "re-export after model.eval()")
+
+
+def unfolded_bn_aliases(t32: TorchTrace, t64: TorchTrace, nodes, mods) -> None:
+    """Drop the Conv -> BatchNorm aliases of BNs the file did not fold: the exporter folds an
+    eval-mode BN into its Conv, but a training-mode export (or a file written with
+    ``do_constant_folding=False``) keeps a BatchNormalization node of the BN's own scope, and
+    that Conv's output is then the bare convolution, not the BN's."""
+    unfolded = {m for n, m in zip(nodes, mods) if m is not None and n.op_type == "BatchNormalization"}
+    if not unfolded:
+        return
+    for trace in (t32, t64):
+        trace.alias = {c: b for c, b in trace.alias.items() if b not in unfolded}
 
 
 def _exit_nodes(nodes, mods) -> dict[str, int]:
@@ -420,6 +457,10 @@ def explain(model: nn.Module, proto, nodes, mods, module: str, trace: TorchTrace
                 elif want_ctm and ctm != want_ctm and not (want_ctm == "half_pixel" and ctm == "pytorch_half_pixel"):
                     hints.append(f"{n.op_type} node '{n.name}' has coordinate_transformation_mode='{ctm}', but torch "
                                  f"module '{owner}' (align_corners={ups.align_corners}) needs '{want_ctm}'")
+        elif n.op_type == "BatchNormalization":
+            bn_hint = _explain_batchnorm(proto, n, owner, tmod)
+            if bn_hint:
+                hints.append(bn_hint)
         elif n.op_type in ("Conv", "Gemm") and len(n.input) >= 2:
             conv = tmod if isinstance(tmod, (nn.modules.conv._ConvNd, nn.Linear)) else None
             bn: nn.modules.batchnorm._BatchNorm | None = None
@@ -463,6 +504,39 @@ def explain(model: nn.Module, proto, nodes, mods, module: str, trace: TorchTrace
     if foreign:
         hints.append(foreign)
     return "; ".join(hints) if hints else None
+
+
+def _explain_batchnorm(proto, n, owner: str, tmod: nn.Module) -> str | None:
+    """An unfolded BatchNormalization node: training mode first (batch statistics), else its
+    parameters and epsilon against the torch module's."""
+    name = n.name or n.output[0]
+    if training_mode_batchnorms([n]):
+        return (f"BatchNormalization node '{name}' (module '{owner}') runs in training mode (training_mode=1): "
+                "it normalises each batch with its own statistics, not the running mean/var; the file was "
+                "exported from a model in train() mode (torch.onnx.export(training=TrainingMode.TRAINING), "
+                "timm onnx_export(training=True)): re-export after model.eval()")
+    bn = tmod if isinstance(tmod, nn.modules.batchnorm._BatchNorm) else None
+    if bn is None or len(n.input) < 5:
+        return None
+    want = {"scale": bn.weight, "B": bn.bias, "mean": bn.running_mean, "var": bn.running_var}
+    bad = []
+    for (role, ref), inp in zip(want.items(), n.input[1:5]):
+        got = _initializer(proto, inp)
+        if ref is None or got is None:
+            continue
+        r = ref.detach().double().numpy()
+        if got.shape != r.shape:
+            bad.append(f"{role} shape {got.shape} != {r.shape}")
+            continue
+        rel = float(np.max(np.abs(got.astype(np.float64) - r)) / max(float(np.max(np.abs(r))), 1e-12))
+        if rel > 1e-5:
+            bad.append(f"{role} ('{inp}') max rel diff {rel:.3g}")
+    eps = _attr(n, "epsilon", 1e-5)
+    if abs(float(eps) - bn.eps) > 1e-3 * bn.eps:
+        bad.append(f"epsilon {eps:g} != {bn.eps:g}")
+    if not bad:
+        return None
+    return f"BatchNormalization node '{name}' differs from module '{owner}': " + ", ".join(bad)
 
 
 def _foreign_upstream(nodes, mods, inside: list[int]) -> str | None:
@@ -526,5 +600,6 @@ def first_batch_dependent_node(onnx_path: Path | str, x: np.ndarray, tolerance: 
         err = rel_max_error(v, rows)
         if err > tolerance:
             return {"node": n.name or n.output[0], "op_type": n.op_type, "module": mod_of.get(n.output[0]),
-                    "inputs": [i for i in n.input if i not in inits], "rel_error": err}
+                    "inputs": [i for i in n.input if i not in inits], "rel_error": err,
+                    "training_mode": bool(training_mode_batchnorms([n]))}
     return None

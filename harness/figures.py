@@ -125,6 +125,8 @@ min_cosine_file | text | | | the file of lowest cosine similarity
 images_off | int | count | | images over their allowed error
 files_off | list | | | the first of them
 judged | text | | | what was judged
+declared_precision | text | | | what the runtime behind the bridge declared (fp32; fp16: fp16-stored weights)
+error_over_fp16_weights_floor | num | 1 | | worst error over its image's fp16-weights floor (prepare: weights rounded to fp16)
 # --- card: params, FLOPs, preprocessing config (harness/cardchecks.py) -----------------------
 params_m_published | num | M | params_published | parameters the card publishes for the row
 params_m_measured | num | M | params_measured | parameters counted on the model
@@ -271,6 +273,10 @@ qdq_activation_pairs | int | count | | QuantizeLinear/DequantizeLinear pairs on 
 quantized_weights | int | count | | quantized weight tensors
 pairs_without_float_tensor | int | count | | QDQ pairs whose float tensor is not in the fp32 graph
 report_images | int | count | | images the layer report ran on
+int8_by_source_kind | dict | | | per source kind of the eval images: images, agreement and cosine vs their floor, in_domain
+judged_kinds | text | | | the source kinds the int8 verdict was judged on (a user file: photographs; else every kind)
+out_of_domain_images | int | count | | eval images of kinds outside a user int8 file's deployment domain (reported, not judged)
+out_of_domain_departure | text | | | the line saying a user int8 file departs beyond its floor only on out-of-domain kinds
 # --- latency (harness/latency/checks.py, timing.py, budgets.py) ------------------------------
 precision | text | | precision | fp32 or int8 (or fp16)
 batch | int | count | batch | batch size of one call

@@ -7,7 +7,9 @@ judged on the evaluation split, in two verdicts: (a) the int8 *model*, run as a 
 simulation, the same on every host; (b) this host's integer *kernels* against that
 simulation. (a) is judged by labelled accuracy with real ImageNet and real weights,
 else agreement and centred-logit cosine against a +-2-grey-level noise floor. A manifest
-``int8_onnx`` is checked instead of our own model. RepVGG's known PTQ collapse is declared
+``int8_onnx`` is checked instead of our own model: QDQ or QOperator, judged on the
+embedded photographs (its deployment domain; the other kinds are figures), or on every
+image with --imagenet. RepVGG's known PTQ collapse is declared
 in fixtures/expectations.toml (strict), never absorbed into the tolerance.
 """
 from __future__ import annotations
@@ -51,7 +53,9 @@ def test_int8_matches_fp32(model_card, method, lab, record, runtime):
 
 
 def test_int8_layers_keep_sqnr(model_card, lab, record):
-    quantchecks.check_layer_sqnr(model_card, lab, record, DEFAULT_METHOD)
+    not_applicable = quantchecks.check_layer_sqnr(model_card, lab, record, DEFAULT_METHOD)
+    if not_applicable:
+        pytest.skip(f"not applicable: {not_applicable}")
 
 
 def test_int8_kernels_match_simulation(model_card, lab, record, runtime):

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prepared", default=None, metavar="DIR",
                    help="the folder zooconform prepare wrote (default: the results folder's parent)")
     p.add_argument("--report-dir", default=None, metavar="DIR", help="where results.json goes (default reports/bridge/<model>)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                   help="what the runtime declares: fp32 (default), or fp16 for fp16-stored weights (an OpenVINO IR "
+                        "saved with compress_to_fp16=True): judged against the fp16-weights floor prepare measured")
     p.add_argument("--source", default=None, choices=SOURCES,
                    help="where the weights come from: the card row to hold accuracy to (default: the closest row)")
 
@@ -62,7 +65,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"zooconform eval: error: {e}", file=sys.stderr)
         return 2
     report = Path(args.report_dir) if args.report_dir else Path("reports") / "bridge" / card.id
-    settings = {"model": card.id, "results": args.results, "prepared": args.prepared, "source": args.source}
+    settings = {"model": card.id, "results": args.results, "prepared": args.prepared, "source": args.source,
+                "precision": args.precision}
     records: list[dict] = []
     status = 0
     started = time.time()
@@ -96,7 +100,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     run("read_outputs", load)
     if loaded:
         p, out, files = loaded["prepared"], loaded["outputs"], loaded["files"]
-        run("agreement_with_reference", lambda rec: bridge.check_agreement(card, p, out, files, rec))
+        run("agreement_with_reference",
+            lambda rec: bridge.check_agreement(card, p, out, files, rec, precision=args.precision))
         if p.labelled:
             run("accuracy", lambda rec: bridge.check_accuracy(card, p, out, rec, source=args.source))
     path = report / "results.json"
@@ -104,7 +109,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     for r in records:
         figs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["figures"].items() if k in (
             "images", "matched", "worst_file", "worst_rel_error", "worst_allowed", "min_cosine", "top1_agreement",
-            "top1_pct", "top5_pct", "reference_top1_pct", "judged"))
+            "top1_pct", "top5_pct", "reference_top1_pct", "judged", "declared_precision"))
         print(f"{r['outcome'].upper():7} {r['nodeid']}" + (f": {figs}" if figs else ""))
         if r.get("message"):
             print(f"        {r['message']}")

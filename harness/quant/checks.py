@@ -22,6 +22,13 @@ QDQ float simulation (``ORT_DISABLE_ALL``), the same on every host, judged as ab
 *host's kernels* (``ORT_ENABLE_ALL``) against that simulation, which on x86 without VNNI
 catches ORT's saturating U8S8 kernels and names the fix.
 
+Which images (issue 18): the suite's own files are calibrated on every source kind of the
+embedded set and judged on every eval image; a user's ``int8_onnx`` is judged on the photographs
+(its deployment domain, ``domain_for``), every kind's figures are recorded
+(``int8_by_source_kind``) and a departure confined to the other kinds is a line, not a failure.
+With --imagenet every image is judged. QDQ and QOperator files are both judged; the layer report
+reads QDQ pairs, so the layer check does not apply to a QOperator file and says so.
+
 When a check fails, ``layer_report`` names the layers: float vs quantized activations per
 tensor (``onnxruntime.quantization.qdq_loss_debug``), SQNR by depth and the worst tensors.
 """
@@ -47,6 +54,7 @@ from ..compare import (
     top1_agreement,
     topk_accuracy,
 )
+from ..data import PHOTO_KINDS, SOURCE_KINDS
 from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
 from ..runtimes import ort as ortrt  # QDQ tooling: the float simulation is ORT_DISABLE_ALL
 from ..tolerances import tolerance
@@ -87,13 +95,15 @@ def grey_level_noise(x: np.ndarray, std: tuple[float, float, float], levels: int
     return (x + noise * per_channel).astype(np.float32)
 
 
-def centred_cosine(ref: np.ndarray, out: np.ndarray) -> float:
-    """Mean cosine over images of the logits after removing ``ref``'s dataset-mean logit vector.
+def centred_cosine(ref: np.ndarray, out: np.ndarray, mu: np.ndarray | None = None) -> float:
+    """Mean cosine over images of the logits after removing ``ref``'s dataset-mean logit vector
+    (``mu`` when given: the mean of the whole eval set, for figures on a part of it).
 
     Random and trained classifiers share a large common logit vector across images; the
     raw cosine sees mostly that (0.99+ for a model that flips a third of its top-1s).
     """
-    mu = np.asarray(ref, dtype=np.float64).mean(axis=0, keepdims=True)
+    mu = np.asarray(ref, dtype=np.float64).mean(axis=0, keepdims=True) if mu is None else \
+        np.asarray(mu, dtype=np.float64).reshape(1, -1)
     return float(np.mean(cosine_rows(np.asarray(ref, np.float64) - mu, np.asarray(out, np.float64) - mu)))
 
 
@@ -127,9 +137,26 @@ class LabelFree:
                 "cosine_distance_vs_floor": round(self.cosine_distance_vs_floor, 2)}
 
 
-def label_free_figures(fp32: np.ndarray, int8: np.ndarray, fp32_noisy: np.ndarray) -> LabelFree:
-    return LabelFree(len(fp32), distinct_top1(fp32), top1_agreement(fp32, int8), centred_cosine(fp32, int8),
-                     top1_agreement(fp32, fp32_noisy), centred_cosine(fp32, fp32_noisy))
+def label_free_figures(fp32: np.ndarray, int8: np.ndarray, fp32_noisy: np.ndarray,
+                       mu: np.ndarray | None = None) -> LabelFree:
+    """``mu``: the logit vector to centre on (default: ``fp32``'s own mean)."""
+    return LabelFree(len(fp32), distinct_top1(fp32), top1_agreement(fp32, int8), centred_cosine(fp32, int8, mu),
+                     top1_agreement(fp32, fp32_noisy), centred_cosine(fp32, fp32_noisy, mu))
+
+
+def departures(m: LabelFree) -> list[tuple[str, str, str]]:
+    """(criterion, measured, expected) for each criterion ``m`` breaks; agreement only where fp32
+    predicts enough distinct classes for it to mean something."""
+    bad = []
+    min_agree = tolerance(SECTION, "agreement_vs_floor_min")
+    max_cos = tolerance(SECTION, "cosine_distance_vs_floor_max")
+    if m.distinct_fp32 >= int(tolerance(SECTION, "min_distinct_classes")) and m.agreement_vs_floor < min_agree:
+        bad.append(("top-1 agreement / noise-floor agreement", f"{m.agreement_vs_floor:.3f} "
+                    f"({m.agreement:.1%} vs floor {m.floor_agreement:.1%})", f">= {min_agree}"))
+    if m.cosine_distance_vs_floor > max_cos:
+        bad.append(("centred-logit cosine distance / noise-floor distance", f"{m.cosine_distance_vs_floor:.2f}x "
+                    f"(cos {m.cosine:.4f} vs floor {m.floor_cosine:.4f})", f"<= {max_cos}x"))
+    return bad
 
 
 def judge_label_free(m: LabelFree, *, subject: str, where: str, explain=None) -> dict:
@@ -158,15 +185,7 @@ def judge_label_free(m: LabelFree, *, subject: str, where: str, explain=None) ->
         # far int8 moves the logits: judge on it and report agreement as a figure.
         figs["agreement_not_judged"] = (f"{m.distinct_fp32} distinct fp32 top-1 classes over {m.images} images "
                                         f"(< {need}): agreement is reported, not judged")
-    min_agree = tolerance(SECTION, "agreement_vs_floor_min")
-    max_cos = tolerance(SECTION, "cosine_distance_vs_floor_max")
-    bad = []
-    if judge_agreement and m.agreement_vs_floor < min_agree:
-        bad.append(("top-1 agreement / noise-floor agreement", f"{m.agreement_vs_floor:.3f} "
-                    f"({m.agreement:.1%} vs floor {m.floor_agreement:.1%})", f">= {min_agree}"))
-    if m.cosine_distance_vs_floor > max_cos:
-        bad.append(("centred-logit cosine distance / noise-floor distance", f"{m.cosine_distance_vs_floor:.2f}x "
-                    f"(cos {m.cosine:.4f} vs floor {m.floor_cosine:.4f})", f"<= {max_cos}x"))
+    bad = departures(m)
     if bad:
         what = " and ".join(b[0] for b in bad)
         measured = "; ".join(b[1] for b in bad)
@@ -177,6 +196,70 @@ def judge_label_free(m: LabelFree, *, subject: str, where: str, explain=None) ->
             cause += f"; {extra}"
         raise CheckFailure(message(f"{what} of {subject}", measured, expected, where, cause=cause), figs)
     return figs
+
+
+# --- which images a file is judged on (issue 18) ------------------------------------------
+
+def domain_for(lab, user_file: bool) -> frozenset[str] | None:
+    """The source kinds (harness/data.py) a label-free verdict is judged on; None: every image.
+
+    The suite's own int8 files are calibrated on every kind of the embedded set (harness/data.py
+    deals each kind to both splits), so every kind is theirs to be judged on. A user's file was
+    calibrated on what the user deploys on, which the suite does not see; an ImageNet classifier
+    is deployed on photographs, so the file is judged on the photograph kinds
+    (``data.PHOTO_KINDS``) and the drawn and generated kinds are reported as figures. Issue 18: a
+    file made with ORT's documented recipe on 32 photo crops agreed with fp32 better than the
+    noise floor on the 72 photos (0.847 vs 0.778) and at 0.64 and 0.59 of the floor on the
+    graphics and 1/f textures it never saw, and failed overall; hrnet_w18_small_v1 with that
+    recipe: photos 1.02 of the floor, graphics 0.50 (tests/tools/test_ort_quantize_tool.py).
+    With --imagenet every image is an ImageNet photo: all in domain.
+    """
+    if lab.uses_real_data or not user_file:
+        return None
+    return PHOTO_KINDS
+
+
+def kind_order(kinds: list[str]) -> list[str]:
+    """The kinds present, the embedded set's order first, any other after (sorted)."""
+    present = set(kinds)
+    return [k for k in SOURCE_KINDS if k in present] + sorted(present - set(SOURCE_KINDS))
+
+
+def by_kind(fp32: np.ndarray, int8: np.ndarray, noisy: np.ndarray, kinds: list[str]) -> dict[str, LabelFree]:
+    """Agreement and cosine of each source kind's images against their own noise floor.
+
+    Every part is centred on the whole eval set's fp32 mean logit vector: the logit vector all
+    images share is estimated best on all of them, and a kind's own mean would absorb what its
+    images share (12 views of one photo share their content), so a part would not be comparable
+    with the whole."""
+    mu = np.asarray(fp32, np.float64).mean(axis=0)
+    kinds_arr = np.asarray(kinds)
+    return {kind or "unknown": label_free_figures(fp32[kinds_arr == kind], int8[kinds_arr == kind],
+                                                  noisy[kinds_arr == kind], mu) for kind in kind_order(kinds)}
+
+
+def kind_figures(parts: dict[str, LabelFree], domain: frozenset[str] | None) -> dict:
+    """The figure ``int8_by_source_kind``: per kind, its images, figures and whether it is judged."""
+    keep = ("top1_agreement", "noise_floor_top1_agreement", "agreement_vs_floor", "centred_cosine",
+            "noise_floor_centred_cosine", "cosine_distance_vs_floor")
+    return {kind: {"images": m.images, "in_domain": domain is None or kind in domain,
+                   **{k: v for k, v in m.figures().items() if k in keep}} for kind, m in parts.items()}
+
+
+def kinds_text(per_kind: dict, which: bool | None = None) -> str:
+    """'graphic (48 images): agreement 0.64 of floor, cosine distance 3.1x floor; ...' for the kinds
+    in domain (True), out of it (False) or all (None)."""
+    return "; ".join(f"{k} ({v['images']} images): agreement {v['agreement_vs_floor']:.2f} of floor "
+                     f"({v['top1_agreement']:.1%} vs {v['noise_floor_top1_agreement']:.1%}), cosine distance "
+                     f"{v['cosine_distance_vs_floor']:.2f}x floor"
+                     for k, v in per_kind.items() if which is None or v["in_domain"] == which)
+
+
+def domain_words(domain: frozenset[str] | None, kinds: list[str]) -> str:
+    """'photographs (colour photo, ...)': the kinds of ``kinds`` a verdict is judged on."""
+    if domain is None:
+        return "every kind"
+    return "photographs (" + ", ".join(k for k in kind_order(kinds) if k in domain) + ")"
 
 
 # --- the labelled judgement -------------------------------------------------------------
@@ -410,6 +493,7 @@ class Subject:
     describe: str
     quant: qmod.QuantResult | None = None  # when zooconform made it
     float_for_report: Path | None = None   # the float model whose tensor names the int8 one keeps
+    domain: frozenset[str] | None = None   # source kinds the label-free verdict judges (domain_for); None: all
 
 
 def subject_for(lab, card, method: str) -> Subject:
@@ -419,7 +503,7 @@ def subject_for(lab, card, method: str) -> Subject:
     user = lab.artifacts(card).get("int8_onnx")
     if user is not None:
         return Subject(user, fp32, f"manifest int8_onnx {user.name} of {card.id}",
-                       float_for_report=qmod.preprocessed(lab, fp32))
+                       float_for_report=qmod.preprocessed(lab, fp32), domain=domain_for(lab, user_file=True))
     res = qmod.quantized_result(lab, card, method, fp32=fp32)
     return Subject(res.path, fp32, f"int8 ({method}) {card.id}", quant=res,
                    float_for_report=qmod.preprocessed(lab, fp32))
@@ -463,6 +547,9 @@ def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, sub
     where = f"{subject.int8} ({judged_as}) vs fp32 {subject.fp32.name} on {len(out)} {ref.origin} images"
 
     def explain() -> str:
+        if not fmt.qdq:
+            return (f"no layer report: it reads QuantizeLinear->DequantizeLinear pairs, and {subject.int8.name} is "
+                    f"a QOperator file ({', '.join(fmt.integer_ops[:4])})")
         try:
             rep = layer_report_for(lab, card, subject, record)
         except Exception as e:  # the verdict stands; the report is a diagnosis
@@ -479,22 +566,79 @@ def check_int8_matches_fp32(card, lab: LabLike, record: Record, method: str, sub
         record(**judge_labelled(m, card.family, subject=subject.describe, where=where, explain=explain))
     else:
         assert ref.fp32_noisy is not None  # fp32_run(with_noise=not labelled)
-        mf = label_free_figures(ref.fp32, out, ref.fp32_noisy)
-        record(**mf.figures())
-        samples = lab.images("eval").samples
-        names = [s.name for s in samples] if len(samples) == len(out) else None
-        flips = flip_attribution(ref.fp32, out, ref.fp32_noisy, names)
-        record(**flips.figures())
-
-        def explain_with_flips() -> str:
-            return "; ".join(x for x in (flips.text(), explain()) if x)
-
-        try:
-            record(**judge_label_free(mf, subject=subject.describe, where=where, explain=explain_with_flips))
-        except CheckFailure as e:
-            e.inputs = flips.arrays()  # the repro bundle's inputs.npz (harness/report/repro.py)
-            raise
+        judge_label_free_by_kind(lab, card, subject, record, ref.fp32, out, ref.fp32_noisy, where, explain)
     return None
+
+
+def judge_label_free_by_kind(lab, card, subject: Subject, record, fp32: np.ndarray, out: np.ndarray,
+                             noisy: np.ndarray, where: str, explain) -> None:
+    """The noise-floor verdict on the images of ``subject.domain`` (all when None), with agreement
+    and cosine per source kind as figures, and a line when only out-of-domain kinds depart."""
+    samples = eval_samples(lab, card)
+    names = [s.name for s in samples] if len(samples) == len(out) else None
+    kinds = [s.kind for s in samples] if len(samples) == len(out) else None
+    sel = np.arange(len(out))
+    scope = ""
+    per_kind: dict = {}
+    out_of_domain = ""  # recorded when the judged images pass: the departure is confined to the others
+    if kinds is not None:
+        parts = by_kind(fp32, out, noisy, kinds)
+        per_kind = kind_figures(parts, subject.domain)
+        record(int8_by_source_kind=per_kind, judged_kinds=domain_words(subject.domain, kinds))
+        if subject.domain is not None:
+            inside = np.array([k in subject.domain for k in kinds])
+            if not inside.any():
+                raise Inconclusive(message(
+                    f"eval images of the kinds {subject.describe} is judged on", 0, "> 0", where,
+                    cause=f"none of the {len(kinds)} eval images is a photograph (kinds: {', '.join(kind_order(kinds))}): "
+                          "a user's int8 file is judged on photographs; run with more --eval-images or --imagenet"),
+                    {"int8_by_source_kind": per_kind}, failing=True)
+            sel = np.flatnonzero(inside)
+            if (~inside).any():
+                record(out_of_domain_images=int((~inside).sum()))
+                # each out-of-domain kind on its own (48 graphics, 80 textures: enough images to
+                # read), and all of them together, under the criteria the judged images meet
+                departing = {k for k, m in parts.items() if k not in subject.domain and departures(m)}
+                rest = label_free_figures(fp32[~inside], out[~inside], noisy[~inside], fp32.mean(axis=0))
+                if departing or departures(rest):
+                    shown = {k: v for k, v in per_kind.items() if k in departing} if departing else per_kind
+                    out_of_domain = (
+                        f"{subject.describe} departs from fp32 beyond the noise floor only on kinds outside its "
+                        f"deployment domain, {kinds_text(shown, False)}: it is judged on "
+                        f"{domain_words(subject.domain, kinds)}, where it is within the floor; these kinds are "
+                        "reported, not judged (calibrate on them too if you deploy on such images)")
+            scope = (f"; judged on the {len(sel)} eval images that are {domain_words(subject.domain, kinds)}, the "
+                     "deployment domain of a user's int8 file (other kinds: figure int8_by_source_kind)")
+    elif subject.domain is not None:
+        record(judged_kinds="every kind (the eval samples carry no source kind)")
+    mu = fp32.mean(axis=0) if len(sel) < len(out) else None
+    mf = label_free_figures(fp32[sel], out[sel], noisy[sel], mu)
+    record(**mf.figures())
+    flips = flip_attribution(fp32[sel], out[sel], noisy[sel], [names[i] for i in sel] if names else None)
+    flips.index = sel[flips.index]  # positions in the eval set (the repro bundle's inputs)
+    flips.names = names
+    record(**flips.figures())
+
+    def explain_with_flips() -> str:
+        per_kind_line = f"per kind: {kinds_text(per_kind)}" if per_kind and subject.domain is not None else ""
+        return "; ".join(x for x in (flips.text(), per_kind_line, explain()) if x)
+
+    try:
+        record(**judge_label_free(mf, subject=subject.describe, where=where + scope, explain=explain_with_flips))
+    except CheckFailure as e:
+        e.inputs = flips.arrays()  # the repro bundle's inputs.npz (harness/report/repro.py)
+        raise
+    if out_of_domain:
+        record(out_of_domain_departure=out_of_domain)
+
+
+def eval_samples(lab, card) -> list:
+    """The eval samples in the order their logits come (the embedded set: those that decoded)."""
+    if not lab.uses_real_data:
+        _, kept = lab.inputs(card, "eval")  # memoised: the same call gave the logits their images
+        if kept:
+            return list(kept)
+    return list(lab.images("eval").samples)
 
 
 @dataclass
@@ -729,17 +873,30 @@ def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:
     return rep
 
 
-def check_layer_sqnr(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None) -> None:
-    """Every QDQ pair and quantized weight keeps a minimum SQNR; the weakest are named."""
+def check_layer_sqnr(card, lab: LabLike, record: Record, method: str, subject: Subject | None = None) -> str | None:
+    """Every QDQ pair and quantized weight keeps a minimum SQNR; the weakest are named.
+
+    Returns a reason when the check does not apply: a QOperator file (QLinearConv ...) has no
+    QDQ pair to measure. Its int8 verdict (test_int8_matches_fp32) needs only outputs and judges
+    it; a per-layer report of it would read the integer ops' dequantized outputs (not built yet)."""
     subject = subject or subject_for(lab, card, method)
+    fmt = int8_format(subject.int8)
+    record(**fmt.figures())
+    if not fmt.qdq:
+        return (f"{subject.int8.name} is a QOperator int8 file ({', '.join(fmt.integer_ops[:4])}): the layer report "
+                "measures QuantizeLinear->DequantizeLinear pairs, which this format folds into its integer ops; "
+                "test_int8_matches_fp32 judges the file on its outputs")
     rep = layer_report_for(lab, card, subject, record)
     judge_layer_report(rep, subject=subject.describe, where=f"{subject.int8}")
+    return None
 
 
 def judge_layer_report(rep: LayerReport, *, subject: str, where: str) -> None:
     if not rep.activations():
         raise CheckFailure(message(f"QDQ activation pairs in {subject}", 0, "> 0", where,
-                                   cause="the file holds no QuantizeLinear->DequantizeLinear pair: not a QDQ int8 model"),
+                                   cause="the file holds no QuantizeLinear->DequantizeLinear pair on an activation and "
+                                         "no QOperator integer op (QLinearConv ...): not an int8 model (a float "
+                                         "file given as int8_onnx?)"),
                            rep.figures())
     min_act = tolerance(SECTION, "min_activation_sqnr_db")
     min_w = tolerance(SECTION, "min_weight_sqnr_db")
