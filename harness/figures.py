@@ -332,6 +332,16 @@ remeasure | text | | | why it was re-measured
 remeasure_note | text | | | what the re-measurement showed
 remeasured_median_ms | num | ms | | median of the re-measurement
 remeasured_quiet | bool | | | the re-measurement was quiet
+samples_used | int | count | | samples the verdict rests on: recorded calls (absolute) or blocks per side (ratio)
+samples_max | int | count | | the plan's maximum of those (rounds, blocks): what a measurement takes without an early stop
+looks | int | count | | looks the sequential stopping rule took in the kept attempt
+stop_reason | text | | | why the kept attempt stopped: decided (budget outside the interval), tight (interval narrow enough), max
+look_level | num | fraction | | confidence level of each look (stop_level split over the planned looks, Bonferroni)
+contended_looks | int | count | | looks not allowed to stop: a contended call since the previous look, or not quiet so far
+stop_interval_ms | list | ms | | the median's interval at the per-look level when the measurement stopped early
+stop_blocks_interval | list | 1 | | the block ratios' interval at the per-look level when the comparison stopped early
+calls_total | int | count | | recorded calls over all attempts of an absolute measurement
+blocks_total | int | count | | blocks per side over all attempts of an interleaved comparison
 images_per_s | num | images/s | | throughput
 throughput_budget_ips | num | images/s | | throughput budget
 throughput_budget_recorded_ips | num | images/s | | throughput budget before rescaling

@@ -45,6 +45,13 @@ def _skip(reason: str) -> None:
     pytest.skip(f"absolute budget not judged: {reason} (figures recorded)")
 
 
+def _budget_ms(choice, card, precision, batch, runtime, threads) -> float | None:
+    """The budget the measurement will be judged against, so that it stops as soon as the verdict
+    is clear (harness/latency/timing.py Sequential); None when none applies (figures recorded)."""
+    budget = lc.budget_for(choice, card, precision, batch, runtime, threads)
+    return None if isinstance(budget, str) else budget.ms
+
+
 def _judge_or_skip(m, choice, card, precision, batch, runtime, threads, record, subject, file, remeasure=None):
     record(**choice.figures())
     budget = lc.budget_for(choice, card, precision, batch, runtime, threads)
@@ -57,11 +64,14 @@ def _judge_or_skip(m, choice, card, precision, batch, runtime, threads, record, 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_latency_within_budget(model_card, precision, batch, lab, record, benchmark, latency_profile, runtime):
     _not_applicable(lc.not_applicable(runtime, int8=precision == "int8"))
-    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, runtime=runtime)
     threads = lc.threads_for(lab)
+    budget_ms = _budget_ms(latency_profile, model_card, precision, batch, runtime.id, threads)
+    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, runtime=runtime,
+                           budget_ms=budget_ms)
 
     def remeasure():  # an over-budget quiet median must reproduce (harness/latency/checks.py judge_absolute)
-        return lc.measure_latency(model_card, lab, lambda **figures: None, precision, batch, runtime=runtime)
+        return lc.measure_latency(model_card, lab, lambda **figures: None, precision, batch, runtime=runtime,
+                                  budget_ms=budget_ms)
 
     _judge_or_skip(m, latency_profile, model_card, precision, batch, runtime.id, threads, record,
                    f"{model_card.id} {precision} batch {batch} ({runtime.id}, {threads} threads)",
@@ -123,7 +133,8 @@ def test_gpu_latency_within_budget(model_card, gpu_case, lab, record, benchmark,
         pytest.skip("no CUDA or TensorRT execution provider in this onnxruntime (CPU only): GPU budgets "
                     "(e.g. --profile t4-tensorrt) need onnxruntime-gpu on a GPU machine")
     gpu_runtime, precision, batch = gpu_case
-    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, runtime=gpu_runtime)
+    m = lc.measure_latency(model_card, lab, record, precision, batch, benchmark=benchmark, runtime=gpu_runtime,
+                           budget_ms=_budget_ms(latency_profile, model_card, precision, batch, gpu_runtime, None))
     _judge_or_skip(m, latency_profile, model_card, precision, batch, gpu_runtime, None, record,
                    f"{model_card.id} {precision} batch {batch} ({gpu_runtime})",
                    lc.artifact(lab, model_card, "fp32" if precision == "fp16" else precision)[0])

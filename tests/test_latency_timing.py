@@ -149,7 +149,13 @@ def test_interleaved_ratio_and_its_block_range():
     run = interleaved(SimulatedMachine(jitter=0.02), {"slow": 3.0, "base": 1.0})
     r = run.ratio("slow", "base")
     assert r.quiet and r.wall == pytest.approx(3.0, rel=0.01) and r.cpu == pytest.approx(3.0, rel=0.01)
-    assert r.blocks == 6 and r.coverage == pytest.approx(1 - 2 ** -5)
+    # no target: the sequential rule has nothing to decide, every block is measured
+    assert r.blocks == PLAN.blocks
+    # the block ratios' interval of the median at ci_level: for 9 blocks ranks 2..8
+    low, high, cov = timing.median_interval(sorted(r.wall_blocks), PLAN.ci_level)
+    assert (r.wall_low, r.wall_high, r.coverage) == (low, high, cov) and cov >= PLAN.ci_level
+    assert PLAN.blocks < 9 or (low, high) == tuple(sorted(r.wall_blocks)[1:-1:len(r.wall_blocks) - 3])
+    assert run.stop is not None and run.stop.reason == "max" and run.stop.samples == PLAN.blocks
     per_image = run.ratio("slow", "base", num_items=8)
     assert per_image.wall == pytest.approx(3.0 / 8, rel=0.01)
 
@@ -158,13 +164,14 @@ def test_busy_machine_fails_a_ratio_only_when_every_block_and_cpu_time_agree():
     machine = SimulatedMachine(busy=0.7, neighbours=0.85)
     r = interleaved(machine, {"slow": 3.0, "base": 1.0}).ratio("slow", "base")
     assert not r.quiet
-    with pytest.raises(CheckFailure, match=r"measured under contention, but every one of 6 blocks"):
+    with pytest.raises(CheckFailure, match=rf"measured under contention, but the 96% interval of the {PLAN.blocks} block ratios"):
         lc.judge_ratio(r, 1.2, "user_over_own_max", Rec(), what="w", where="a.onnx vs b.onnx", cause="3x work")
 
 
 def test_busy_machine_ratio_near_the_limit_is_inconclusive():
-    # the load changes between blocks: the wall-time blocks straddle the limit
-    machine = SimulatedMachine(phases=[(6, 0.7, 0.9), (6, 0.0, 0.9)] * 40)
+    # the load changes between blocks (one unrecorded + per_block calls each): the wall-time blocks straddle the limit
+    block = 1 + PLAN.per_block
+    machine = SimulatedMachine(phases=[(2 * PLAN.warmup, 0.0, 0.9)] + [(block, 0.7, 0.9), (block, 0.0, 0.9)] * 80)
     r = interleaved(machine, {"a": 1.1, "b": 1.0}).ratio("a", "b")
     assert not r.quiet and r.wall_low < 1.2 < r.wall_high
     with pytest.raises(Inconclusive) as e:
@@ -229,7 +236,10 @@ def test_first_attempt_runs_in_pedantic_mode_and_the_json_gets_the_judged_calls(
     machine = SimulatedMachine(work_s=0.004)
     bench = StubBenchmark()
     m = timing.measure(machine.model(), PLAN, clocks=machine.clocks, first_runner=lc.pedantic_runner(bench))
-    assert bench.pedantic_calls == PLAN.warmup + PLAN.rounds and len(m.attempt.calls) == PLAN.rounds
+    # pedantic mode calls warmup + rounds times; the calls after the sequential stop are no-ops
+    assert bench.pedantic_calls == PLAN.warmup + PLAN.rounds
+    assert m.stop is not None and m.stop.reason == "tight" and len(m.attempt.calls) == m.stop.samples < PLAN.rounds
+    assert machine.calls == PLAN.warmup + m.stop.samples
     lc.publish_benchmark(bench, m, {"median_ms": 4.0, "model": "repvgg_a0", "noise": None})
     assert bench.stats.stats.data == [c.wall_s for c in m.attempt.calls]
     assert bench.extra_info == {"median_ms": 4.0, "model": "repvgg_a0"}

@@ -14,16 +14,22 @@ by default; ``harness/latency/timing.py`` does the timing):
   runs instances x processes x batch); judged against the profile's ``throughput_ips``.
 - GPU runtimes (ORT's CUDA and TensorRT execution providers) when this onnxruntime has them.
 
-Every measurement records median, q1/q3/IQR, p90, a 95% interval of the median, cv, CPU
-time / wall, run-delay and neighbour shares, attempts, GMACs per image (counted on the ONNX
-graph) and achieved GFLOP/s against the machine's measured fp32 peak (roofline ratio).
+Every measurement stops as soon as its verdict is clear (the sequential rule of the timing
+module: the budget or the ratio's limit outside the median's interval at a
+Bonferroni-adjusted level, or the interval tight; else the full count, judged as before) and
+records how (``samples_used``, ``looks``, ``stop_reason``), besides median, q1/q3/IQR, p90,
+a 95% interval of the median, cv, CPU time / wall, run-delay and neighbour shares, attempts,
+GMACs per image (counted on the ONNX graph) and achieved GFLOP/s against the machine's
+measured fp32 peak (roofline ratio).
 
 Verdicts on a noisy machine (see the timing module): a quiet measurement is judged on its
 median. A contended one can still *pass* an absolute budget (contention only adds time, so
 an inflated figure within budget is within budget) but never fail it: it is
 "inconclusive: contention" (``Inconclusive(failing=False)``), its own outcome. A contended
-ratio fails only when every block and the CPU-time ratio (work, not waiting) are over the
-limit, passes only when they are all within it, and is inconclusive otherwise.
+ratio fails only when the block ratios' 95% interval of the median (``ci_level``: every block
+for up to 8 blocks) and the CPU-time ratio (work, not waiting) are over the limit x (1 +
+``contended_ratio_margin``), passes only when they are all within the limit, and is
+inconclusive otherwise.
 
 Threads: ``--threads N``, else every CPU this process may run on (``os.sched_getaffinity``,
 what ONNX Runtime's default comes close to on a VM). An absolute budget holds only for the
@@ -334,10 +340,13 @@ def session_for(lab, card: ModelCard, path: Path, rspec, precision: str, threads
 
 
 def measure_latency(card: ModelCard, lab: LabLike, record: Record, precision: str, batch: int, *, benchmark=None,
-                    runtime=None, clocks: timing.Clocks = timing.REAL_CLOCKS) -> timing.Measurement:
+                    runtime=None, clocks: timing.Clocks = timing.REAL_CLOCKS,
+                    budget_ms: float | None = None) -> timing.Measurement:
     """Time one model x precision x batch through ``runtime`` (a ``--runtime`` spec or id; default
     ort; ``"ort-trt"`` with precision fp16 asks TensorRT for fp16); record every figure
-    (results.json and, with ``benchmark``, pytest-benchmark's JSON)."""
+    (results.json and, with ``benchmark``, pytest-benchmark's JSON). ``budget_ms``: the budget it
+    will be judged against, so that the calls stop as soon as the verdict is clear
+    (harness/latency/timing.py Sequential); None: only a tight interval stops early."""
     rspec = runtimes.spec(runtime)
     if precision == "fp16" and rspec.precision == "fp32":
         rspec = runtimes.Spec(rspec.name, "fp16")
@@ -354,7 +363,7 @@ def measure_latency(card: ModelCard, lab: LabLike, record: Record, precision: st
     macs, convs = onnx_work(path, lab)
     m = timing.measure(call_of(sess, x), plan_for(threads), name=f"{card.id} {precision} b{batch}", clocks=clocks,
                        first_runner=pedantic_runner(benchmark), flops_per_call=2.0 * macs * batch if macs else None,
-                       peak=peak, items_per_call=batch)
+                       peak=peak, items_per_call=batch, target_s=None if budget_ms is None else budget_ms / 1e3)
     figures = {"latency_kind": "absolute", "model": card.id, "precision": precision, "batch": batch,
                "runtime": rspec.id, "effective_precision": sess.effective_precision, "runtime_settings": sess.settings,
                "file": str(path), "artifact": what,
@@ -391,14 +400,18 @@ def judge_absolute(m: timing.Measurement, budget: Budget, record, *, subject: st
                budget_scale_note=budget.scale_note)
     where = budget.where + (f"; {file}" if file else "")
     what = f"median latency of {subject}"
+    stop = getattr(m, "stop", None)  # a measurement-like without the sequential rule's record has none
+    stopped = f"; {stop.line()}" if stop is not None else ""
     if m.quiet:
         roof = ""
         if m.gflops and m.peak:
             roof = (f"; {m.gflops:.1f} GFLOP/s achieved = {m.gflops / m.peak.gflops:.0%} of this machine's measured "
                     f"fp32 peak ({m.peak.gflops:.0f} GFLOP/s)")
+        # a sequential stop agrees with this comparison: 'decided' means the whole interval is on
+        # one side of the budget, 'tight' and 'max' are judged on the median as always
         check(ms <= budget.ms, what, f"{ms:.3f} ms", budget.expected, where,
               cause=f"{ms / budget.ms - 1:+.0%} over the budget on a quiet machine "
-                    f"(cv {s.cv:.3f}, 95% interval {s.ci_low * 1e3:.3f}-{ci_high:.3f} ms){roof}")
+                    f"(cv {s.cv:.3f}, 95% interval {s.ci_low * 1e3:.3f}-{ci_high:.3f} ms{stopped}){roof}")
         record(verdict="quiet: judged on the median")
         return
     if ci_high <= budget.ms:
@@ -426,7 +439,7 @@ class Side:
 
 def interleave(sides: dict[str, Side], inputs: dict[int, np.ndarray], threads: int, *,
                clocks: timing.Clocks = timing.REAL_CLOCKS, plan: timing.Plan | None = None,
-               runtime=None) -> timing.Interleaved:
+               runtime=None, target: timing.RatioTarget | None = None) -> timing.Interleaved:
     # Spinning off on both sides: an idle session's intra-op threads spin-wait after each call
     # and take CPUs from the other session's next calls. Measured on the quiet 2-core machine
     # (repvgg_a0 int8 vs fp32, batch 1, 2 threads): with spinning only 47-67% of int8 calls were
@@ -436,7 +449,7 @@ def interleave(sides: dict[str, Side], inputs: dict[int, np.ndarray], threads: i
     sessions = {name: rspec.prepare(s.path, threads, model=s.model, file_precision=s.precision, spinning=False)
                 for name, s in sides.items()}
     calls = {name: call_of(sessions[name], inputs[s.batch]) for name, s in sides.items()}
-    return timing.measure_interleaved(calls, plan or plan_for(threads), clocks=clocks)
+    return timing.measure_interleaved(calls, plan or plan_for(threads), clocks=clocks, target=target)
 
 
 def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.Peak | None,
@@ -458,6 +471,9 @@ def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.P
     out["neighbour_cpu_share"] = None if run.neighbour_share is None else round(run.neighbour_share, 3)
     out["attempts"] = run.attempts
     out["remeasure"] = run.remeasure
+    out["blocks_total"] = run.blocks_total
+    if run.stop is not None:
+        out.update(run.stop.figures(interval_name="stop_blocks_interval"))
     return out
 
 
@@ -476,25 +492,31 @@ def judge_ratio(r: timing.Ratio, limit: float | Limit, limit_key: str, record, *
     if r.quiet:
         record(verdict="quiet: judged on the ratio of medians")
         check(r.wall <= limit, what, f"{r.wall:.3f}", f"<= {limit:g}", where,
-              cause=f"{cause} (blocks {r.wall_low:.3f}-{r.wall_high:.3f}, CPU-time ratio {r.cpu:.3f})")
+              cause=f"{cause} (block ratios' {r.coverage:.0%} interval {r.wall_low:.3f}-{r.wall_high:.3f} over "
+                    f"{r.blocks} blocks, CPU-time ratio {r.cpu:.3f})")
         return
     noise = "; ".join(r.noise + ([note] if note else []))
     # a neighbour competing for caches and memory inflates the side with the larger working set,
     # in CPU time too: under contention only a ratio beyond the limit by this margin is a fail
     margin = tolerance(SECTION, "contended_ratio_margin")
     bar = limit * (1 + margin)
+    # over the block ratios' interval of the median at ci_level (timing.Interleaved.ratio): every
+    # block for up to 8 blocks, all but the most extreme one on each side from 9
     if r.wall_low > bar and r.cpu_low > bar:
-        record(verdict="contended, over the limit (with the contention margin) in every block and in CPU time")
+        record(verdict="contended, over the limit (with the contention margin) over the block ratios' interval and "
+                       "in CPU time")
         raise CheckFailure(message(what, f"{r.wall:.3f}", f"<= {limit:g}", where,
-                                   cause=f"{cause} (measured under contention, but every one of {r.blocks} blocks "
-                                         f"({r.wall_low:.3f}-{r.wall_high:.3f}) and the CPU-time ratio "
-                                         f"({r.cpu_low:.3f}-{r.cpu_high:.3f}) are over the limit x {1 + margin:g} "
+                                   cause=f"{cause} (measured under contention, but the {r.coverage:.0%} interval of "
+                                         f"the {r.blocks} block ratios ({r.wall_low:.3f}-{r.wall_high:.3f}) and of "
+                                         f"the CPU-time ratios ({r.cpu_low:.3f}-{r.cpu_high:.3f}) are over the limit "
+                                         f"x {1 + margin:g} "
                                          f"= {bar:.3g}, [latency] contended_ratio_margin)"))
     if r.wall_high <= limit and r.cpu_high <= limit:
-        record(verdict="contended, within the limit in every block and in CPU time")
+        record(verdict="contended, within the limit over the block ratios' interval and in CPU time")
         return
     raise Inconclusive(
-        f"contention: {what} = {r.wall:.3f} (blocks {r.wall_low:.3f}-{r.wall_high:.3f}, CPU time "
+        f"contention: {what} = {r.wall:.3f} (block ratios' {r.coverage:.0%} interval {r.wall_low:.3f}-{r.wall_high:.3f}, "
+        f"CPU time "
         f"{r.cpu_low:.3f}-{r.cpu_high:.3f}) vs limit {limit:g} [{where}] cannot be judged: {noise}"
         + (f"; a contended ratio fails only beyond {bar:.3g} (limit x {1 + margin:g}: other processes' cache and "
            "memory traffic inflate the larger side)" if r.wall_low > limit and r.cpu_low > limit else ""),
@@ -508,12 +530,15 @@ def compare_files(num: Side, den: Side, inputs: dict[int, np.ndarray], threads: 
     """Interleave ``num`` and ``den`` (both run by ``runtime``, default ort); judge (num per image) /
     (den per image) against the [latency] ``limit_key`` tolerance of ``host_class`` (default: this host's)."""
     sides = {"num": num, "den": den}
-    run = interleave(sides, inputs, threads, clocks=clocks, plan=plan, runtime=runtime)
+    lim = ratio_limit(limit_key, host_class)
+    # the blocks stop as soon as the limit lies outside the block ratios' interval (timing.Sequential's rule)
+    run = interleave(sides, inputs, threads, clocks=clocks, plan=plan, runtime=runtime,
+                     target=timing.RatioTarget("num", "den", lim.value, num.batch, den.batch))
     r = run.ratio("num", "den", num.batch, den.batch)
     record(numerator=num.label, denominator=den.label, threads=threads, runtime=runtimes.spec(runtime).id,
            **side_figures(run, sides, peak, lab))
-    judge_ratio(r, ratio_limit(limit_key, host_class), limit_key, record, what=what,
-                where=f"{num.path} vs {den.path}", cause=cause(r), note=run.remeasure)
+    judge_ratio(r, lim, limit_key, record, what=what, where=f"{num.path} vs {den.path}",
+                cause=cause(r) + (f"; {run.stop.line('blocks')}" if run.stop is not None else ""), note=run.remeasure)
     return r
 
 

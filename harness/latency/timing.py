@@ -14,21 +14,24 @@ time (``time.perf_counter``):
 
 A call is *clean* when its threads waited for a CPU at most ``max_delay_share`` of the
 call's wall time x threads (without schedstat: when ``cpu / wall >= min_cpu_ratio x N``).
-An attempt (warm-up, then a fixed number of rounds, like pytest-benchmark's pedantic
-mode) is *quiet* when enough of its calls are clean, other processes used at most
-``max_neighbour_share`` of all CPUs during it (``/proc/stat``), and the clean calls'
-spread is small. A noisy attempt is re-measured (``max_attempts``, with a pause between);
-the figures come from the first quiet attempt, else from the least contended one, and say
-so (``quiet = False``): judging a noisy figure is the caller's decision (see
-``harness/latency/checks.py``: a contended result is a pass only when even the inflated
-figure meets the budget, else "inconclusive", never a fail).
+An attempt (warm-up, then up to ``rounds`` calls, like pytest-benchmark's pedantic mode; the
+sequential rule, :class:`Sequential`, stops it as soon as the budget lies outside the
+median's interval or the interval is tight, never on a contended batch) is *quiet* when
+enough of its calls are clean, other processes used at most ``max_neighbour_share`` of all
+CPUs during it (``/proc/stat``), and the clean calls' spread is small. A noisy attempt is
+re-measured (``max_attempts``, with a pause between); the figures come from the first quiet
+attempt, else from the least contended one, and say so (``quiet = False``): judging a noisy
+figure is the caller's decision (see ``harness/latency/checks.py``: a contended result is a
+pass only when even the inflated figure meets the budget, else "inconclusive", never a
+fail).
 
 Two configurations compared with each other (int8 vs fp32, deploy vs train form) are
 measured *interleaved* (:func:`measure_interleaved`): blocks of calls of each, alternating
 A B, B A, ... so that a change of load hits both alike; each block starts with one unrecorded
 call (the other session's spinning threads settle). The ratio's interval is the range of
 the per-block ratios, a distribution-free interval for their median with coverage
-``1 - 2^(1-k)`` for k blocks. Its CPU-time ratio is recorded beside the wall-time ratio:
+``1 - 2^(1-k)`` for k blocks; with a :class:`RatioTarget` the blocks stop early by the same
+sequential rule, on the block ratios. Its CPU-time ratio is recorded beside the wall-time ratio:
 CPU time counts work, not waiting, so it still compares the two computations when the
 machine is busy.
 
@@ -130,8 +133,8 @@ class Plan:
     threads: int | None  # busy threads expected during a call (ORT intra-op); None: GPU, not judged by CPU time
     warmup: int = 3
     rounds: int = 20
-    blocks: int = 6  # interleaved: blocks per configuration
-    per_block: int = 5  # interleaved: recorded calls per block (after one unrecorded)
+    blocks: int = 9  # interleaved: blocks per configuration (at most: the sequential rule may stop earlier)
+    per_block: int = 3  # interleaved: recorded calls per block (after one unrecorded)
     max_attempts: int = 3
     settle_s: float = 2.0
     max_delay_share: float = 0.05
@@ -150,6 +153,17 @@ class Plan:
     # CPUs this process may run on: with more busy threads than CPUs our own threads wait for
     # each other, and that much run delay is no sign of a neighbour
     cpus: int | None = None
+    # the sequential stopping rule (:class:`Sequential`): the first look after stop_min_calls
+    # recorded calls (blocks: stop_min_blocks), then one every stop_look_every (blocks:
+    # stop_look_every_blocks) up to rounds (blocks); stop_level is the confidence of all the
+    # looks of one measurement together, stop_precision the relative width of the median's
+    # interval that is tight enough
+    stop_min_calls: int = 8
+    stop_look_every: int = 4
+    stop_min_blocks: int = 7
+    stop_look_every_blocks: int = 1
+    stop_precision: float = 0.05
+    stop_level: float = 0.95
 
     @property
     def allowed_delay_share(self) -> float:
@@ -162,7 +176,11 @@ class Plan:
 
 
 PLAN_KEYS = ("warmup", "rounds", "blocks", "per_block", "max_attempts", "settle_s", "max_delay_share",
-             "min_cpu_ratio", "min_clean_share", "max_cv", "max_neighbour_share", "ci_level")
+             "min_cpu_ratio", "min_clean_share", "max_cv", "max_neighbour_share", "ci_level",
+             "stop_min_calls", "stop_look_every", "stop_min_blocks", "stop_look_every_blocks", "stop_precision",
+             "stop_level")
+_INT_KEYS = ("warmup", "rounds", "blocks", "per_block", "max_attempts", "stop_min_calls", "stop_look_every",
+             "stop_min_blocks", "stop_look_every_blocks")
 
 
 def plan_from_tolerances(threads: int | None, section: str = "latency", **override: Any) -> Plan:
@@ -171,7 +189,7 @@ def plan_from_tolerances(threads: int | None, section: str = "latency", **overri
     values: dict[str, Any] = {}
     for key in PLAN_KEYS:
         v = tolerance(section, key)
-        values[key] = int(v) if key in ("warmup", "rounds", "blocks", "per_block", "max_attempts") else v
+        values[key] = int(v) if key in _INT_KEYS else v
     values.update(override)
     return Plan(threads=threads, **values)
 
@@ -310,6 +328,7 @@ class Attempt:
     calls: list[Call]
     plan: Plan
     neighbour_share: float | None
+    stop: Stop | None = None  # how the sequential rule ended this attempt (None: not measured under it)
 
     @property
     def clean_flags(self) -> list[bool]:
@@ -356,6 +375,161 @@ class Attempt:
     def badness(self) -> tuple:
         """Ordering for 'least contended': more clean calls, then fewer neighbours, then tighter."""
         return (-self.clean_share, self.neighbour_share or 0.0, self.spread.cv)
+
+
+# --- the sequential stopping rule -----------------------------------------------------------
+#
+# A measurement samples in batches and looks at what it has after each: it stops as soon as the
+# budget (a ratio's limit) lies outside the median's distribution-free interval (``decided``),
+# or the interval is narrower than ``stop_precision`` of the median (``tight``: more calls in
+# this run would not make the figure more reproducible, run-to-run spread dominates), else at
+# the plan's maximum (``max``: rounds / blocks, today's count, judged by today's rules).
+#
+# Optional stopping: looking repeatedly and stopping at the first look whose interval excludes
+# the budget would miss the budget more often than one look does. Two guards:
+# - no look before ``stop_min_calls`` (blocks: ``stop_min_blocks``): the first sample count at
+#   which an interval at the adjusted level exists (with fewer values even their full range
+#   covers the median less often than that level);
+# - Bonferroni: each of the L planned looks uses level 1 - (1 - stop_level) / L, so the chance
+#   that *any* look's interval misses the true median is at most 1 - stop_level. Bonferroni
+#   rather than an alpha-spending function (O'Brien-Fleming, Pocock): the intervals come from
+#   order statistics, whose coverage moves in discrete steps, so a spending function's
+#   per-look levels cannot be hit anyway, and Bonferroni holds for any dependence between the
+#   looks (ours are nested samples, strongly dependent), so it needs no model of it. Its cost
+#   is small here: with L = 4 looks the first look needs n = 8 calls instead of 6.
+# The final look at the maximum is not adjusted: there today's verdict rules apply unchanged.
+
+STOP_REASONS = ("decided", "tight", "max")
+
+
+def look_schedule(first: int, every: int, last: int) -> list[int]:
+    """Sample counts at which to look: ``first``, ``first + every``, ... and always ``last``."""
+    if first >= last or every < 1 or first < 1:
+        return [last]
+    return list(range(first, last, every)) + [last]
+
+
+def look_level(level: float, looks: int) -> float:
+    """Bonferroni: the per-look level that keeps ``level`` for all ``looks`` together."""
+    return 1.0 - (1.0 - level) / max(1, looks)
+
+
+def judge_look(sorted_values: Sequence[float], target: float | None, level: float,
+               precision: float) -> tuple[str | None, float, float, float]:
+    """(``decided`` / ``tight`` / None, interval low, high, coverage) of one look at the values."""
+    lo, hi, cov = median_interval(sorted_values, level)
+    if cov < level:  # too few values for an interval at this level
+        return None, lo, hi, cov
+    if target is not None and (target > hi or target < lo):
+        return "decided", lo, hi, cov
+    med = quantile(sorted_values, 0.5)
+    if med > 0 and (hi - lo) / med <= precision:
+        return "tight", lo, hi, cov
+    return None, lo, hi, cov
+
+
+@dataclass(frozen=True)
+class Stop:
+    """How the sequential rule ended one attempt (samples: recorded calls, or blocks per side)."""
+
+    reason: str  # one of STOP_REASONS
+    samples: int
+    max_samples: int
+    looks: int
+    level: float  # per-look level (Bonferroni)
+    low: float | None = None  # the interval at the stopping look (decided / tight)
+    high: float | None = None
+    target: float | None = None
+    skipped: int = 0  # looks whose latest batch was contended (not used to stop)
+
+    def line(self, unit: str = "calls") -> str:
+        """For messages: 'stopped after 8 of 20 calls: the budget lies outside ...'."""
+        if self.reason == "max":
+            return f"all {self.samples} {unit} measured ({self.looks} looks, no early decision)"
+        how = ("the budget lies outside the median's interval" if self.reason == "decided"
+               else "the median's interval is tight")
+        return f"stopped after {self.samples} of {self.max_samples} {unit}: {how} (per-look level {self.level:.4g})"
+
+    def figures(self, scale: float = 1.0, interval_name: str = "stop_interval_ms", digits: int = 4) -> dict[str, Any]:
+        out: dict[str, Any] = {"samples_used": self.samples, "samples_max": self.max_samples, "looks": self.looks,
+                               "stop_reason": self.reason, "look_level": round(self.level, 5),
+                               "contended_looks": self.skipped}
+        if self.low is not None and self.high is not None:
+            out[interval_name] = [round(self.low * scale, digits), round(self.high * scale, digits)]
+        return out
+
+
+def batch_contended(calls: Sequence[Call], plan: Plan) -> bool:
+    """A batch (the calls since the previous look) is contended when fewer than
+    ``min_clean_share`` of its calls are clean: the rule an attempt is quiet by, applied to the
+    batch alone. Contention is judged on every call; a stray unclean call does not make the
+    batch contended, because the interval is computed from the clean calls only (measured under
+    load 13 on 2 cores, tiny models: requiring every call clean blocked every early stop of
+    runs whose attempts were quiet)."""
+    return not calls or sum(c.clean(plan) for c in calls) / len(calls) < plan.min_clean_share
+
+
+class Sequential:
+    """The stopping rule over one attempt's recorded calls: :meth:`add` each call, True = stop.
+
+    A look happens at the sample counts of :func:`look_schedule`; it may stop the attempt only
+    when the batch since the previous look was not contended (:func:`batch_contended`: a
+    contended batch never stops a measurement) and the attempt so far is quiet
+    (:attr:`Attempt.quiet`: clean share, other processes, spread)."""
+
+    def __init__(self, plan: Plan, target_s: float | None, neighbours: Neighbours | None = None):
+        self.plan, self.target = plan, target_s
+        self.schedule = look_schedule(plan.stop_min_calls, plan.stop_look_every, plan.rounds)
+        self.level = look_level(plan.stop_level, len(self.schedule))
+        self.neighbours = neighbours
+        self.calls: list[Call] = []
+        self.looks = self.skipped = 0
+        self.reason: str | None = None
+        self.interval: tuple[float | None, float | None] = (None, None)
+        self._since = 0  # index of the first call after the previous look
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
+
+    def add(self, call: Call) -> bool:
+        self.calls.append(call)
+        n = len(self.calls)
+        if n not in self.schedule:
+            return False
+        self.looks += 1
+        batch, self._since = self.calls[self._since:], n
+        if n >= self.plan.rounds:
+            self.reason = "max"
+            return True
+        if batch_contended(batch, self.plan):
+            self.skipped += 1
+            return False
+        attempt = Attempt(self.calls, self.plan, self.neighbours.share() if self.neighbours else None)
+        if not attempt.quiet:
+            self.skipped += 1
+            return False
+        values = sorted(c.wall_s for c in attempt.judged_calls)
+        reason, lo, hi, _ = judge_look(values, self.target, self.level, self.plan.stop_precision)
+        if reason is None:
+            return False
+        self.reason, self.interval = reason, (lo, hi)
+        return True
+
+    def stop(self) -> Stop:
+        return Stop(self.reason or "max", len(self.calls), self.plan.rounds, self.looks, self.level,
+                    self.interval[0], self.interval[1], self.target, self.skipped)
+
+
+@dataclass(frozen=True)
+class RatioTarget:
+    """What an interleaved comparison decides: (num / num_items) / (den / den_items) vs ``limit``."""
+
+    num: str
+    den: str
+    limit: float
+    num_items: int = 1
+    den_items: int = 1
 
 
 # --- the machine's peak -------------------------------------------------------------------
@@ -560,6 +734,15 @@ class Measurement:
         return self.spread.median
 
     @property
+    def stop(self) -> Stop | None:
+        """How the sequential rule ended the kept attempt."""
+        return self.attempt.stop
+
+    @property
+    def calls_total(self) -> int:
+        return sum(len(a.calls) for a in self.attempts)
+
+    @property
     def gflops(self) -> float | None:
         if not self.flops_per_call or not self.median_s > 0:
             return None
@@ -586,7 +769,10 @@ class Measurement:
             "attempts": len(self.attempts), "chosen_attempt": self.chosen + 1, "quiet": self.quiet,
             "noise": "; ".join(self.noise) or None,
             "attempt_medians_ms": [round(x.spread.median * ms, 4) for x in self.attempts],
+            "calls_total": self.calls_total,
         }
+        if a.stop is not None:
+            fig.update(a.stop.figures(scale=ms))
         if self.items_per_call > 1:
             fig["per_image_ms"] = round(s.median * ms / self.items_per_call, 4)
         if self.flops_per_call:
@@ -603,30 +789,40 @@ class Measurement:
 
 def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks = REAL_CLOCKS,
             first_runner: Runner | None = None, flops_per_call: float | None = None,
-            peak: Peak | None = None, items_per_call: int = 1) -> Measurement:
-    """Warm-up + ``plan.rounds`` timed calls of ``fn``, re-measured while not quiet.
+            peak: Peak | None = None, items_per_call: int = 1, target_s: float | None = None) -> Measurement:
+    """Warm-up + up to ``plan.rounds`` timed calls of ``fn``, re-measured while not quiet.
 
-    ``first_runner`` runs the first attempt (the suite passes pytest-benchmark's pedantic
-    mode, which then times the same calls); later attempts run in a plain loop."""
+    The calls stop early by the sequential rule (:class:`Sequential`): as soon as ``target_s``
+    (the budget, seconds; None: no budget, only a tight interval stops early) lies outside the
+    median's interval, or the interval is tight. ``first_runner`` runs the first attempt (the
+    suite passes pytest-benchmark's pedantic mode, which calls warmup + rounds times: the calls
+    after the stop are no-ops); later attempts run in a plain loop."""
     attempts: list[Attempt] = []
     tries = Attempts(plan, clocks)
     for i in tries:
-        calls: list[Call] = []
-
-        def instrumented(calls: list[Call] = calls) -> None:  # bound now: used in this attempt only
-            calls.append(timed_call(fn, clocks))
-
         with no_gc():
             if i == 0 and first_runner is not None:
                 neighbours = Neighbours(clocks)
+                seq = Sequential(plan, target_s, neighbours)
+                warm = [plan.warmup]
+
+                def instrumented(seq: Sequential = seq, warm: list[int] = warm) -> None:  # this attempt's
+                    if warm[0] > 0:  # pedantic's warm-up calls
+                        warm[0] -= 1
+                        fn()
+                    elif not seq.done:
+                        seq.add(timed_call(fn, clocks))
+
                 first_runner(instrumented, plan.warmup, plan.rounds)
             else:
                 for _ in range(plan.warmup):
                     fn()
                 neighbours = Neighbours(clocks)
-                loop_runner(instrumented, 0, plan.rounds)
-        measured = calls[-plan.rounds:] if len(calls) > plan.rounds else calls
-        attempts.append(Attempt(measured, plan, neighbours.share()))
+                seq = Sequential(plan, target_s, neighbours)
+                for _ in range(plan.rounds):
+                    if seq.add(timed_call(fn, clocks)):
+                        break
+        attempts.append(Attempt(seq.calls, plan, neighbours.share(), seq.stop()))
         if attempts[-1].quiet:
             break
     chosen = next((i for i, a in enumerate(attempts) if a.quiet),
@@ -648,6 +844,8 @@ class Interleaved:
     attempts: int = 1
     attempt_noise: list[list[str]] = field(default_factory=list)
     remeasure: str | None = None  # why re-measuring stopped early
+    stop: Stop | None = None  # how the sequential rule ended this attempt (samples: blocks per side)
+    blocks_total: int = 0  # blocks per side over all attempts
 
     def attempt_of(self, name: str) -> Attempt:
         return Attempt([c for b in self.blocks[name] for c in b], self.plan, self.neighbour_share)
@@ -678,9 +876,13 @@ class Interleaved:
             cd = [c for c in bd if c.clean(self.plan)] or bd
             wall_blocks.append(scale * _median([c.wall_s for c in cn]) / _median([c.wall_s for c in cd]))
             cpu_blocks.append(scale * _median([c.cpu_s for c in bn]) / _median([c.cpu_s for c in bd]))
-        k = len(wall_blocks)
-        return Ratio(num, den, wall, min(wall_blocks), max(wall_blocks), cpu, min(cpu_blocks), max(cpu_blocks),
-                     k, 1.0 - 2.0 ** (1 - k) if k else 0.0, self.quiet, self.noise, wall_blocks, cpu_blocks)
+        # the interval of the block ratios' median at ci_level (order statistics): with 6 blocks
+        # the full range (96.9%), with 9 blocks ranks 2-8 (96.1%), so that one extreme block does
+        # not decide a contended verdict when more blocks were measured (harness/latency/checks.py)
+        w_lo, w_hi, cov = median_interval(sorted(wall_blocks), self.plan.ci_level)
+        c_lo, c_hi, _ = median_interval(sorted(cpu_blocks), self.plan.ci_level)
+        return Ratio(num, den, wall, w_lo, w_hi, cpu, c_lo, c_hi, len(wall_blocks), cov, self.quiet, self.noise,
+                     wall_blocks, cpu_blocks)
 
 
 @dataclass(frozen=True)
@@ -694,7 +896,7 @@ class Ratio:
     cpu_low: float
     cpu_high: float
     blocks: int
-    coverage: float  # of [low, high] for the median block ratio
+    coverage: float  # of [low, high] for the median block ratio (median_interval at the plan's ci_level)
     quiet: bool
     noise: list[str]
     wall_blocks: list[float]
@@ -709,14 +911,19 @@ class Ratio:
         }.items()}
 
 
-def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, clocks: Clocks = REAL_CLOCKS) -> Interleaved:
-    """Warm each call up, then ``plan.blocks`` rounds of blocks in alternating order (A B, B A,
-    ...); each block is one unrecorded call and ``plan.per_block`` recorded ones. Re-measured
+def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, clocks: Clocks = REAL_CLOCKS,
+                        target: RatioTarget | None = None) -> Interleaved:
+    """Warm each call up, then up to ``plan.blocks`` rounds of blocks in alternating order (A B,
+    B A, ...); each block is one unrecorded call and ``plan.per_block`` recorded ones. With a
+    ``target``, the blocks stop early by the sequential rule (:func:`_look_ratio`). Re-measured
     (up to ``plan.max_attempts``) while not quiet; the least contended attempt is kept."""
     names = list(calls)
     plan = replace(plan, judge_neighbours=False)
+    schedule = look_schedule(plan.stop_min_blocks, plan.stop_look_every_blocks, plan.blocks)
+    level = look_level(plan.stop_level, len(schedule))
     kept: Interleaved | None = None
     noise_log: list[list[str]] = []
+    blocks_total = 0
     tries = Attempts(plan, clocks)
     for attempt in tries:
         for fn in calls.values():
@@ -724,12 +931,34 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, cloc
                 fn()
         blocks: dict[str, list[list[Call]]] = {n: [] for n in names}
         neighbours = Neighbours(clocks)
+        looks = skipped = 0
+        since = 0
+        reason: str | None = None
+        interval: tuple[float | None, float | None] = (None, None)
         with no_gc():
             for k in range(plan.blocks):
                 for n in (names if k % 2 == 0 else names[::-1]):
                     calls[n]()  # the other session's threads settle here
                     blocks[n].append([timed_call(calls[n], clocks) for _ in range(plan.per_block)])
+                if k + 1 not in schedule:
+                    continue
+                looks += 1
+                if k + 1 >= plan.blocks:
+                    reason = "max"
+                    break
+                partial = Interleaved(plan, names, blocks, neighbours.share(), attempt + 1)
+                got, lo, hi = _look_ratio(partial, since, target, level)
+                since = k + 1
+                if got == "contended":
+                    skipped += 1
+                elif got is not None:
+                    reason, interval = got, (lo, hi)
+                    break
         run = Interleaved(plan, names, blocks, neighbours.share(), attempt + 1)
+        used = len(blocks[names[0]])
+        blocks_total += used
+        run.stop = Stop(reason or "max", used, plan.blocks, looks, level, interval[0], interval[1],
+                        target.limit if target else None, skipped)
         noise_log.append(run.noise)
         if kept is None or _inter_badness(run) < _inter_badness(kept):
             kept = run
@@ -740,7 +969,31 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, cloc
     kept.attempts = len(noise_log)
     kept.attempt_noise = noise_log
     kept.remeasure = tries.stopped
+    kept.blocks_total = blocks_total
     return kept
+
+
+def _look_ratio(run: Interleaved, since: int, target: RatioTarget | None,
+                level: float) -> tuple[str | None, float, float]:
+    """One look at an interleaved comparison: ("contended", ...) when the blocks since the
+    previous look are contended (:func:`batch_contended` per side, or a block without a clean
+    call: its ratio would rest on contended calls) or the run so far is not quiet (never a
+    stop); else
+    ``decided`` / ``tight`` / None by :func:`judge_look` on the per-block wall-time ratios (each
+    block pair measured under the same load: the unit the interval's independence rests on)."""
+    nan = float("nan")
+    if target is None:
+        return None, nan, nan
+    for name in run.names:
+        recent = run.blocks[name][since:]
+        if batch_contended([c for b in recent for c in b], run.plan) or not all(
+                any(c.clean(run.plan) for c in b) for b in recent):
+            return "contended", nan, nan
+    if not run.quiet:
+        return "contended", nan, nan
+    r = run.ratio(target.num, target.den, target.num_items, target.den_items)
+    reason, lo, hi, _ = judge_look(sorted(r.wall_blocks), target.limit, level, run.plan.stop_precision)
+    return reason, lo, hi
 
 
 def _inter_badness(run: Interleaved) -> tuple:
