@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -25,6 +27,7 @@ from filelock import FileLock
 
 MARKER = "_complete.json"
 T = TypeVar("T")
+log = logging.getLogger("zooconform.cache")
 
 
 def default_root() -> Path:
@@ -35,7 +38,8 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _file_sha(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file's bytes, read 1 MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -44,7 +48,7 @@ def _file_sha(path: Path) -> str:
 
 
 def _manifest(folder: Path) -> dict[str, dict]:
-    return {p.name: {"size": p.stat().st_size, "sha256": _file_sha(p)}
+    return {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER}
 
 
@@ -65,14 +69,28 @@ def is_valid(folder: Path) -> bool:
 class ArtifactCache:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root else default_root()
+        # one line per entry found corrupt and rebuilt this session (also logged): a cache that
+        # keeps rotting (a full disk, a flaky mount) should be seen, not silently paid for
+        self.notes: list[str] = []
+        # ``around_build(kind, key)``: a context manager around every build (the lab times it as a
+        # phase, harness/phases.py); a hit costs nothing and is not timed
+        self.around_build: Callable[[str, dict], AbstractContextManager[Any]] | None = None
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.warning(text)
+
+    def folder(self, kind: str, key: dict) -> Path:
+        """Where the entry of ``key`` lives (built or not)."""
+        return self.root / kind / key_digest({"kind": kind, **key})
 
     def entry(self, kind: str, key: dict, build: Callable[[Path], None]) -> Path:
         """Folder holding the artifact for ``key``; ``build(tmpdir)`` writes it if absent.
 
-        Returns the published folder; a corrupt entry is removed and rebuilt.
+        Returns the published folder; a corrupt entry is removed and rebuilt (with a note).
         """
-        digest = key_digest({"kind": kind, **key})
-        final = self.root / kind / digest
+        final = self.folder(kind, key)
+        digest = final.name
         if is_valid(final):
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -80,10 +98,12 @@ class ArtifactCache:
             if is_valid(final):  # another worker built it while we waited
                 return final
             if final.exists():
-                shutil.rmtree(final)  # truncated or corrupt: rebuild
+                self._note(f"cache entry {final} did not match its {MARKER} (truncated or corrupt): rebuilt")
+                shutil.rmtree(final)
             tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=final.parent))
             try:
-                build(tmp)
+                with self.around_build(kind, key) if self.around_build is not None else nullcontext():
+                    build(tmp)
                 (tmp / "key.json").write_text(json.dumps({"kind": kind, **key}, sort_keys=True, default=str, indent=1))
                 (tmp / MARKER).write_text(json.dumps({"files": _manifest(tmp)}))
                 os.replace(tmp, final)
@@ -91,6 +111,45 @@ class ArtifactCache:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+    def discard(self, kind: str, key: dict, why: str) -> None:
+        """Remove the entry of ``key`` (under its lock), noting ``why``: the next ``entry`` rebuilds it."""
+        final = self.folder(kind, key)
+        if not final.exists():
+            return
+        with FileLock(str(final) + ".lock"):
+            if final.exists():
+                self._note(f"cache entry {final} {why}: rebuilt")
+                shutil.rmtree(final, ignore_errors=True)
+
+    def arrays(self, kind: str, key: dict, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """numpy arrays cached under ``key``: ``build()`` returns ``{name: array}`` (plain numeric
+        dtypes; names are file names), stored one ``<name>.npy`` each and read back with
+        ``allow_pickle=False``. An entry that does not verify or does not load is rebuilt with
+        a note, never an error. Values come back as the arrays built (first call) or loaded."""
+        import numpy as np
+
+        built: dict[str, Any] = {}
+
+        def write(folder: Path) -> None:
+            built.update({name: np.asarray(a) for name, a in build().items()})
+            for name, a in built.items():
+                if a.dtype.hasobject:
+                    raise TypeError(f"cache kind {kind!r}: array {name!r} holds Python objects; only numeric "
+                                    f"arrays are cached (allow_pickle=False)")
+                np.save(folder / f"{name}.npy", a, allow_pickle=False)
+
+        for attempt in (1, 2):
+            folder = self.entry(kind, key, write)
+            if built:
+                return built
+            try:
+                return {p.stem: np.load(p, allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
+            except (ValueError, OSError) as e:
+                if attempt == 2:
+                    raise
+                self.discard(kind, key, f"did not load ({type(e).__name__}: {str(e)[:120]})")
+        raise AssertionError("unreachable")
 
 
 # --- in-memory memos (the lab owns them: harness/lab.py Lab.memo) ------------------------------

@@ -5,7 +5,9 @@ which caches (in memory for the session, on disk across sessions and xdist worke
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ import torch
 from . import data as data_mod
 from . import manifest as manifest_mod
 from . import models as models_mod
-from .cache import ArtifactCache, Memo, T
+from .cache import ArtifactCache, Memo, T, file_sha256
 from .errors import ConfigError, InputError, OptionError, ZooconformError
+from .phases import CACHE_PHASES, MEMO_PHASES, PhaseLog
 from .transforms import reference_batch, reference_transform
 from .zoo import ModelCard, load_zoo, select
 
@@ -129,6 +132,11 @@ class Lab:
         # every in-memory memo of the session: bounded by bytes per kind, least recently used
         # out first (a dropped entry is rebuilt, a reference from the on-disk cache in about a second)
         self.memos = Memo(MEMO_BUDGETS, DEFAULT_MEMO_BYTES)
+        # id(module) -> (weak reference, reference_key) of the references this lab built (model_key)
+        self._built_references: dict[int, tuple[weakref.ref, dict]] = {}
+        # where the time goes, per model and phase (the plugin points it at the run's phases.jsonl)
+        self.phase = PhaseLog()
+        self.cache.around_build = self._cache_phase
         if settings.threads:
             torch.set_num_threads(settings.threads)
 
@@ -137,8 +145,29 @@ class Lab:
         """The session's memo of ``key`` under ``kind`` (``build()`` makes it when absent): an LRU
         per kind within its byte budget (``MEMO_BUDGETS``; ``size_of`` defaults to
         :func:`harness.cache.approx_bytes`; ``valid(value)`` False rebuilds a stale entry).
-        Every in-memory cache of the harness lives here."""
-        return self.memos.get(kind, key, build, size_of, valid)
+        Every in-memory cache of the harness lives here. A build of a kind in
+        ``harness.phases.MEMO_PHASES`` is timed as that phase."""
+        phase = MEMO_PHASES.get(kind)
+        if phase is None:
+            return self.memos.get(kind, key, build, size_of, valid)
+
+        def timed() -> T:
+            with self.phase(phase, self._model_in(key)):
+                return build()
+
+        return self.memos.get(kind, key, timed, size_of, valid)
+
+    def _cache_phase(self, kind: str, key: dict) -> AbstractContextManager[None]:
+        phase = CACHE_PHASES.get(kind)
+        return self.phase(phase, self._model_in(key)) if phase is not None else nullcontext()
+
+    def _model_in(self, key: Any) -> str | None:
+        """The model a memo or cache key is about (its id, or a tuple / dict holding it); None:
+        the enclosing phase's model, else the test's (harness/phases.py)."""
+        if isinstance(key, dict):
+            key = key.get("model")
+        parts = key if isinstance(key, tuple) else (key,)
+        return next((p for p in parts if isinstance(p, str) and p in self.zoo), None)
 
     # --- artifacts ----------------------------------------------------------------------
     def artifacts(self, card: ModelCard) -> manifest_mod.ModelArtifacts:
@@ -221,19 +250,44 @@ class Lab:
         """Checkpoint weights when given, else the seeded, recalibrated default (cached on disk)."""
         def build() -> torch.nn.Module:
             ckpt = self.checkpoint_for(card)
-            if ckpt is not None:
-                return models_mod.build_reference(card, checkpoint=ckpt)
-            return self._recalibrated(card)
+            model = (models_mod.build_reference(card, checkpoint=ckpt) if ckpt is not None
+                     else self._recalibrated(card))
+            # the module's identity on disk, for the numbers computed from it (model_key)
+            self._built_references[id(model)] = (weakref.ref(model), self.reference_key(card))
+            return model
 
         return self.memo("references", card.id, build, _module_bytes)
 
-    def _recalibrated(self, card: ModelCard) -> torch.nn.Module:
+    def reference_key(self, card: ModelCard) -> dict:
+        """What the card's reference model is made of, as a cache key, without building it: the
+        checkpoint's digest, or the recipe of the seeded, recalibrated default."""
         import timm
 
+        ckpt = self.checkpoint_for(card)
+        base = {"model": card.id, "arch": card.timm_arch, "byob": card.byob,
+                "timm": timm.__version__, "torch": torch.__version__.split("+")[0]}
+        if ckpt is not None:
+            ckpt = Path(ckpt)
+            st = ckpt.stat()  # a rewritten checkpoint (size or mtime) is read again
+            sha = self.memo("checkpoint_digest", (str(ckpt.resolve()), st.st_size, st.st_mtime_ns),
+                            lambda: file_sha256(ckpt), lambda _: 100)
+            return {**base, "checkpoint": sha[:24]}
         calib_set = data_mod.embedded("calib", DEFAULT_CALIB_IMAGES)
-        key = {"model": card.id, "arch": card.timm_arch, "byob": card.byob, "seed": models_mod.seed_for(card.id),
-               "calib": calib_set.digest(), "preprocess": repr(card.preprocess),
-               "timm": timm.__version__, "torch": torch.__version__.split("+")[0], "recipe": models_mod.RECIPE}
+        return {**base, "seed": models_mod.seed_for(card.id), "calib": calib_set.digest(),
+                "preprocess": repr(card.preprocess), "recipe": models_mod.RECIPE}
+
+    def model_key(self, model: torch.nn.Module) -> dict | None:
+        """The cache key of ``model`` if it is a reference this lab built (``reference_key``), else
+        None: numbers computed from any other module (a variant, a planted defect) are not
+        cached on disk, since its weights alone do not say what its forward computes."""
+        entry = self._built_references.get(id(model))
+        if entry is None or entry[0]() is not model:  # an id can be reused once its object is gone
+            return None
+        return entry[1]
+
+    def _recalibrated(self, card: ModelCard) -> torch.nn.Module:
+        calib_set = data_mod.embedded("calib", DEFAULT_CALIB_IMAGES)
+        key = self.reference_key(card)
 
         def build(folder: Path) -> None:
             imgs, _, _ = data_mod.load_images(calib_set.samples)
@@ -243,20 +297,47 @@ class Lab:
 
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "state.safetensors"))
 
-        folder = self.cache.entry("reference", key, build)
         model = models_mod.create_architecture(card)
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(folder / "state.safetensors")))
+        for attempt in (1, 2):
+            folder = self.cache.entry("reference", key, build)
+            try:
+                model.load_state_dict(load_file(str(folder / "state.safetensors")))
+                break
+            except Exception as e:  # verified bytes that still do not load: rebuild once, with a note
+                if attempt == 2:
+                    raise
+                self.cache.discard("reference", key, f"did not load ({type(e).__name__}: {str(e)[:120]})")
         return model.eval()
 
+    def numerics_key(self) -> dict:
+        """What changes float results of the same model on the same inputs on this machine: the
+        torch version, the CPU kernels it dispatches to, and its thread count."""
+        return {"torch": torch.__version__.split("+")[0], "cpu": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads()}
+
     def reference_logits(self, card: ModelCard, split: str = "eval") -> np.ndarray:
-        """fp32 torch logits of the reference model on the split (cached)."""
-        def build() -> np.ndarray:
+        """fp32 torch logits of the reference model on the split: in the session's memo, and on
+        disk keyed by the reference (``reference_key``), the split's images and preprocessing and
+        ``numerics_key``; a warm run neither builds the reference nor decodes the images."""
+        def compute() -> np.ndarray:
             x, _ = self.inputs(card, split)
             return torch_logits(self.reference(card), x)
 
+        def build() -> np.ndarray:
+            images = self.images(split)
+            key = {"reference": self.reference_key(card), "images": images.digest(), "count": len(images.samples),
+                   "split": split, "preprocess": repr(card.preprocess), **self.numerics_key(),
+                   "code": REFERENCE_LOGITS_VERSION}
+            return self.cache.arrays("reference-logits", key, lambda: {"logits": compute()})["logits"]
+
         return self.memo("reference_logits", (card.id, split), build)
+
+
+# Part of the key of every number the lab caches on disk from a reference: a change to how it is
+# computed (torch_logits' batching, the inputs' preprocessing code) must bump it
+REFERENCE_LOGITS_VERSION = 1
 
 
 INPUTS_CACHE_BYTES = 1 << 30       # ~1.7x the 200 eval images at 416 px (resnest269), 9x at 224 px

@@ -23,6 +23,7 @@ from .config import load_expectations
 from .constants import parse_shard
 from .errors import ConfigError, ZooconformError
 from .host import cpu_facts, host_class
+from .phases import PhaseLog, Progress, read_events
 from .report.results import FIGURE_PREFIX, ResultsCollector, atomic_write_text, jsonable, library_versions, machine_info
 from .zoo import SOURCES, TIERS, UnknownModelError
 
@@ -118,6 +119,20 @@ def run_folder(config: pytest.Config) -> Path:
 def pytest_configure_node(node) -> None:
     """pytest-xdist: every worker writes its repro bundles into the controller's run folder."""
     node.workerinput["zooconform_run_folder"] = str(run_folder(node.config))
+    sink = phases_path(node.config)
+    if sink is not None:
+        node.workerinput["zooconform_phases"] = str(sink)
+
+
+def phases_path(config: pytest.Config) -> Path | None:
+    """The run's phase log (harness/phases.py): on the controller, beside results.json when results
+    are written; on an xdist worker, the controller's file."""
+    wi = getattr(config, "workerinput", None)
+    if wi is not None:
+        return Path(wi["zooconform_phases"]) if wi.get("zooconform_phases") else None
+    if config.getoption("--no-results") or config.getoption("collectonly"):
+        return None
+    return run_folder(config) / "phases.jsonl"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -138,6 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[_lab_key] = lab
+    lab.phase = PhaseLog(phases_path(config))
     shard = shard_option(config)
     if shard is not None:
         lab.cards = shard_cards(lab.cards, *shard)
@@ -149,6 +165,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "eval_images": settings.eval_images, "calib_images": settings.calib_images,
             "threads": settings.threads, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             "rescale_budgets": bool(settings.extra.get("rescale_budgets"))})
+        config.stash[_collector_key].phases_path = phases_path(config)
         config.pluginmanager.register(_ResultsListener(config, config.stash[_collector_key]), "zooconform-results")
 
 
@@ -483,6 +500,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for line in unmatched_expectations(entries, cases, suite_test_names(), every_model):
         warnings.warn(ExpectationWarning(f"{EXPECTATIONS}: {line} (a stale known failure: fix or remove it)"),
                       stacklevel=2)
+    asked = {it.callspec.params.get("method") for it in items if hasattr(it, "callspec")} - {None}
+    if asked:  # one shared calibration pass (harness/quant/quantize.py) computes only the methods this session runs
+        from .quant.quantize import DEFAULT_METHOD, METHODS
+
+        lab.settings.extra["calibration_methods"] = [m for m in METHODS if m in asked or m == DEFAULT_METHOD]
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -548,6 +570,26 @@ def pytest_itemcollected(item: pytest.Item) -> None:
                                          suite=item.path.stem if item.path else "",
                                          check=getattr(item, "originalname", None) or item.name)
     item.user_properties.extend(fields.items())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The test's model is the default model of the phases it runs (harness/phases.py)."""
+    lab = item.config.stash.get(_lab_key, None)
+    if lab is not None:
+        model = dict(item.user_properties).get("model")
+        lab.phase.current_model = model if isinstance(model, str) else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A latency check's call is the timing of the artifacts under test (its builds inside are
+    their own phases: self time, harness/phases.py)."""
+    lab = item.config.stash.get(_lab_key, None)
+    if lab is None or item.get_closest_marker("latency") is None:
+        return (yield)
+    with lab.phase("timing"):
+        return (yield)
 
 
 # --- reports ------------------------------------------------------------------------------
@@ -803,12 +845,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     listener = config.pluginmanager.get_plugin("zooconform-results")
     assert listener is not None  # registered in pytest_configure with the collector this hook reads
     doc = listener.write(True, int(exitstatus), listener.incomplete_reasons(interrupted))
+    lab_of(config).phase.close()
+    if doc is None:  # no conformance check ran (the harness's own tests): leave no folder behind
+        _drop_phase_log(phases_path(config))
     if doc is not None:
         config.stash[_doc_key] = doc
         _junit_run_properties(config, doc)
     if exitstatus == pytest.ExitCode.TESTS_FAILED and not hasattr(config, "workerinput") and _input_errors(session, doc):
         # the same code as `zooconform run`: a CI tells a bad input from a failing check
         session.exitstatus = INPUT_ERROR_EXIT
+
+
+def _drop_phase_log(path: Path | None) -> None:
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()  # only when empty: a folder that holds anything else stays
+    except OSError:
+        pass
 
 
 def _input_errors(session: pytest.Session, doc: dict | None) -> bool:
@@ -898,9 +953,12 @@ class _Watchdog:
     cache entries; call: the check), so a reader knows the run is alive and where the time goes.
     On the controller: under xdist the workers' test starts arrive here too."""
 
-    def __init__(self, terminal, first: float = 30.0, every: float = 60.0):
+    def __init__(self, terminal, first: float = 30.0, every: float = 60.0, phases: Path | None = None):
         self.terminal = terminal
         self.first, self.every = first, every
+        # the phase log (harness/phases.py), written by this process and the xdist workers:
+        # model · phase · elapsed for every step over ~5 s
+        self.phases, self.phases_offset, self.progress = phases, 0, Progress()
         self.running: dict[str, list] = {}  # nodeid -> [started, phase, next announcement]
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -932,9 +990,15 @@ class _Watchdog:
                     rec[2] = now + self.every
         return out
 
+    def phase_lines(self) -> list[str]:
+        if self.phases is None:
+            return []
+        events, self.phases_offset = read_events(self.phases, self.phases_offset)
+        return self.progress.feed(events, time.time())
+
     def _loop(self) -> None:
         while not self._stop.wait(2.0):
-            for line in self.due(time.monotonic()):
+            for line in self.phase_lines() + self.due(time.monotonic()):
                 try:
                     self.terminal.ensure_newline()
                     self.terminal.write_line(line, yellow=True)
@@ -989,7 +1053,7 @@ def _start_watchdog(config: pytest.Config) -> None:
     if (terminal is None or hasattr(config, "workerinput") or config.getoption("collectonly")
             or _collector_key not in config.stash or _watchdog_key in config.stash):
         return
-    watchdog = _Watchdog(terminal)
+    watchdog = _Watchdog(terminal, phases=phases_path(config))
     config.stash[_watchdog_key] = watchdog
     config.pluginmanager.register(_ProgressHooks(watchdog), "zooconform-progress")
 
@@ -1034,6 +1098,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     from .report.results import fingerprint_line
 
     terminalreporter.write_line(f"machine: {fingerprint_line(doc.get('machine') or {})}")
+    lab = config.stash.get(_lab_key, None)
+    for note in (lab.cache.notes if lab is not None else []):  # entries found corrupt and rebuilt
+        terminalreporter.write_line(f"cache: {note}")
     terminalreporter.write_line(f"results: {results_path(config)}")
     if any(t.get("repro") for t in doc.get("tests") or []):
         terminalreporter.write_line(f"repro bundles: {run_folder(config) / 'repro'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .cache import ArtifactCache, Memo, T
+from .phases import PhaseLog
 
 
 @runtime_checkable
@@ -82,6 +83,7 @@ class FakeLab:
         self.settings = settings if settings is not None else types.SimpleNamespace(threads=1, imagenet=None)
         self.cache = ArtifactCache(Path(tmp) / "cache") if tmp is not None else None
         self.memos = Memo()
+        self.phase = PhaseLog()
         self.manifest = manifest
         self.manifest_error = None
         self.data_problems: list[str] = []

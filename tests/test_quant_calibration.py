@@ -176,3 +176,117 @@ def test_ort_entropy_in_one_pass_is_minmax(tiny):
                                qz.QuantOptions(method="entropy", stride_budget_mb=1), preprocessed=pre)
     c = _qparams(strided.path)
     assert any(k.endswith("_scale") for k in _differing(c, b, rtol=1e-6))
+
+
+# --- one calibration pass shared by the methods (issue 19) ---------------------------------------
+
+def _shared_files(folder, fp32, pre, calib, options: list, tag: str) -> dict:
+    """Each method's int8 file quantized from ranges of ONE shared calibration pass."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    n, stride, batch = qz.calibration_plan(len(calib), qz.activation_bytes_per_image(pre), options[0])
+    reader = qz.ArrayCalibrationReader(calib[:n], batch=batch)
+    with qz._quiet():
+        ranges = qz.calibrate_methods(pre, reader, stride, options, folder)
+    out = {}
+    for o in options:
+        path = folder / f"{tag}-ranges-{o.method}.json"
+        save_tensors_data(ranges[o.method], path)
+        out[o.method] = qz.quantize_file(fp32, folder / f"{tag}-{o.method}.onnx", calib, o, preprocessed=pre,
+                                         ranges=path).path
+    return out
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_one_shared_pass_writes_each_method_s_own_int8_file_byte_for_byte(tiny, symmetric):
+    """MinMax, Percentile and Entropy from one pass over the images give, byte for byte, the
+    files quantize_static writes calibrating each method itself (its own calibrator and pass;
+    strided, so the merges across passes are compared too)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    folder, fp32, pre, calib = tiny
+    options = [qz.QuantOptions(method=m, stride_budget_mb=1, symmetric_ranges=symmetric) for m in qz.METHODS]
+    shared = _shared_files(folder, fp32, pre, calib, options, f"shared-{symmetric}")
+    n, stride, batch = qz.calibration_plan(len(calib), qz.activation_bytes_per_image(pre), options[0])
+    assert stride < n  # several strided passes
+    own = {}
+    for method, cm in (("minmax", CalibrationMethod.MinMax), ("percentile", CalibrationMethod.Percentile),
+                       ("entropy", CalibrationMethod.Entropy)):
+        own[method] = folder / f"own-{method}-{symmetric}.onnx"
+        reader = qz.ArrayCalibrationReader(calib[:n], batch=batch)
+        extra = {"CalibStridedMinMax": stride, "CalibTensorRangeSymmetric": symmetric}
+        if method == "percentile":
+            extra["CalibPercentile"] = options[1].percentile
+        with qz._quiet():
+            quantize_static(str(pre), str(own[method]), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
+                            extra_options=extra)
+    differ = [m for m in qz.METHODS if shared[m].read_bytes() != own[m].read_bytes()]
+    detail = {m: _differing(_qparams(shared[m]), _qparams(own[m]))[:5] for m in differ}
+    assert not differ, f"int8 files from the shared pass differ from the methods' own for {differ}: {detail}"
+
+
+def test_the_byte_comparison_sees_another_method_s_ranges(tiny):
+    """The comparison above can fail: a shared pass that handed MinMax the Entropy collector's
+    ranges (strided, so they differ) writes another file."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, load_tensors_data, save_tensors_data
+
+    folder, fp32, pre, calib = tiny
+    options = [qz.QuantOptions(method=m, stride_budget_mb=1) for m in ("minmax", "entropy")]
+    shared = _shared_files(folder, fp32, pre, calib, options, "swap")
+    swapped = folder / "swap-entropy-as-minmax.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, load_tensors_data(folder / "swap-ranges-entropy.json").data),
+                      swapped)
+    wrong = qz.quantize_file(fp32, folder / "swap-wrong.onnx", calib, options[0], preprocessed=pre, ranges=swapped)
+    assert wrong.path.read_bytes() != shared["minmax"].read_bytes()
+    assert any(k.endswith("_scale") for k in _differing(_qparams(wrong.path), _qparams(shared["minmax"])))
+
+
+class _StubLab:
+    """What ``shared_ranges`` asks of a lab: its artifact cache, memo and settings."""
+
+    def __init__(self, root, methods=None):
+        from types import SimpleNamespace
+
+        from harness.cache import ArtifactCache, Memo
+
+        self.cache, self.memos = ArtifactCache(root), Memo()
+        self.settings = SimpleNamespace(extra={"calibration_methods": methods} if methods else {})
+
+    def memo(self, kind, key, build, size_of=None, valid=None):
+        return self.memos.get(kind, key, build, size_of, valid)
+
+
+def test_the_first_method_pays_for_the_pass_and_the_others_read_it(tiny, tmp_path):
+    folder, fp32, pre, calib = tiny
+    lab, decoded = _StubLab(tmp_path / "cache"), []
+
+    def inputs():
+        decoded.append(1)
+        return calib
+
+    calib_id = {"array": qz.array_digest(calib)}
+    files = {}
+    for m in ("entropy", "minmax", "percentile"):
+        files[m], record = qz.shared_ranges(lab, fp32, pre, inputs, calib_id, qz.QuantOptions(method=m))
+        assert files[m].is_file() and record["methods"] == list(qz.METHODS)
+    assert decoded == [1], "the calibration images went through the model more than once"
+    assert len({p.parent for p in files.values()}) == 1
+    # other range options (another percentile) are another pass; types and reduce_range are not
+    qz.shared_ranges(lab, fp32, pre, inputs, calib_id, qz.QuantOptions(method="minmax", reduce_range=True))
+    assert decoded == [1]
+    qz.shared_ranges(lab, fp32, pre, inputs, calib_id, qz.QuantOptions(method="minmax", percentile=99.9))
+    assert decoded == [1, 1]
+
+
+def test_a_session_of_one_method_calibrates_only_that_one(tiny, tmp_path):
+    folder, fp32, pre, calib = tiny
+    lab = _StubLab(tmp_path / "cache", methods=["percentile"])
+    path, record = qz.shared_ranges(lab, fp32, pre, lambda: calib, {"array": qz.array_digest(calib)},
+                                    qz.QuantOptions(method="percentile"))
+    assert record["methods"] == ["percentile"] and sorted(p.name for p in path.parent.glob("ranges-*")) == [
+        "ranges-percentile.json"]
+    # a method outside the session's list still gets its ranges (a pass of its own)
+    path, record = qz.shared_ranges(lab, fp32, pre, lambda: calib, {"array": qz.array_digest(calib)},
+                                    qz.QuantOptions(method="minmax"))
+    assert record["methods"] == ["percentile", "minmax"] and path.is_file()

@@ -273,14 +273,19 @@ def reference_and_floor(model: nn.Module, x: torch.Tensor, lab=None) -> tuple[np
     exact function on these images. Deep random-init nets are conditioned very differently
     (measured 6.5e-7 repvgg_a0 .. 3.2e-6 resnest50), so the floor is measured, not assumed.
     """
-    def build() -> tuple:
+    def compute() -> dict[str, np.ndarray]:
         ref32 = torch_logits(model, x)
         with torch.no_grad():
             # a few images at a time: fp64 activations of a large model at 416 px are large
             model64 = copy.deepcopy(model).double()
             ref64 = np.concatenate([model64(xb.double()).numpy() for xb in x.split(FLOOR_BATCH)])
             del model64
-        return weakref.ref(model), weakref.ref(x), ref32, ref64
+        return {"ref32": ref32, "ref64": ref64}
+
+    def build() -> tuple:
+        key = floor_cache_key(model, x, lab)
+        arrays = compute() if key is None else lab.cache.arrays("fp64-floor", key, compute)
+        return weakref.ref(model), weakref.ref(x), arrays["ref32"], arrays["ref64"]
 
     def same_objects(entry: tuple) -> bool:  # an id can be reused once its object is gone
         return entry[0]() is model and entry[1]() is x
@@ -288,6 +293,27 @@ def reference_and_floor(model: nn.Module, x: torch.Tensor, lab=None) -> tuple[np
     entry = memoised(lab, "export.floor", (id(model), id(x)), build,
                      lambda e: e[2].nbytes + e[3].nbytes, same_objects)
     return entry[2], entry[3]
+
+
+# Part of the fp64 floor's disk key: bump it when reference_and_floor computes differently.
+FLOOR_VERSION = 1
+
+
+def floor_cache_key(model: nn.Module, x: torch.Tensor, lab=None) -> dict | None:
+    """The disk key of ``reference_and_floor(model, x)``, or None where it is not cached on disk:
+    no lab, or a module the lab did not build as a reference (``Lab.model_key``: a variant or a
+    planted defect is recomputed every session). Keyed by the reference, a digest of its weights
+    as they are now (a reference edited in place is not the cached one), the images, the
+    numerics of this machine's torch (``Lab.numerics_key``) and ``FLOOR_VERSION``."""
+    from ..models import state_digest
+    from ..quant.quantize import array_digest
+
+    model_key = getattr(lab, "model_key", None)
+    ident = model_key(model) if model_key is not None else None
+    if ident is None:
+        return None
+    return {"model": ident.get("model"), "reference": ident, "weights": state_digest(model),
+            "inputs": array_digest(x.numpy()), "batch": FLOOR_BATCH, **lab.numerics_key(), "code": FLOOR_VERSION}
 
 
 def numerics_tolerance(floor: float) -> float:
@@ -376,7 +402,9 @@ def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, recor
     if ok_err and ok_cos:
         return
     worst = int(np.argmax(np.max(np.abs(out.astype(np.float64) - ref32), axis=1)))
-    cause = _input_channel_probe(path, xn, ref32, tol, lab, sess)
+    # a runtime that knows why its numbers move (OpenVINO: weights stored in fp16) says so first
+    cause = "; ".join(c for c in (getattr(sess, "numerics_note", None),
+                                  _input_channel_probe(path, xn, ref32, tol, lab, sess)) if c) or None
     div = None
     try:
         if not (rspec.runtime.exposes_intermediates and rspec.name.startswith("ort")):
@@ -465,7 +493,9 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
         mod = f" (module '{found['module']}')" if found.get("module") else ""
         ins = ", ".join(found.get("inputs", [])[:3])
         where = f"first batch-dependent node: '{found['node']}' ({found['op_type']} <- {ins}){mod}; file {path}"
-        cause += f": node '{found['node']}' mixes images across the batch (batch statistics? a BatchNorm in training mode?)"
+        why = ("a BatchNormalization in training mode (training_mode=1): re-export after model.eval()"
+               if found.get("training_mode") else "batch statistics? a BatchNorm in training mode?")
+        cause += f": node '{found['node']}' mixes images across the batch ({why})"
     raise CheckFailure(message(f"max|rows at batch {b} - rows at batch {sizes[0]}| / scale of {label}", f"{err:.3g}",
                                f"<= {tol:g}", where, cause=cause), {"batch_errors": errs})
 

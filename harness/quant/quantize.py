@@ -17,6 +17,10 @@ helper) use. Choices, each measured on this project's machines:
 - Percentile histograms are merged on numpy's uniform-bin path (ORT's merge sorts every
   pass); the ranges are bit-identical to ORT's (tests/test_quant_calibration.py) at
   about half the calibration time.
+- One calibration pass for every method (``calibrate_methods``): ORT runs the model over the
+  calibration images once and each method's collector (MinMax, Percentile, Entropy) gets the
+  same tensors; the ranges are cached (``int8-ranges``) and each method's file is written from
+  them, byte-identical to the file of its own pass (tests/test_quant_calibration.py).
 - Activation ranges asymmetric, as uint8 activations are (ORT centres Percentile ranges by
   default); Entropy keeps ORT's 128 / 128 bins, computed through the same calibrator path
   (``histogram_ranges``), bit-identical to quantize_static's own (tests).
@@ -215,10 +219,13 @@ def preprocess_for_quantization(fp32: Path, out: Path) -> float:
 
 
 def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
-                  options: QuantOptions = QuantOptions(), preprocessed: Path | None = None) -> QuantResult:
+                  options: QuantOptions = QuantOptions(), preprocessed: Path | None = None,
+                  ranges: Path | None = None) -> QuantResult:
     """Quantize ``fp32`` to ``out`` (QDQ), calibrating on ``calib`` (NCHW float32, preprocessed).
 
     ``preprocessed``: an already ``quant_pre_process``-ed copy of ``fp32`` (skips that step).
+    ``ranges``: the method's activation ranges already calibrated on ``calib`` (a
+    ``save_tensors_data`` file from :func:`calibrate_methods`, the shared pass): no calibration here.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -246,7 +253,10 @@ def quantize_file(fp32: Path | str, out: Path | str, calib: np.ndarray,
     t0 = time.perf_counter()
     with _quiet(log), tempfile.TemporaryDirectory(prefix="zc-calib-") as tmp:
         cache_path = None
-        if (options.method == "percentile" and options.fast_percentile_histograms) or options.method == "entropy":
+        if ranges is not None:
+            cache_path = Path(tmp) / "ranges.json"  # a copy: quantize_static may rewrite a cache it rejects
+            shutil.copyfile(ranges, cache_path)
+        elif (options.method == "percentile" and options.fast_percentile_histograms) or options.method == "entropy":
             cache_path = Path(tmp) / "ranges.json"
             from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -315,30 +325,132 @@ def histogram_ranges(preprocessed: Path, reader: ArrayCalibrationReader, stride:
     ``CalibStridedMinMax`` (same calibrator, same tensors, same strided passes via
     ``set_range``), with two differences: percentile histograms merge on uniform bins
     (same ranges, faster), and entropy uses ``options.entropy_bins`` /
-    ``entropy_quantized_bins``, which quantize_static cannot pass. Returns ORT's ``TensorsData``."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    ``entropy_quantized_bins``, which quantize_static cannot pass. Returns ORT's ``TensorsData``:
+    the one-method case of :func:`calibrate_methods`."""
+    if options.method not in ("percentile", "entropy"):
+        raise ValueError(f"no histogram ranges for {options.method!r}")
+    return calibrate_methods(preprocessed, reader, stride, [options], tmp)[options.method]
+
+
+def _collector_for(options: QuantOptions):
+    """The histogram collector ORT's calibrator of ``options.method`` would make (its
+    ``create_calibrator`` defaults, as ``histogram_ranges`` and quantize_static get them)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    if options.method == "percentile":
+        symmetric = True if options.symmetric_ranges is None else options.symmetric_ranges
+        cls = _uniform_bins_collector() if options.fast_percentile_histograms else HistogramCollector
+        return cls(method="percentile", symmetric=symmetric, num_bins=2048, num_quantized_bins=2048,
+                   percentile=options.percentile, scenario="same")
+    symmetric = False if options.symmetric_ranges is None else options.symmetric_ranges
+    return HistogramCollector(method="entropy", symmetric=symmetric, num_bins=options.entropy_bins,
+                              num_quantized_bins=options.entropy_quantized_bins, percentile=99.999, scenario="same")
+
+
+class _MinMaxCollector:
+    """ORT's MinMaxCalibrater on the tensors a histogram pass already holds: per pass each
+    tensor's min and max (its ReduceMin / ReduceMax per session run, then their nanmin /
+    nanmax: the same extremes), made symmetric as it does, passes merged with its
+    ``merge_range`` (builtin min / max), kept as shape-(1,) arrays as it keeps them."""
+
+    def __init__(self, symmetric: bool):
+        self.symmetric = symmetric
+        self.ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def collect_prepared(self, name: str, flat: np.ndarray, min_value, max_value) -> None:
+        lo, hi = np.asarray(min_value).reshape(1), np.asarray(max_value).reshape(1)
+        if self.symmetric:
+            m = np.nanmax([np.abs(lo), np.abs(hi)], axis=0)
+            lo, hi = -m, m
+        if name in self.ranges:
+            old_lo, old_hi = self.ranges[name]
+            lo, hi = min(old_lo, lo), max(old_hi, hi)
+        self.ranges[name] = (lo, hi)
+
+
+def _takes_values(collector) -> bool:
+    """Whether ORT's ``HistogramCollector.collect`` would take this collector down
+    ``collect_value`` (signed histograms: Entropy, and Percentile with asymmetric ranges)."""
+    return isinstance(collector, _MinMaxCollector) or collector.method in ("entropy", "distribution") or (
+        collector.method == "percentile" and not collector.symmetric)
+
+
+def _collect_value_prepared(collector, tensor: str, flat: np.ndarray, min_value, max_value) -> None:
+    """ORT's ``HistogramCollector.collect_value`` for one tensor, line for line, with the stacked
+    values and their min / max computed once for every method of the pass (the stack, its
+    copy and two reductions per method were half of a histogram method's collection)."""
+    if isinstance(collector, _MinMaxCollector):
+        collector.collect_prepared(tensor, flat, min_value, max_value)
+        return
+    threshold = np.array(max(abs(min_value), abs(max_value)), dtype=flat.dtype)
+    if tensor in collector.histogram_dict:
+        collector.histogram_dict[tensor] = collector.merge_histogram(
+            collector.histogram_dict[tensor], flat, min_value, max_value, threshold)
+    else:
+        # 0-d arrays as the range, as ORT passes them (the same float32 edges)
+        hist, hist_edges = np.histogram(flat, collector.num_bins, range=cast(Any, (-threshold, threshold)))
+        collector.histogram_dict[tensor] = (hist, hist_edges, min_value, max_value, threshold)
+
+
+class _FanOut:
+    """Stands in for a HistogramCalibrater's collector: every pass's tensors go to each method,
+    one tensor at a time (peak memory as ORT's own: one tensor's flat copy at a time)."""
+
+    def __init__(self, collectors: dict):
+        self.collectors = collectors
+
+    def collect(self, name_to_arr: dict) -> None:
+        for tensor, batches in name_to_arr.items():
+            prepared = None
+            for c in self.collectors.values():
+                if not _takes_values(c):  # |x| histograms (symmetric Percentile): ORT's own code path
+                    c.collect_absolute_value({tensor: batches})
+                    continue
+                if prepared is None:  # as collect_value: stack, flatten, nan-aware extremes
+                    flat = np.asarray(batches).flatten()
+                    if flat.size > 0:
+                        prepared = (flat, np.nanmin(flat), np.nanmax(flat))
+                    else:
+                        prepared = (flat, np.array(0, dtype=flat.dtype), np.array(0, dtype=flat.dtype))
+                _collect_value_prepared(c, tensor, *prepared)
+
+
+def calibrate_methods(preprocessed: Path, reader: ArrayCalibrationReader, stride: int,
+                      options: list[QuantOptions], tmp: Path) -> dict[str, Any]:
+    """Activation ranges (ORT ``TensorsData``) of several calibration methods from ONE pass over
+    the calibration images: ORT runs the model once per strided pass and every method's
+    collector gets the same tensors (MinMax, Percentile and Entropy each ran their own pass
+    before). Each method's ranges are those of its own pass, value for value: the same
+    calibrator session and tensors, the same strides, the same collectors
+    (tests/test_quant_calibration.py compares the int8 files byte for byte)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, create_calibrator
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+    by_method = {o.method: o for o in options}
+    if len(by_method) != len(options):
+        raise ValueError(f"one options per method, got {[o.method for o in options]}")
     op_types = list(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
-    extra: dict[str, Any] = {} if options.symmetric_ranges is None else {"symmetric": options.symmetric_ranges}
-    if options.method == "percentile":
-        method, extra["percentile"] = CalibrationMethod.Percentile, options.percentile
-    elif options.method == "entropy":
-        method = CalibrationMethod.Entropy
-        extra.update(num_bins=options.entropy_bins, num_quantized_bins=options.entropy_quantized_bins)
-    else:
-        raise ValueError(f"no histogram ranges for {options.method!r}")
+    # any histogram calibrator: the session (every calibrated tensor an output) and ORT's collect_data
     calibrator = create_calibrator(preprocessed, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
-                                   calibrate_method=method, extra_options=extra)
-    if options.method == "percentile" and options.fast_percentile_histograms:
-        calibrator.collector = _uniform_bins_collector()(
-            method="percentile", symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
-            num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
-            scenario=calibrator.scenario)
+                                   calibrate_method=CalibrationMethod.Entropy)
+    collectors: dict[str, Any] = {}
+    for method, o in by_method.items():
+        if method == "minmax":
+            collectors[method] = _MinMaxCollector(False if o.symmetric_ranges is None else o.symmetric_ranges)
+        else:
+            collectors[method] = _collector_for(o)
+    calibrator.collector = _FanOut(collectors)
     for start in range(0, len(reader), stride):
         reader.set_range(start, start + stride)
         calibrator.collect_data(reader)
-    return calibrator.compute_data()
+    out: dict[str, Any] = {}
+    for method, c in collectors.items():
+        if method == "minmax":
+            out[method] = TensorsData(CalibrationMethod.MinMax, dict(c.ranges))
+        else:
+            cal = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.Entropy
+            out[method] = TensorsData(cal, c.compute_collection_result())
+    return out
 
 
 @contextlib.contextmanager
@@ -441,20 +553,81 @@ def quantized_result(lab, card, method: str = DEFAULT_METHOD, *, options: QuantO
            "calib": calib_id, **library_key()}
 
     def build(folder: Path) -> None:
-        x = calib if calib is not None else calibration_inputs(cast(list, samples), card)  # set when calib is None
+        made: list[np.ndarray] = []
+
+        def inputs() -> np.ndarray:  # decoded once, and only if needed
+            if not made:
+                made.append(calib if calib is not None else calibration_inputs(cast(list, samples), card))
+            return made[0]
+
         pre = preprocessed(lab, fp32)
-        res = quantize_file(fp32, folder / QUANT_FILE, x, options, preprocessed=pre)
+        ranges, shared = shared_ranges(lab, fp32, pre, inputs, calib_id, options, card.id)
+        res = quantize_file(fp32, folder / QUANT_FILE, inputs(), options, preprocessed=pre, ranges=ranges)
         pre_seconds = json.loads((pre.parent / "pre.json").read_text())["seconds"]
         (folder / RECORD_FILE).write_text(json.dumps({
             "calib_images": res.calib_images, "seconds_preprocess": pre_seconds,
-            "seconds_quantize": res.seconds_quantize, "calib_source": calib_id.get("source", ""),
-            "options": options.key(), "log": res.log, **res.extra}))
+            # the shared pass's time counts for every file calibrated by it: each would cost that alone
+            "seconds_quantize": res.seconds_quantize + shared["seconds"], "calib_source": calib_id.get("source", ""),
+            "options": options.key(), "log": res.log, **res.extra,
+            "calibration_shared_by": shared["methods"], "seconds_calibration": shared["seconds"]}))
 
     folder = lab.cache.entry("int8", key, build)
     rec = json.loads((folder / RECORD_FILE).read_text())
     return QuantResult(folder / QUANT_FILE, options, rec["calib_images"], rec["seconds_preprocess"],
                        rec["seconds_quantize"], rec.get("calib_source", ""), rec.get("log", ""),
                        {k: rec[k] for k in ("stride", "batch", "activation_mb_per_image") if k in rec})
+
+
+# Options that change the calibrated ranges; the rest (types, per-channel weights,
+# reduce_range) only change how the ranges are written into the int8 file.
+RANGE_FIELDS = ("percentile", "symmetric_ranges", "entropy_bins", "entropy_quantized_bins",
+                "fast_percentile_histograms", "stride_budget_mb", "batch")
+# Part of the shared pass's key: bump it when calibrate_methods computes differently.
+RANGES_VERSION = 1
+
+
+def shared_methods(lab) -> tuple[str, ...]:
+    """The methods one calibration pass computes: the session's (``settings.extra
+    ["calibration_methods"]``, which the plugin may narrow to the selected tests'), else all
+    ``METHODS``; the one asked for is always among them."""
+    settings = getattr(lab, "settings", None)
+    wanted = getattr(settings, "extra", {}).get("calibration_methods") if settings is not None else None
+    return tuple(m for m in METHODS if m in (wanted or METHODS))
+
+
+def shared_ranges(lab, fp32: Path, pre: Path, inputs, calib_id: dict, options: QuantOptions,
+                  model: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The ``options.method`` ranges file of ``fp32`` on the calibration set ``calib_id``
+    (``inputs()`` makes its array), from the cached shared pass (:func:`calibrate_methods`) of
+    every method of ``shared_methods(lab)`` with the same range options: the first method
+    quantized pays for the pass, the others read it. Returns (ranges file, the pass's record); ``model``
+    (the card's id) names the entry for the progress log."""
+    methods = tuple(dict.fromkeys((*shared_methods(lab), options.method)))
+    family = {k: v for k, v in options.key().items() if k in RANGE_FIELDS}
+    key = {"model": model, "fp32": cached_file_digest(fp32, lab), "calib": calib_id, "range_options": family,
+           "methods": list(methods), "code": RANGES_VERSION, **library_key()}
+
+    def build(folder: Path) -> None:
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        x = inputs()
+        if len(x) == 0:
+            raise ValueError("no calibration images")
+        n, stride, batch = calibration_plan(len(x), activation_bytes_per_image(pre), options)
+        from ..onnxfile import graph_input_name
+
+        reader = ArrayCalibrationReader(x[:n], batch=batch, input_name=graph_input_name(pre))
+        t0 = time.perf_counter()
+        with _quiet(), tempfile.TemporaryDirectory(prefix="zc-calib-") as tmp:
+            ranges = calibrate_methods(pre, reader, stride, [replace(options, method=m) for m in methods], Path(tmp))
+        seconds = time.perf_counter() - t0
+        for m, data in ranges.items():
+            save_tensors_data(data, folder / f"ranges-{m}.json")
+        (folder / "pass.json").write_text(json.dumps({"seconds": seconds, "methods": list(methods),
+                                                      "calib_images": n, "stride": stride, "batch": batch}))
+
+    folder = lab.cache.entry("int8-ranges", key, build)
+    return folder / f"ranges-{options.method}.json", json.loads((folder / "pass.json").read_text())
 
 
 def calibration_samples(lab) -> list:

@@ -191,6 +191,40 @@ def tests_table(tests: list[dict[str, Any]]) -> str:
             + "".join(rows) + "</table>")
 
 
+OVERHEAD_GOAL = 1.3  # issue 19: the tests' time over the work under test
+
+
+def phases_section(doc: dict[str, Any]) -> str:
+    """Where the time went: self seconds per model and phase (results.json ``phases``,
+    harness/phases.py), the work under test apart from the suite's own overhead."""
+    prof = doc.get("phases") or {}
+    by_model: dict[str, dict[str, float]] = prof.get("by_model") or {}
+    if not by_model:
+        return ""
+    totals: dict[str, float] = prof.get("totals") or {}
+    essential = set(prof.get("essential_phases") or [])
+    cols = list(totals)  # largest first
+
+    def head(p: str) -> str:
+        kind, mark = ("work under test", "") if p in essential else ("suite overhead", " *")
+        return f'<th title="{kind}">{esc(p)}{mark}</th>'
+
+    rows = []
+    for model, ph in sorted(by_model.items(), key=lambda kv: -sum(kv[1].values())):
+        cells = "".join(f"<td>{esc(round(ph[p], 1)) if p in ph else DASH}</td>" for p in cols)
+        rows.append(f"<tr><td>{esc(model)}</td>{cells}<td>{esc(round(sum(ph.values()), 1))}</td></tr>")
+    rows.append("<tr><td><b>all</b></td>" + "".join(f"<td><b>{esc(round(totals[p], 1))}</b></td>" for p in cols)
+                + f"<td><b>{esc(prof.get('accounted_s'))}</b></td></tr>")
+    ratio = prof.get("overhead_ratio")
+    line = (f"tests {prof.get('tests_s')} s in all; work under test ({', '.join(sorted(essential))}) "
+            f"{prof.get('essential_s')} s; not in any phase {prof.get('unattributed_s')} s; overhead ratio "
+            f"{ratio if ratio is not None else DASH} (tests / work under test; goal \u2264 {OVERHEAD_GOAL}). "
+            "* suite overhead: references, floors, diagnoses.")
+    return ('<h2 id="phases">Where the time went</h2>'
+            "<table><tr><th>model</th>" + "".join(head(p) for p in cols) + "<th>total s</th></tr>"
+            + "".join(rows) + f'</table><p class="small">{esc(line)}</p>')
+
+
 def render(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: list[dict[str, Any]],
            regressions: dict[str, Cell], trends: dict[str, bytes | None], links: dict[str, str],
            history_note: str = "", sensitivity: dict[str, Any] | None = None) -> str:
@@ -216,6 +250,7 @@ def render(doc: dict[str, Any], run_id: str, views: list[ModelView], orphans: li
     out.append('<p class="small">Each figure links to the test that produced it; hover for the figures behind it. '
                f"{DASH}: no figure (the suite did not run for this model, or recorded none). {esc(history_note)}</p>")
     out.append(html_section(sensitivity))
+    out.append(phases_section(doc))
     out.append("<h2>Models: trends and tests</h2>")
     for v in views:
         out.append(f'<h3 id="{model_anchor(v.model)}">{esc(v.model)} <span class="small">{esc(v.family)}</span></h3>')

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..figures import TEST_FIELDS
 from ..host import library_versions, machine_info  # noqa: F401  (re-exported: the run's machine and versions)
+from ..phases import profile, read_events
 
 FIGURE_PREFIX = "fig:"
 
@@ -98,6 +99,7 @@ class ResultsCollector:
         self.settings = settings
         self.tests: dict[str, dict[str, Any]] = {}
         self.fingerprint: dict[str, Any] | None = None  # set by the plugin (harness/host.py's Fingerprint)
+        self.phases_path: Path | None = None  # the run's phase log (harness/phases.py), set by the plugin
 
     def add(self, report) -> None:
         rec = self.tests.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": None,
@@ -142,8 +144,14 @@ class ResultsCollector:
             "settings": jsonable(self.settings),
             "counts": counts,
             "notes": run_notes(tests),
+            "phases": self.phase_profile(tests),
             "tests": tests,
         }
+
+    def phase_profile(self, tests: list[dict[str, Any]]) -> dict[str, Any]:
+        """Seconds per model and phase, and the suite's overhead ratio (harness/phases.py)."""
+        events = read_events(self.phases_path)[0] if self.phases_path is not None else []
+        return profile(events, busy_s=sum(float(t.get("duration_s") or 0.0) for t in tests))
 
     def write(self, path: Path, complete: bool, exitstatus: int | None) -> dict[str, Any]:
         doc = self.document(complete, exitstatus)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import figures as contract
+from ..phases import PHASES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "fixtures" / "schemas" / "results.schema.json"
 SCHEMA_TAG = "zooconform.results/1"
@@ -97,6 +98,25 @@ def results_schema() -> dict[str, Any]:
             "settings": {"type": "object"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
             "notes": {"type": "array", "items": {"type": "string"}},
+            "phases": {
+                "type": "object",
+                "description": "where the time went (harness/phases.py): self seconds per model and phase, "
+                               "and tests_s / essential_s as the suite's overhead ratio",
+                "properties": {
+                    "by_model": {"type": "object", "additionalProperties": {
+                        "type": "object", "propertyNames": {"enum": sorted(PHASES)},
+                        "additionalProperties": {"type": "number", "minimum": 0}}},
+                    "totals": {"type": "object", "propertyNames": {"enum": sorted(PHASES)},
+                               "additionalProperties": {"type": "number", "minimum": 0}},
+                    "essential_s": {"type": "number", "minimum": 0},
+                    "accounted_s": {"type": "number", "minimum": 0},
+                    "essential_phases": {"type": "array", "items": {"enum": sorted(PHASES)}},
+                    "tests_s": {"type": "number", "minimum": 0},
+                    "unattributed_s": {"type": "number", "minimum": 0},
+                    "overhead_ratio": {"type": ["number", "null"], "minimum": 0},
+                },
+                "additionalProperties": False,
+            },
             "tests": {"type": "array", "items": {"$ref": "#/$defs/test"}},
         },
         "$defs": {"test": test, "figures": figures},

@@ -28,6 +28,11 @@ def one_screen(doc: dict[str, Any], width: int = 100) -> list[str]:
     for model, cols in by_model.items():
         lines.append(f"{model:<22}" + "".join(f"{''.join(cols.get(s, []))[:11]:<12}" for s in suites))
     lines.append(f"{doc['wall_s']} s; {'complete' if doc['complete'] else 'INCOMPLETE'}")
+    prof = doc.get("phases") or {}
+    if prof.get("totals"):  # where the time went (harness/phases.py), largest phases first
+        top = ", ".join(f"{p} {s:.0f} s" for p, s in list(prof["totals"].items())[:5])
+        ratio = prof.get("overhead_ratio")
+        lines.append(f"time: {top}; overhead ratio {ratio if ratio is not None else '-'} (tests / work under test)")
     for note in doc.get("notes") or []:
         lines.append(f"  {note}")
     failing = failing_tests(doc) + [t for t in doc["tests"] if t["outcome"] == "inconclusive" and not t.get("failing")]

@@ -62,6 +62,7 @@ def test_fp16_compressed_ir_fails_through_the_runtime_naming_the_weights(repvgg,
     msg = str(ei.value)
     assert "inference precision fp32 (asked f32), weights fp16" in msg, msg
     assert "top-1 agreement 1.000" in msg, msg
+    assert "compress_to_fp16=False" in msg, msg
 
 
 def test_fp16_compressed_ir_declared_fp16_passes_through_the_runtime(repvgg, irs):

@@ -1,0 +1,228 @@
+"""Numbers cached on disk across sessions (issue 19): arrays in the artifact cache, the
+reference logits and the fp64 noise floors. A hit skips the work, a changed key misses, a
+corrupt file is rebuilt with a note (never a crash), two processes build one entry once."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+
+import numpy as np
+import pytest
+
+from harness.cache import MARKER, ArtifactCache
+
+# torch and the lab are imported inside the tests that use them: the spawned writers of
+# test_two_processes_write_one_entry_once import this module, in seconds
+
+KEY = {"model": "m", "weights": "abc", "inputs": "def", "torch": "x"}
+
+
+def _arrays():
+    return {"ref32": np.arange(12, dtype=np.float32).reshape(3, 4), "ref64": np.linspace(0, 1, 12).reshape(3, 4)}
+
+
+def test_arrays_are_built_once_then_read_back_exactly(tmp_path):
+    cache, calls = ArtifactCache(tmp_path), []
+    first = cache.arrays("floor", KEY, lambda: (calls.append(1), _arrays())[1])
+    again = ArtifactCache(tmp_path).arrays("floor", KEY, lambda: (calls.append(2), _arrays())[1])  # a new session
+    assert calls == [1]
+    for name, want in _arrays().items():
+        assert again[name].dtype == want.dtype and np.array_equal(again[name], want) and np.array_equal(first[name], want)
+    assert sorted(p.name for p in cache.folder("floor", KEY).glob("*.npy")) == ["ref32.npy", "ref64.npy"]
+
+
+def test_a_changed_key_misses(tmp_path):
+    cache, calls = ArtifactCache(tmp_path), []
+    cache.arrays("floor", KEY, lambda: (calls.append("a"), _arrays())[1])
+    cache.arrays("floor", {**KEY, "torch": "y"}, lambda: (calls.append("b"), _arrays())[1])  # another torch
+    cache.arrays("floor", {**KEY, "weights": "abd"}, lambda: (calls.append("c"), _arrays())[1])  # other weights
+    assert calls == ["a", "b", "c"]
+
+
+def test_a_corrupt_file_is_rebuilt_with_a_note(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    folder = cache.folder("floor", KEY)
+    cache.arrays("floor", KEY, _arrays)
+    npy = folder / "ref64.npy"
+    npy.write_bytes(npy.read_bytes()[:40])  # truncated by a crash or a full disk
+    calls = []
+    got = cache.arrays("floor", KEY, lambda: (calls.append(1), _arrays())[1])
+    assert calls == [1] and np.array_equal(got["ref64"], _arrays()["ref64"])
+    assert len(cache.notes) == 1 and str(folder) in cache.notes[0] and "corrupt" in cache.notes[0]
+
+
+def test_a_file_that_verifies_but_does_not_load_is_rebuilt_with_a_note(tmp_path):
+    """Bytes that match the marker yet are no .npy (written by something else, or a marker
+    rewritten to match): np.load refuses, the entry is discarded and rebuilt, never raised."""
+    cache = ArtifactCache(tmp_path)
+    cache.arrays("floor", KEY, _arrays)
+    folder = cache.folder("floor", KEY)
+    (folder / "ref32.npy").write_bytes(b"not a numpy file")
+    marker = json.loads((folder / MARKER).read_text())
+    from harness.cache import file_sha256
+
+    marker["files"]["ref32.npy"] = {"size": 16, "sha256": file_sha256(folder / "ref32.npy")}
+    (folder / MARKER).write_text(json.dumps(marker))
+    calls = []
+    got = cache.arrays("floor", KEY, lambda: (calls.append(1), _arrays())[1])
+    assert calls == [1] and np.array_equal(got["ref32"], _arrays()["ref32"])
+    assert cache.notes and "did not load" in cache.notes[-1]
+
+
+def test_pickled_objects_are_refused_not_stored(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    with pytest.raises(TypeError, match="Python objects"):
+        cache.arrays("floor", KEY, lambda: {"bad": np.array([{"a": 1}], dtype=object)})
+    assert not cache.folder("floor", KEY).exists()
+
+
+def _slow_arrays(log):
+    with open(log, "a") as f:
+        f.write("x")
+    time.sleep(0.5)
+    return _arrays()
+
+
+def _arrays_worker(root, log, out):
+    got = ArtifactCache(root).arrays("floor", KEY, lambda: _slow_arrays(log))
+    np.save(out, got["ref64"], allow_pickle=False)
+
+
+def test_two_processes_write_one_entry_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    log = tmp_path / "builds.log"
+    outs = [tmp_path / f"out{i}.npy" for i in range(2)]
+    procs = [ctx.Process(target=_arrays_worker, args=(tmp_path / "c", log, out)) for out in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert log.read_text() == "x"  # the second waited on the FileLock and read the first's entry
+    for out in outs:
+        assert np.array_equal(np.load(out, allow_pickle=False), _arrays()["ref64"])
+    leftovers = [p.name for p in (tmp_path / "c" / "floor").iterdir() if p.name.startswith(".")]
+    assert not leftovers, f"temporary build folders left behind: {leftovers}"
+
+
+# --- the lab's reference logits and the export suite's fp64 floors ----------------------------
+
+def _tiny():
+    """Stands in for a reference: any NCHW image batch to 10 logits, in a second."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 7, stride=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def _lab(tmp_path, built: list, eval_images: int = 4):
+    from harness.lab import Lab, Settings
+
+    lab = Lab(Settings(models=["repvgg_a0"], eval_images=eval_images, cache_dir=tmp_path / "cache"))
+
+    def recalibrated(card):
+        built.append(card.id)
+        return _tiny()
+
+    lab._recalibrated = recalibrated  # type: ignore[method-assign]  # no 200-image BN recalibration here
+    return lab
+
+
+def test_reference_logits_come_from_disk_without_building_the_reference(tmp_path):
+    built: list = []
+    lab = _lab(tmp_path, built)
+    card = lab.cards[0]
+    first = lab.reference_logits(card)
+    assert built == ["repvgg_a0"] and first.shape == (4, 10)
+    again_lab = _lab(tmp_path, built)  # the next session
+    again = again_lab.reference_logits(again_lab.cards[0])
+    assert built == ["repvgg_a0"], "a warm run rebuilt the reference for its logits"
+    assert np.array_equal(again, first)
+    other = _lab(tmp_path, built, eval_images=3)  # another eval split: another key
+    assert other.reference_logits(other.cards[0]).shape == (3, 10) and built == ["repvgg_a0"] * 2
+
+
+def _count_logits(monkeypatch) -> list:
+    from harness.export import checks as ec
+
+    calls: list = []
+    real = ec.torch_logits
+
+    def counting(model, x, *a, **kw):
+        calls.append(1)
+        return real(model, x, *a, **kw)
+
+    monkeypatch.setattr(ec, "torch_logits", counting)
+    return calls
+
+
+def test_fp64_floor_of_the_lab_s_reference_is_read_from_disk(tmp_path, monkeypatch):
+    from harness.export import checks as ec
+
+    calls = _count_logits(monkeypatch)
+    lab = _lab(tmp_path, [])
+    card = lab.cards[0]
+    model, (x, _) = lab.reference(card), lab.inputs(card, "eval")
+    ref32, ref64 = ec.reference_and_floor(model, x, lab)
+    assert calls == [1] and ref64.dtype == np.float64
+    assert len(list((lab.cache.root / "fp64-floor").iterdir())) == 2  # the entry and its lock
+    lab2 = _lab(tmp_path, [])
+    m2, (x2, _) = lab2.reference(lab2.cards[0]), lab2.inputs(lab2.cards[0], "eval")
+    a, b = ec.reference_and_floor(m2, x2, lab2)
+    assert calls == [1], "the next session recomputed the fp64 floor"
+    assert np.array_equal(a, ref32) and np.array_equal(b, ref64)
+
+
+def test_fp64_floor_of_an_edited_or_foreign_module_is_not_taken_from_disk(tmp_path, monkeypatch):
+    """A reference edited in place (a planted defect) has other weights, so another key; a
+    module the lab did not build (a variant, a planted forward) is never cached on disk."""
+    import torch
+
+    from harness.export import checks as ec
+
+    calls = _count_logits(monkeypatch)
+    lab = _lab(tmp_path, [])
+    card = lab.cards[0]
+    model, (x, _) = lab.reference(card), lab.inputs(card, "eval")
+    _, clean64 = ec.reference_and_floor(model, x, lab)
+    lab2 = _lab(tmp_path, [])
+    edited = lab2.reference(lab2.cards[0])
+    with torch.no_grad():
+        edited[0].weight[0] *= 1.5
+    _, edited64 = ec.reference_and_floor(edited, lab2.inputs(lab2.cards[0], "eval")[0], lab2)
+    assert calls == [1, 1] and not np.array_equal(edited64, clean64)
+    foreign = _tiny()
+    assert lab2.model_key(foreign) is None
+    ec.reference_and_floor(foreign, x, lab2)
+    assert calls == [1, 1, 1]
+    assert len(list((lab.cache.root / "fp64-floor").iterdir())) == 4  # two entries (and locks), not three
+
+
+def test_a_rewritten_checkpoint_is_another_reference(tmp_path):
+    """With --weights-dir the key holds the checkpoint's digest: new weights in the same file
+    are not judged on the logits of the old ones."""
+    import torch
+    from safetensors.torch import save_file
+
+    from harness.lab import Lab, Settings
+    from harness.models import create_architecture
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+
+    def lab():
+        return Lab(Settings(models=["repvgg_a0"], eval_images=2, cache_dir=tmp_path / "cache", weights_dir=weights))
+
+    first = lab()
+    card = first.cards[0]
+    sd = {k: v.contiguous() for k, v in create_architecture(card).state_dict().items()}
+    save_file(sd, str(weights / "repvgg_a0.safetensors"))
+    before = first.reference_logits(card)
+    sd["head.fc.bias"] = sd["head.fc.bias"] + torch.arange(1000, dtype=torch.float32)  # the retrained head
+    save_file(sd, str(weights / "repvgg_a0.safetensors"))
+    after = lab().reference_logits(card)
+    assert not np.allclose(after, before)
+    assert np.array_equal(lab().reference_logits(card), after)  # and the new weights' logits are reused
+    assert len([p for p in (tmp_path / "cache" / "reference-logits").iterdir() if p.is_dir()]) == 2

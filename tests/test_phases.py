@@ -1,0 +1,126 @@
+"""The phase log (harness/phases.py): self time per model and phase, the live progress line,
+and the profile in results.json (issue 19: where a run's time goes; no silent 185 s step)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from harness import phases
+from harness.phases import PhaseLog, Progress, profile, read_events
+
+
+def test_nested_phases_count_their_own_time_once(tmp_path):
+    log = PhaseLog(tmp_path / "phases.jsonl")
+    log.current_model = "repvgg_a0"
+    with log("quantize", "hrnet_w18_small"):
+        time.sleep(0.05)
+        with log("calibration"):  # no model given: the enclosing phase's
+            time.sleep(0.1)
+    with log("evaluation"):  # no enclosing phase: the running test's model
+        pass
+    log.close()
+    events, offset = read_events(tmp_path / "phases.jsonl")
+    assert offset == (tmp_path / "phases.jsonl").stat().st_size
+    ends = {e["phase"]: e for e in events if e["ev"] == "end"}
+    assert ends["calibration"]["model"] == "hrnet_w18_small"
+    assert ends["evaluation"]["model"] == "repvgg_a0"
+    # the parent's self time excludes its child's: the profile adds up to the wall time, not more
+    assert ends["quantize"]["s"] >= 0.15
+    assert ends["quantize"]["self_s"] < ends["quantize"]["s"] - 0.09
+    prof = profile(events, busy_s=1.0)
+    assert set(prof["by_model"]) == {"hrnet_w18_small", "repvgg_a0"}
+    assert prof["accounted_s"] == pytest.approx(ends["quantize"]["s"] + ends["evaluation"]["s"], abs=0.01)
+    assert prof["essential_s"] == prof["accounted_s"]  # quantize, calibration, evaluation: all work under test
+    assert prof["overhead_ratio"] == pytest.approx(1.0 / prof["essential_s"], rel=0.05)  # essential_s is rounded
+
+
+def test_an_unknown_phase_is_refused():
+    with pytest.raises(ValueError, match="add it to harness.phases.PHASES"):
+        with PhaseLog()("compile"):
+            pass
+
+
+def test_overhead_ratio_counts_references_and_floors_as_overhead():
+    events = [{"ev": "end", "phase": "reference build", "model": "m", "self_s": 30.0},
+              {"ev": "end", "phase": "fp64 floor", "model": "m", "self_s": 10.0},
+              {"ev": "end", "phase": "export", "model": "m", "self_s": 20.0},
+              {"ev": "end", "phase": "evaluation", "model": "m", "self_s": 20.0}]
+    prof = profile(events, busy_s=100.0)
+    assert prof["essential_s"] == 40.0
+    assert prof["unattributed_s"] == 20.0
+    assert prof["overhead_ratio"] == 2.5
+    assert list(prof["totals"]) == ["reference build", "export", "evaluation", "fp64 floor"]  # largest first
+
+
+def test_progress_announces_long_phases_only():
+    prog = Progress(after=5.0, every=30.0)
+    start = {"ev": "start", "id": "1-0", "phase": "bn recalibration", "model": "resnest50", "t": 100.0}
+    quick = {"ev": "start", "id": "1-1", "phase": "images", "model": "resnest50", "t": 100.0}
+    assert prog.feed([start, quick], now=101.0) == []
+    assert prog.feed([{"ev": "end", "id": "1-1", "phase": "images", "model": "resnest50", "s": 1.0}], 102.0) == []
+    assert prog.feed([], now=106.0) == ["zooconform: resnest50 · bn recalibration · 6 s ..."]
+    assert prog.feed([], now=110.0) == []  # not again before `every`
+    assert prog.feed([], now=137.0) == ["zooconform: resnest50 · bn recalibration · 37 s ..."]
+    end = {"ev": "end", "id": "1-0", "phase": "bn recalibration", "model": "resnest50", "s": 185.2}
+    assert prog.feed([end], now=285.0) == ["zooconform: resnest50 · bn recalibration · done in 185.2 s"]
+
+
+def test_a_half_written_line_is_read_next_time(tmp_path):
+    path = tmp_path / "phases.jsonl"
+    path.write_bytes(b'{"ev": "start", "id": "1"}\n{"ev": "end", "id"')
+    events, offset = read_events(path)
+    assert [e["id"] for e in events] == ["1"]
+    with open(path, "ab") as f:
+        f.write(b': "1"}\n')
+    more, _ = read_events(path, offset)
+    assert [e["id"] for e in more] == ["1"]
+
+
+def test_a_run_reports_its_phases_and_prints_progress(pytester, monkeypatch):
+    """A plain pytest run: the phases of its checks land in results.json (per model, with the
+    overhead ratio) and a phase over the progress threshold is announced on the terminal."""
+    from harness import host
+    from harness.latency import checks as lc
+
+    monkeypatch.setattr(lc, "host_figures", lambda threads, measure_peaks=True, lab=None: host.fingerprint(threads))
+    monkeypatch.setattr(phases, "PROGRESS_AFTER_S", 0.5)
+    pytester.makepyfile(test_timed='''
+        import time
+
+        def test_slow_export(model_card, lab):
+            with lab.phase("export"):
+                time.sleep(2.6)
+            with lab.phase("fp64 floor"):
+                time.sleep(0.2)
+    ''')
+    run_dir = pytester.path / "run"
+    result = pytester.runpytest("-p", "harness.plugin", "--models", "repvgg_a0", "--report-dir", str(run_dir))
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines(["*zooconform: repvgg_a0 · export · *"])
+    doc = json.loads((run_dir / "results.json").read_text())
+    by_model = doc["phases"]["by_model"]["repvgg_a0"]
+    assert by_model["export"] >= 2.5 and 0.15 <= by_model["fp64 floor"] < 1.0
+    assert doc["phases"]["overhead_ratio"] >= 1.0
+    from harness.report.schema import validate
+
+    assert validate(doc) == []
+
+
+def test_the_report_shows_where_the_time_went():
+    from harness.report.html import phases_section
+    from harness.report.summary import one_screen
+
+    events = [{"ev": "end", "phase": "bn recalibration", "model": "resnest50", "self_s": 185.0},
+              {"ev": "end", "phase": "export", "model": "resnest50", "self_s": 40.0},
+              {"ev": "end", "phase": "export", "model": "<b>x</b>", "self_s": 4.0}]
+    doc = {"phases": profile(events, busy_s=300.0), "tests": [], "wall_s": 310.0, "complete": True,
+           "settings": {}, "counts": {}}
+    page = phases_section(doc)
+    assert "Where the time went" in page and "bn recalibration *" in page  # overhead marked
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page  # escaped
+    assert "overhead ratio 6.818" in page
+    assert phases_section({"phases": {}}) == ""
+    line = next(x for x in one_screen(doc) if x.startswith("time: "))
+    assert line.startswith("time: bn recalibration 185 s, export 44 s; overhead ratio 6.818")
