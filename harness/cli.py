@@ -13,6 +13,7 @@ VERBS = {
     "run": ("harness.commands.run", "run the conformance suites and write the reports"),
     "report": ("harness.commands.report", "render the nightly report from results.json"),
     "merge": ("harness.commands.merge", "merge shard results into one report"),
+    "durations": ("harness.commands.durations", "store runs' test durations for --shard (pytest-split format); show the split"),
     "prepare": ("harness.commands.prepare", "write preprocessed inputs (.npz) + reference outputs for an external runtime"),
     "budgets": ("harness.commands.budgets", "latency budget profiles: record from a run, check, summary, t4 table"),
     "eval": ("harness.commands.evaluate", "score an external runtime's outputs against references and labels"),

@@ -208,3 +208,15 @@ def profile(events: Iterable[dict[str, Any]], busy_s: float | None = None) -> di
         # tests' time over the work under test: 1.0 means the suite adds nothing
         out["overhead_ratio"] = round(busy_s / essential, 3) if essential > 0 else None
     return out
+
+
+def merge_profiles(profiles: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
+    """One profile of several runs' (shards, or the phases of ``zooconform run -j``): seconds add up."""
+    events: list[dict[str, Any]] = []
+    tests_s, any_tests = 0.0, False
+    for prof in profiles:
+        for model, phases in ((prof or {}).get("by_model") or {}).items():
+            events += [{"ev": "end", "phase": p, "model": model, "self_s": s} for p, s in phases.items()]
+        if (prof or {}).get("tests_s") is not None:
+            tests_s, any_tests = tests_s + float(prof["tests_s"]), True  # type: ignore[index]
+    return profile(events, busy_s=tests_s if any_tests else None)

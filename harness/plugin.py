@@ -67,8 +67,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "its own test case: ort (default), openvino, torch, ort-cuda, ort-trt, torch-compile, files; "
                      "NAME:PRECISION asks another arithmetic (openvino:bf16, openvino:default)")
     g.addoption("--shard", default=None, metavar="I/N",
-                help="run only shard I of N: the selected models sorted by id, dealt round-robin "
-                     "(tests of no model run in shard 1); merge with `zooconform merge`")
+                help="run only shard I of N: the selected models balanced by the recorded seconds of their tests "
+                     "(--durations-file), round-robin by id without figures (tests of no model run in shard 1); "
+                     "merge with `zooconform merge`")
+    g.addoption("--durations-file", default=None, metavar="FILE",
+                help="test durations (pytest-split's format) --shard balances by (default "
+                     "$ZOOCONFORM_DURATIONS_FILE, else fixtures/durations/test_durations.json)")
 
 
 def settings_from(config: pytest.Config) -> Settings:
@@ -155,8 +159,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_lab_key] = lab
     lab.phase = PhaseLog(phases_path(config))
     shard = shard_option(config)
+    shard_plan = None
     if shard is not None:
-        lab.cards = shard_cards(lab.cards, *shard)
+        from .shards import plan_from_file
+
+        every = lab.cards
+        lab.cards = shard_cards(every, *shard)  # a bad durations file is a usage error here
+        # each shard records its plan: `zooconform merge` tells shards planned from different files
+        shard_plan = plan_from_file(every, shard.total, shard.durations_file).record(shard.number)
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) writes reports
         config.stash[_collector_key] = ResultsCollector({
             "tier": settings.tier, "models": [c.id for c in lab.cards], "artifacts": settings.artifacts,
@@ -164,6 +174,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "profile_option": settings.profile,
             "eval_images": settings.eval_images, "calib_images": settings.calib_images,
             "threads": settings.threads, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+            "shard_plan": shard_plan,
             "rescale_budgets": bool(settings.extra.get("rescale_budgets"))})
         config.stash[_collector_key].phases_path = phases_path(config)
         config.pluginmanager.register(_ResultsListener(config, config.stash[_collector_key]), "zooconform-results")
@@ -301,24 +312,40 @@ def _junit_xml(config: pytest.Config):
     return config.stash.get(xml_key, None)
 
 
-def shard_option(config: pytest.Config) -> tuple[int, int] | None:
+def shard_option(config: pytest.Config):
+    """``--shard I/N`` as a :class:`harness.shards.Shard` (index, count, durations file), or None.
+
+    The durations file is ``--durations-file`` where the option is registered and given, else
+    ``$ZOOCONFORM_DURATIONS_FILE`` (what ``zooconform run --durations-file`` sets), else the
+    shipped fixtures/durations/test_durations.json; a named file that does not exist is a usage
+    error (a typo must not fall back to round-robin in silence)."""
+    from .shards import Shard, durations_path
+
     value = config.getoption("--shard")
     if not value:
         return None
     try:
-        return parse_shard(value)
+        index, count = parse_shard(value)
     except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    given = config.getoption("--durations-file", default=None)
+    try:
+        return Shard(index, count, durations_path(given))
+    except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
 
 
-def shard_cards(cards: list, index: int, count: int) -> list:
-    """Shard ``index`` (1-based) of ``count``: the cards sorted by id, dealt round-robin.
+def shard_cards(cards: list, index: int, count: int, durations_file: Path | None = None) -> list:
+    """Shard ``index`` (1-based) of ``count`` (harness/shards.py): models balanced by the
+    recorded seconds of their tests (longest first, to the least loaded shard), round-robin by
+    id when the durations file has no figure for any selected model. Every shard computes the
+    same plan, so the shards partition the models whatever order the ids were given in."""
+    from . import shards
 
-    Sorting makes the split independent of the order the ids were given in; dealing keeps
-    the shards within one model of each other in size.
-    """
-    mine = {c.id for c in sorted(cards, key=lambda c: c.id)[index - 1::count]}
-    return [c for c in cards if c.id in mine]
+    try:
+        return shards.select(cards, index, count, durations_file)
+    except ConfigError as e:
+        raise pytest.UsageError(f"--shard {index}/{count}: {e}") from None
 
 
 def lab_of(config: pytest.Config) -> Lab:
@@ -505,6 +532,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         from .quant.quantize import DEFAULT_METHOD, METHODS
 
         lab.settings.extra["calibration_methods"] = [m for m in METHODS if m in asked or m == DEFAULT_METHOD]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup by model, read from the node id: pytest 9's structured node ids drop the
+    @group suffix xdist 3.8 appends, so loadgroup silently became plain load (pytest-xdist#1386)
+    and every worker rebuilt every model's artifacts."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    from .shards import model_of
+
+    ids = set(lab_of(config).zoo)
+
+    class ModelScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return model_of(nodeid, ids) or nodeid
+
+    return ModelScheduling(config, log)
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -1079,7 +1126,11 @@ class _ProgressHooks:
         self.watchdog.phase(item.nodeid, "teardown")
 
     def pytest_runtest_logreport(self, report) -> None:
-        if report.when == "call":  # under xdist: the worker's setup is over once its call reports
+        # under xdist the controller learns the phases from the worker's reports: setup is over
+        # once it reports (the check runs), the call once it reports
+        if report.when == "setup":
+            self.watchdog.phase(report.nodeid, "call")
+        elif report.when == "call":
             self.watchdog.phase(report.nodeid, "teardown")
 
 

@@ -93,14 +93,20 @@ def test_differing_versions_or_machines_are_noted():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 24])
-def test_shards_split_the_models_disjointly_whatever_their_order(n):
+def test_shards_split_the_models_disjointly_whatever_their_order(n, tmp_path, monkeypatch):
     cards = list(load_zoo().values())
     shards = [shard_cards(cards, i, n) for i in range(1, n + 1)]
     ids = [c.id for s in shards for c in s]
     assert sorted(ids) == sorted(c.id for c in cards) and len(set(ids)) == len(ids)
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
     backwards = [shard_cards(cards[::-1], i, n) for i in range(1, n + 1)]
     assert [{c.id for c in s} for s in backwards] == [{c.id for c in s} for s in shards]
+    # without recorded durations the split is round-robin: within one model of each other in count
+    # (with them, shards are even in seconds, not in models: tests/test_shards.py)
+    empty = tmp_path / "durations.json"
+    empty.write_text("{}")
+    monkeypatch.setenv("ZOOCONFORM_DURATIONS_FILE", str(empty))
+    dealt = [shard_cards(cards, i, n) for i in range(1, n + 1)]
+    assert max(map(len, dealt)) - min(map(len, dealt)) <= 1
 
 
 def test_unreadable_results_name_the_file(tmp_path):
@@ -113,3 +119,42 @@ def test_unreadable_results_name_the_file(tmp_path):
     bad.write_text('{"something": 1}')
     with pytest.raises(InputError, match="not a zooconform results document"):
         load_results(bad)
+
+
+# --- shards planned by durations (harness/shards.py) -------------------------------------------
+
+def planned(shard, models, digest="abc123", everything=("m1", "m2")):
+    d = doc([t(f"s::x[{m}]", model=m) for m in models], shard=shard)
+    d["settings"]["shard_plan"] = {"method": "durations", "source": "fixtures/durations/test_durations.json",
+                                   "digest": digest, "models": list(everything), "mine": list(models)}
+    return d
+
+
+def test_shards_of_one_plan_merge_complete():
+    m = merge_documents([("a", planned("1/2", ["m1"])), ("b", planned("2/2", ["m2"]))])
+    assert m["complete"] is True and m["incomplete_reasons"] == []
+
+
+def test_shards_planned_from_different_durations_files_make_the_merge_incomplete():
+    # shard 2 read an updated durations file: m2 moved to shard 1 there, so nobody ran it
+    a = planned("1/2", ["m1"], digest="abc123")
+    b = planned("2/2", [], digest="def456")
+    m = merge_documents([("shard-a", a), ("shard-b", b)])
+    assert m["complete"] is False
+    [reason] = m["incomplete_reasons"]
+    assert "shards were planned differently" in reason and "shard-a: abc123, shard-b: def456" in reason
+    assert "a model may have run in two shards or in none" in reason and "same --durations-file" in reason
+
+
+def test_a_planned_model_that_ran_in_no_shard_is_named():
+    a = planned("1/2", ["m1"], everything=("m1", "m2", "m3"))
+    b = planned("2/2", ["m2"], everything=("m1", "m2", "m3"))
+    m = merge_documents([("a", a), ("b", b)])
+    assert m["complete"] is False and m["incomplete_reasons"] == ["model(s) m3 of the shard plan ran in no shard"]
+
+
+def test_a_shard_without_a_recorded_plan_beside_planned_ones_is_named():
+    a = planned("1/2", ["m1"])
+    b = doc([t("s::x[m2]", model="m2")], shard="2/2")  # an older zooconform: no shard_plan
+    m = merge_documents([("a", a), ("b", b)])
+    assert m["complete"] is False and "b: none recorded" in m["incomplete_reasons"][0]

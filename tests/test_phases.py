@@ -124,3 +124,14 @@ def test_the_report_shows_where_the_time_went():
     assert phases_section({"phases": {}}) == ""
     line = next(x for x in one_screen(doc) if x.startswith("time: "))
     assert line.startswith("time: bn recalibration 185 s, export 44 s; overhead ratio 6.818")
+
+
+def test_shards_profiles_add_up_when_merged():
+    from harness.phases import merge_profiles
+
+    one = profile([{"ev": "end", "phase": "export", "model": "a", "self_s": 10.0}], busy_s=20.0)
+    two = profile([{"ev": "end", "phase": "export", "model": "b", "self_s": 30.0},
+                   {"ev": "end", "phase": "reference build", "model": "b", "self_s": 5.0}], busy_s=40.0)
+    merged = merge_profiles([one, two, None])
+    assert merged["by_model"] == {"a": {"export": 10.0}, "b": {"export": 30.0, "reference build": 5.0}}
+    assert merged["tests_s"] == 60.0 and merged["essential_s"] == 40.0 and merged["overhead_ratio"] == 1.5

@@ -10,8 +10,10 @@ loadgroup``: each model's tests share a worker, so its artifacts are built once)
 runs the latency tests serially (pytest-benchmark disables itself under xdist, and timing
 beside busy workers would measure them). Both phases are merged into one report.
 
-``--shard I/N``: only shard I of the models (sorted by id, dealt round-robin); the shard's
-folder is merged with the others by ``zooconform merge``, which appends the history.
+``--shard I/N``: only shard I of the models, balanced by the recorded seconds of each model's
+tests (``--durations-file``, default fixtures/durations/test_durations.json; harness/shards.py),
+round-robin by id when the file has no figure for the selected models; the shard's folder is
+merged with the others by ``zooconform merge``, which appends the history.
 
 Ctrl-C (or SIGTERM) stops the run: the suite writes what it has, marked incomplete, and
 the report is rendered from it. Unknown options are passed to pytest (``-k export``, ``-x``).
@@ -92,7 +94,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
                    help="N xdist workers for everything but latency (N or 'auto'), then latency serially")
     p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run shard I of N (split by model); merge with `zooconform merge`")
+                   help="run shard I of N, split by model and balanced by the recorded seconds of each model's "
+                        "tests (--durations-file; round-robin by id when it has no figure for the selected "
+                        "models); merge the shards' folders with `zooconform merge`")
+    p.add_argument("--durations-file", default=None, metavar="FILE",
+                   help="test durations (pytest-split's format) that --shard balances by (default "
+                        "fixtures/durations/test_durations.json; write one with `zooconform durations`)")
     p.add_argument("--history", default=None, metavar="FILE", help="history file (default <report-dir>/history.jsonl)")
     p.add_argument("--no-history", action="store_true", help="do not append this run to the history")
     p.add_argument("--suites", default=str(ROOT / "suites"), metavar="PATH", help="suite folder or file (default: suites/)")
@@ -119,6 +126,24 @@ def _shard(value: str | None) -> tuple[int, int] | None:
         return parse_shard(value)
     except ValueError as e:
         raise SystemExit(f"zooconform run: {e}") from None
+
+
+def _print_plan(args: argparse.Namespace, index: int, count: int) -> None:
+    """Which models this shard runs and why, before pytest starts (the plugin applies the same
+    plan; a problem with the options or the file is its to report, as a usage error)."""
+    from .. import shards
+    from ..errors import ZooconformError
+    from ..zoo import load_zoo, select
+
+    try:
+        ids = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        plan = shards.plan_from_file(select(load_zoo(), ids, args.tier), count, args.durations_file)
+    except (ZooconformError, ValueError):
+        return
+    where = f" from {plan.source}" if plan.method == "durations" else ""
+    load = f", ~{plan.load_s[index - 1]:.0f} s planned" if plan.method == "durations" else ""
+    print(f"zooconform run: shard {index}/{count} ({plan.method} split{where}{load}): "
+          f"{', '.join(plan.models(index)) or 'no model'}", flush=True)
 
 
 @dataclass
@@ -436,6 +461,16 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     from ..report.summary import one_screen
 
     shard = _shard(args.shard)
+    if args.durations_file and not Path(args.durations_file).is_file():
+        print(f"zooconform run: --durations-file {args.durations_file}: no such file (fix: write one with "
+              f"`zooconform durations REPORT_DIR... --out FILE`, or leave the option out)", file=sys.stderr)
+        return USAGE
+    if shard:
+        _print_plan(args, *shard)
+    if args.durations_file:  # to the plugin of every phase (harness/shards.py DURATIONS_ENV)
+        from ..shards import DURATIONS_ENV
+
+        os.environ[DURATIONS_ENV] = str(Path(args.durations_file).resolve())
     report_dir = Path(args.report_dir)
     name = utc_stamp() + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
     history = Path(args.history) if args.history else default_history(report_dir)

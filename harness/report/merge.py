@@ -13,6 +13,7 @@ from typing import Any
 
 from ..constants import parse_shard
 from ..errors import InputError
+from ..phases import merge_profiles
 from .results import run_notes
 from .views import OUTCOME_ORDER
 
@@ -72,6 +73,26 @@ def _exitstatus(codes: list[int | None]) -> int:
     return 0
 
 
+def _plan_problems(plans: dict[str, dict[str, Any] | None], ran: set[str], complete_split: bool) -> list[str]:
+    """Shards split by durations (harness/shards.py) partition the models only if every shard
+    planned from the same durations file and selection: each records its plan's digest. Shards
+    whose digests differ (a durations file updated between two shards' checkouts, another
+    --models) may have run a model twice or not at all."""
+    if not any(plans.values()):  # round-robin shards of a zooconform that recorded no plan
+        return []
+    digests = {label: (p or {}).get("digest") or "none recorded" for label, p in plans.items()}
+    if len(set(digests.values())) > 1:
+        return ["shards were planned differently (another durations file or model selection): "
+                + ", ".join(f"{label}: {d}" for label, d in digests.items())
+                + "; a model may have run in two shards or in none (fix: run every shard from one commit and "
+                  "the same --durations-file / --models)"]
+    planned = set(next(p for p in plans.values() if p).get("models") or [])
+    lost = sorted(planned - ran)
+    if lost and complete_split:
+        return [f"model(s) {', '.join(lost)} of the shard plan ran in no shard"]
+    return []
+
+
 def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = False) -> dict[str, Any]:
     """``parts``: (label, document). ``sequential``: the parts ran one after another (phases),
     so wall times add up; shards run side by side, so the longest counts."""
@@ -84,6 +105,8 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
     problems: list[str] = []
     shards: dict[int, list[str]] = {}
     shard_total: set[int] = set()
+    plans: dict[str, dict[str, Any] | None] = {}  # shard label -> its settings.shard_plan
+    shard_models: set[str] = set()
     summary: list[dict[str, Any]] = []
     for label, doc in parts:
         settings = doc.get("settings") or {}
@@ -108,6 +131,8 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
             i, n = parse_shard(shard)
             shards.setdefault(i, []).append(label)
             shard_total.add(n)
+            plans[label] = settings.get("shard_plan")
+            shard_models.update(settings.get("models") or [])
         summary.append({"label": label, "source": doc.get("source"), "run_id": run_id_of(doc),
                         "started_utc": doc.get("started_utc"), "wall_s": doc.get("wall_s"),
                         "complete": bool(doc.get("complete")), "tests": len(doc.get("tests", [])),
@@ -123,6 +148,7 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
         twice = [i for i, labels in shards.items() if len(labels) > 1]
         if twice:
             reasons.append(f"shard(s) {twice} given more than once")
+        reasons.extend(_plan_problems(plans, shard_models, complete_split=not missing and not twice))
     if duplicates and shard_total:
         reasons.append(f"{len(duplicates)} test(s) reported by more than one shard (the worst outcome kept)")
     first = parts[0][1]
@@ -157,6 +183,7 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
         "settings": settings,
         "counts": counts,
         "tests": list(tests.values()),
+        "phases": merge_profiles(d.get("phases") for _, d in parts),
         "parts": summary,
     }
     if any(v != versions[0] for v in versions):

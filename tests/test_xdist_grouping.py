@@ -1,0 +1,32 @@
+"""`-n N --dist loadgroup` keeps each model's tests on one worker (harness/plugin.py
+pytest_xdist_make_scheduler): pytest 9's node ids drop the ``@group`` suffix xdist 3.8 groups by
+(pytest-xdist#1386), and without the plugin's scheduler every worker rebuilt every model."""
+from __future__ import annotations
+
+import json
+
+
+def test_each_models_tests_run_on_one_worker(pytester, monkeypatch):
+    out = pytester.path / "where"
+    out.mkdir()
+    monkeypatch.setenv("ZOOCONFORM_TEST_WHERE", str(out))
+    pytester.makepyfile(test_where='''
+        import json, os
+
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_where(model_card, i):
+            out = os.path.join(os.environ["ZOOCONFORM_TEST_WHERE"], f"{model_card.id}-{i}.json")
+            with open(out, "w") as f:
+                json.dump([model_card.id, os.getpid()], f)
+    ''')
+    result = pytester.runpytest_subprocess("-p", "harness.plugin", "--models", "repvgg_a0,hrnet_w18_small_v1",
+                                           "--no-results", "-n", "2", "--dist", "loadgroup")
+    result.assert_outcomes(passed=8)
+    pids: dict[str, set[int]] = {}
+    for f in out.glob("*.json"):
+        model, pid = json.loads(f.read_text())
+        pids.setdefault(model, set()).add(pid)
+    assert set(pids) == {"repvgg_a0", "hrnet_w18_small_v1"}
+    assert all(len(p) == 1 for p in pids.values()), f"a model's tests ran on several workers: {pids}"
