@@ -27,10 +27,12 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # the harness's own tests on 2 xdist workers (they time nothing real: simulated clocks); the
-# suites serially, because their latency ratios measure this machine (10 + ~10 min on 2 cores)
+# suites on 2 workers too, each model's tests on one (--dist loadgroup: its artifacts are built
+# once), then their latency ratios serially, because those measure this machine
 test: setup lint
 	$(PY) -m pytest tests -n 2 -m "not slow" -o cache_dir=.zooconform-cache/pytest --durations=15 $(ARGS)
-	$(PY) -m pytest suites -m "not slow and (not latency or latency_ratio)" -o cache_dir=.zooconform-cache/pytest --durations=15 $(ARGS)
+	$(PY) -m pytest suites -n 2 --dist loadgroup -m "not slow and not latency" -o cache_dir=.zooconform-cache/pytest --durations=15 $(ARGS)
+	$(PY) -m pytest suites -m "not slow and latency_ratio" -o cache_dir=.zooconform-cache/pytest --durations=15 $(ARGS)
 	# the other runtimes (harness/runtimes) on the smallest smoke model only: ~2 min on 2 cores
 	$(PY) -m pytest suites/test_export.py suites/test_runtimes.py suites/test_quant.py -m "not slow" \
 		-k "runtime or matches_torch or rows_independent or fp16 or kernels" --runtime ort,openvino,torch \
