@@ -233,11 +233,14 @@ _CRASH = re.compile(rb"(\[gw\d+\] node down: [^\r\n]*|worker gw\d+ crashed[^\r\n
 def run_phase(cmd: list[str], forwarder: _Forwarder, crashes: list[str] | None = None) -> int:
     """Run one pytest phase; its output passes through unchanged. ``crashes`` (for -j) collects
     the lines in which xdist reports a dead worker."""
+    # a phase is a pytest session of its own, never a worker of an xdist session this command
+    # runs inside (a CI job under pytest -n): its xdist identity is not inherited
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
     if crashes is None:
-        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True)
+        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True, env=env)
     else:
-        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT)
+        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         if crashes is not None:
             out = getattr(sys.stdout, "buffer", None)
