@@ -82,7 +82,7 @@ def test_junit_carries_figures_per_case_and_machine_versions_profile_per_suite(u
         assert float(cprops["fig:params_m_measured"]) > 0 and "fig:params_m_published" in cprops
 
 
-# nightly: tests/test_shards.py::test_simulated_ci_matrix_equals_the_unsharded_run covers this in CI, with a durations plan
+# nightly, like tests/test_shards.py::test_simulated_ci_matrix_equals_the_unsharded_run (the same, with a durations plan)
 @pytest.mark.slow
 def test_sharded_and_merged_equals_unsharded(unsharded, tmp_path):
     reports, _, whole = unsharded

@@ -266,6 +266,8 @@ def simulate(tmp_path: Path, n: int, models: str, extra: list, timeout: int = 60
             json.loads((merged_dir / "report" / "results.json").read_text()), docs, r)
 
 
+# nightly with the rest of the scale-out runs (~2 min of nested zooconform runs): CI stays under 30 min
+@pytest.mark.slow
 def test_simulated_ci_matrix_equals_the_unsharded_run(tmp_path):
     """Two shards split by a durations file in which repvgg_a0 outweighs the two others (round-
     robin by id would pair hrnet_w18_small_v1 with repvgg_a1), merged: the report of one run."""
