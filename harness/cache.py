@@ -66,6 +66,22 @@ def is_valid(folder: Path) -> bool:
         return False
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temp file of its own in the same folder and a rename: readers see
+    the old file or the new one, never a torn one, even with concurrent writers. Mode 0644 (a
+    report is for reading; mkstemp's 0600 would hide it from a CI's other users)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 class ArtifactCache:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root else default_root()

@@ -37,12 +37,12 @@ import math
 import os
 import re
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from .cache import atomic_write_text
 from .errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,18 +112,8 @@ def load_durations(path: Path | str) -> dict[str, float]:
 def write_durations(path: Path | str, durations: Mapping[str, float]) -> None:
     """Write ``durations`` as pytest-split does (sorted keys, indent 4), through a temp file and a
     rename so that a shard reading it never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({k: round(float(v), 4) for k, v in durations.items()}, sort_keys=True, indent=4) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(Path(path), json.dumps({k: round(float(v), 4) for k, v in durations.items()},
+                                             sort_keys=True, indent=4) + "\n")
 
 
 def model_of(nodeid: str, model_ids: Iterable[str]) -> str | None:

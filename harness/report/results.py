@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ..cache import atomic_write_text  # noqa: F401  (re-exported: the report's writers use it from here)
 from ..figures import TEST_FIELDS
 from ..host import library_versions, machine_info  # noqa: F401  (re-exported: the run's machine and versions)
 from ..phases import profile, read_events
@@ -38,22 +37,6 @@ def jsonable(value: Any) -> Any:
         if isinstance(value, plain):
             return plain(value)
     return str(value)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` through a temp file of its own in the same folder and a rename: readers see
-    the old file or the new one, never a torn one, even with concurrent writers. Mode 0644 (a
-    report is for reading; mkstemp's 0600 would hide it from a CI's other users)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 NOT_APPLICABLE = "not applicable"  # an outcome: a budget that does not hold on this host, not judged
