@@ -335,7 +335,7 @@ remeasured_quiet | bool | | | the re-measurement was quiet
 samples_used | int | count | | samples the verdict rests on: recorded calls (absolute) or blocks per side (ratio)
 samples_max | int | count | | the plan's maximum of those (rounds, blocks): what a measurement takes without an early stop
 looks | int | count | | looks the sequential stopping rule took in the kept attempt
-stop_reason | text | | | why the kept attempt stopped: decided (budget outside the interval), tight (interval narrow enough), max
+stop_reason | text | | | why it stopped: decided (budget outside), tight (narrow), recorded (no budget: 1st quiet look), max
 look_level | num | fraction | | confidence level of each look (stop_level split over the planned looks, Bonferroni)
 contended_looks | int | count | | looks not allowed to stop: a contended call since the previous look, or not quiet so far
 stop_interval_ms | list | ms | | the median's interval at the per-look level when the measurement stopped early

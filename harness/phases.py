@@ -65,6 +65,7 @@ CACHE_PHASES: dict[str, str] = {
     "int8-ranges": "calibration",
     "fp64-floor": "fp64 floor",
     "reference-logits": "reference logits",
+    "eval-logits": "evaluation",
 }
 ESSENTIAL = frozenset(name for name, (_, essential) in PHASES.items() if essential)
 PROGRESS_AFTER_S = 5.0  # a phase shorter than this is not announced
@@ -165,14 +166,27 @@ class Progress:
                 self.running[e["id"]] = {**e, "next": e["t"] + self.after, "announced": False}
             elif e.get("ev") == "end":
                 started = self.running.pop(str(e.get("id")), None)
-                if started is not None and (started["announced"] or e.get("s", 0.0) >= self.after):
+                # a phase nested in the same phase of the same model (a memo around its disk
+                # cache entry) is one step to the reader: only the outermost one speaks
+                if started is not None and self._outer_of(started) is None and (
+                        started["announced"] or e.get("s", 0.0) >= self.after):
                     lines.append(f"{_label(e)} · done in {e.get('s', 0.0):.1f} s")
         for rec in self.running.values():
-            if now >= rec["next"]:
+            if now >= rec["next"] and self._outer_of(rec) is None:
                 lines.append(f"{_label(rec)} · {now - rec['t']:.0f} s ...")
                 rec["next"] = now + self.every
                 rec["announced"] = True
         return lines
+
+    def _outer_of(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        """A running phase of the same model and name that started before ``rec`` (``running``
+        keeps the order of the start events; an ended ``rec`` is no longer in it), if any."""
+        for other in self.running.values():
+            if other is rec:
+                break
+            if other.get("model") == rec.get("model") and other.get("phase") == rec.get("phase"):
+                return other
+        return None
 
 
 def _label(e: dict[str, Any]) -> str:

@@ -76,6 +76,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def settings_from(config: pytest.Config) -> Settings:
+    from .host import xdist_share_of_cpus
     from .lab import Settings
 
     opt = config.getoption
@@ -90,7 +91,8 @@ def settings_from(config: pytest.Config) -> Settings:
         cache_dir=Path(opt("--cache-dir")) if opt("--cache-dir") else None,
         eval_images=opt("--eval-images"),
         calib_images=opt("--calib-images"),
-        threads=opt("--threads"),
+        # --threads, else under xdist each worker's share of the CPUs (none oversubscribes them)
+        threads=opt("--threads") or xdist_share_of_cpus(),
         profile=opt("--profile"),
         extra={**({"weights_source": opt("--weights-source")} if opt("--weights-source") else {}),
                **({"rescale_budgets": True} if opt("--rescale-budgets") else {})},
@@ -206,13 +208,9 @@ _fingerprint_key = pytest.StashKey[dict]()
 
 def fingerprint_threads(config: pytest.Config) -> int:
     """--threads, else what the latency suite uses (every CPU this process may run on)."""
-    import os
+    from .host import usable_cpus
 
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return config.getoption("--threads") or cpus
+    return config.getoption("--threads") or usable_cpus()
 
 
 def host_fingerprint(config: pytest.Config, measure_peaks: bool) -> dict:

@@ -39,6 +39,9 @@ class LabLike(Protocol):
 
     def images(self, split: str) -> Any: ...
 
+    @property
+    def uses_real_data(self) -> bool: ...
+
 
 class Record(Protocol):
     """The ``record`` a check takes: ``record(name=value, ...)`` keeps figures for the report."""

@@ -59,3 +59,27 @@ def test_fingerprint_without_peaks_carries_class_isa_and_versions():
     assert d["host_class"] == "x86-avx2" and d["u8s8_saturates"] and d["versions"] == {"onnxruntime": "1.0"}
     assert d["fp32_peak_gflops"] is None
     assert fp.one_line().startswith("x86-avx2 · AMD EPYC, 2 cores · avx2 fma")
+
+
+def test_an_xdist_worker_takes_its_share_of_the_cpus_not_all_of_them(monkeypatch):
+    from harness.host import usable_cpus, xdist_share_of_cpus
+
+    monkeypatch.setattr("harness.host.usable_cpus", lambda: 8)
+    assert xdist_share_of_cpus({"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2"}) == 4
+    assert xdist_share_of_cpus({"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "16"}) == 1
+    assert xdist_share_of_cpus({}) is None  # not a worker: torch's and ORT's own defaults
+    assert xdist_share_of_cpus({"PYTEST_XDIST_WORKER_COUNT": "2"}) is None  # the controller
+    monkeypatch.undo()
+    assert usable_cpus() >= 1
+
+
+def test_settings_of_an_xdist_worker_do_not_oversubscribe_the_cpus(pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setattr("harness.host.usable_cpus", lambda: 2)
+    from harness.plugin import settings_from
+
+    config = pytester.parseconfig("-p", "harness.plugin")
+    assert settings_from(config).threads == 1
+    config = pytester.parseconfig("-p", "harness.plugin", "--threads", "2")
+    assert settings_from(config).threads == 2

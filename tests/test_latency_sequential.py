@@ -268,3 +268,18 @@ def test_one_extreme_block_does_not_save_a_contended_slow_ratio():
     assert r6.wall_low == pytest.approx(1.4)  # 6 blocks: the full range, as before
     with pytest.raises(Inconclusive):
         lc.judge_ratio(r6, 1.2, "user_over_own_max", Recorder(), what="w", where="a vs b", cause="3x work")
+
+
+
+def test_a_measurement_nothing_will_judge_stops_at_its_first_quiet_look():
+    # no budget applies (another host's profile): the figures are all it is for, 8 calls, not 20
+    machine = dict(work_s=0.010, noise=0.03, seed=4)  # too wide to be tight
+    sim = SimulatedMachine(**machine)
+    m = timing.measure(sim.model(), PLAN, clocks=sim.clocks, name="sim", record_only=True)
+    first_look = timing.look_schedule(PLAN.stop_min_calls, PLAN.stop_look_every, PLAN.rounds)[0]
+    assert m.stop.reason == "recorded" and m.stop.samples == first_look < PLAN.rounds
+    assert "no budget to judge" in m.stop.line()
+    assert measure(SimulatedMachine(**machine)).stop.reason == "max"  # the same machine, judged: all calls
+    contended = SimulatedMachine(work_s=0.010, noise=0.01, seed=4, neighbours=2.0)
+    busy = timing.measure(contended.model(), PLAN, clocks=contended.clocks, name="sim", record_only=True)
+    assert busy.stop.reason != "recorded"  # a contended look never stops it

@@ -67,6 +67,21 @@ def test_progress_announces_long_phases_only():
     assert prog.feed([end], now=285.0) == ["zooconform: resnest50 · bn recalibration · done in 185.2 s"]
 
 
+def test_a_phase_nested_in_itself_is_announced_once():
+    # the reference logits memo around its disk-cache entry: two start events, one step
+    prog = Progress(after=5.0, every=30.0)
+    outer = {"ev": "start", "id": "1-0", "phase": "reference logits", "model": "repvgg_a0", "t": 100.0}
+    inner = {"ev": "start", "id": "1-1", "phase": "reference logits", "model": "repvgg_a0", "t": 100.0}
+    other = {"ev": "start", "id": "1-2", "phase": "reference logits", "model": "hrnet_w18_small_v1", "t": 100.0}
+    assert prog.feed([outer, inner, other], now=106.0) == [
+        "zooconform: repvgg_a0 · reference logits · 6 s ...",
+        "zooconform: hrnet_w18_small_v1 · reference logits · 6 s ..."]
+    assert prog.feed([{"ev": "end", "id": "1-1", "phase": "reference logits", "model": "repvgg_a0", "s": 29.0}],
+                     130.0) == []
+    assert prog.feed([{"ev": "end", "id": "1-0", "phase": "reference logits", "model": "repvgg_a0", "s": 30.0}],
+                     131.0) == ["zooconform: repvgg_a0 · reference logits · done in 30.0 s"]
+
+
 def test_a_half_written_line_is_read_next_time(tmp_path):
     path = tmp_path / "phases.jsonl"
     path.write_bytes(b'{"ev": "start", "id": "1"}\n{"ev": "end", "id"')

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compare import CheckFailure, cosine_rows, message, rel_max_error, top1_agreement
+from ..host import usable_cpus
 from ..tolerances import tolerance
 
 SECTION = "export"  # the same question as the export numerics: the same tolerances
@@ -185,9 +186,4 @@ def check_deterministic(card, lab, record, spec, *, path=None, label: str | None
 
 
 def _cpus() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cpus()

@@ -38,7 +38,6 @@ more threads than CPUs, the run delay our own threads cause each other is allowe
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ import numpy as np
 from .. import runtimes
 from ..cache import memoised
 from ..compare import CheckFailure, Inconclusive, check, message
+from ..host import usable_cpus
 from ..tolerances import Limit, tolerance
 from ..zoo import ModelCard
 from . import timing
@@ -68,10 +68,7 @@ DISTINCT_IMAGES = 8  # real images per batch; larger batches repeat them
 # --- settings -----------------------------------------------------------------------------
 
 def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def threads_for(lab) -> int:
@@ -341,12 +338,13 @@ def session_for(lab, card: ModelCard, path: Path, rspec, precision: str, threads
 
 def measure_latency(card: ModelCard, lab: LabLike, record: Record, precision: str, batch: int, *, benchmark=None,
                     runtime=None, clocks: timing.Clocks = timing.REAL_CLOCKS,
-                    budget_ms: float | None = None) -> timing.Measurement:
+                    budget_ms: float | None = None, record_only: bool = False) -> timing.Measurement:
     """Time one model x precision x batch through ``runtime`` (a ``--runtime`` spec or id; default
     ort; ``"ort-trt"`` with precision fp16 asks TensorRT for fp16); record every figure
     (results.json and, with ``benchmark``, pytest-benchmark's JSON). ``budget_ms``: the budget it
     will be judged against, so that the calls stop as soon as the verdict is clear
-    (harness/latency/timing.py Sequential); None: only a tight interval stops early."""
+    (harness/latency/timing.py Sequential); None: only a tight interval stops early.
+    ``record_only``: no budget applies, the figures are all it is for: it stops at the first quiet look."""
     rspec = runtimes.spec(runtime)
     if precision == "fp16" and rspec.precision == "fp32":
         rspec = runtimes.Spec(rspec.name, "fp16")
@@ -363,7 +361,8 @@ def measure_latency(card: ModelCard, lab: LabLike, record: Record, precision: st
     macs, convs = onnx_work(path, lab)
     m = timing.measure(call_of(sess, x), plan_for(threads), name=f"{card.id} {precision} b{batch}", clocks=clocks,
                        first_runner=pedantic_runner(benchmark), flops_per_call=2.0 * macs * batch if macs else None,
-                       peak=peak, items_per_call=batch, target_s=None if budget_ms is None else budget_ms / 1e3)
+                       peak=peak, items_per_call=batch, target_s=None if budget_ms is None else budget_ms / 1e3,
+                       record_only=record_only)
     figures = {"latency_kind": "absolute", "model": card.id, "precision": precision, "batch": batch,
                "runtime": rspec.id, "effective_precision": sess.effective_precision, "runtime_settings": sess.settings,
                "file": str(path), "artifact": what,

@@ -399,7 +399,10 @@ class Attempt:
 #   is small here: with L = 4 looks the first look needs n = 8 calls instead of 6.
 # The final look at the maximum is not adjusted: there today's verdict rules apply unchanged.
 
-STOP_REASONS = ("decided", "tight", "max")
+# "recorded": nothing will be judged (no budget applies), so the first quiet look is enough for
+# the figures (the history's regression flag needs a change of latency_min_rel = 40%, far wider
+# than the spread of a quiet 8-call median)
+STOP_REASONS = ("decided", "tight", "recorded", "max")
 
 
 def look_schedule(first: int, every: int, last: int) -> list[int]:
@@ -446,8 +449,9 @@ class Stop:
         """For messages: 'stopped after 8 of 20 calls: the budget lies outside ...'."""
         if self.reason == "max":
             return f"all {self.samples} {unit} measured ({self.looks} looks, no early decision)"
-        how = ("the budget lies outside the median's interval" if self.reason == "decided"
-               else "the median's interval is tight")
+        how = {"decided": "the budget lies outside the median's interval",
+               "recorded": "no budget to judge, the figures are recorded from the first quiet look"}.get(
+                   self.reason, "the median's interval is tight")
         return f"stopped after {self.samples} of {self.max_samples} {unit}: {how} (per-look level {self.level:.4g})"
 
     def figures(self, scale: float = 1.0, interval_name: str = "stop_interval_ms", digits: int = 4) -> dict[str, Any]:
@@ -477,8 +481,9 @@ class Sequential:
     contended batch never stops a measurement) and the attempt so far is quiet
     (:attr:`Attempt.quiet`: clean share, other processes, spread)."""
 
-    def __init__(self, plan: Plan, target_s: float | None, neighbours: Neighbours | None = None):
-        self.plan, self.target = plan, target_s
+    def __init__(self, plan: Plan, target_s: float | None, neighbours: Neighbours | None = None,
+                 record_only: bool = False):
+        self.plan, self.target, self.record_only = plan, target_s, record_only
         self.schedule = look_schedule(plan.stop_min_calls, plan.stop_look_every, plan.rounds)
         self.level = look_level(plan.stop_level, len(self.schedule))
         self.neighbours = neighbours
@@ -511,6 +516,8 @@ class Sequential:
             return False
         values = sorted(c.wall_s for c in attempt.judged_calls)
         reason, lo, hi, _ = judge_look(values, self.target, self.level, self.plan.stop_precision)
+        if reason is None and self.record_only:
+            reason = "recorded"
         if reason is None:
             return False
         self.reason, self.interval = reason, (lo, hi)
@@ -789,12 +796,14 @@ class Measurement:
 
 def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks = REAL_CLOCKS,
             first_runner: Runner | None = None, flops_per_call: float | None = None,
-            peak: Peak | None = None, items_per_call: int = 1, target_s: float | None = None) -> Measurement:
+            peak: Peak | None = None, items_per_call: int = 1, target_s: float | None = None,
+            record_only: bool = False) -> Measurement:
     """Warm-up + up to ``plan.rounds`` timed calls of ``fn``, re-measured while not quiet.
 
     The calls stop early by the sequential rule (:class:`Sequential`): as soon as ``target_s``
     (the budget, seconds; None: no budget, only a tight interval stops early) lies outside the
-    median's interval, or the interval is tight. ``first_runner`` runs the first attempt (the
+    median's interval, or the interval is tight; ``record_only`` (nothing will be judged): at the
+    first quiet look. ``first_runner`` runs the first attempt (the
     suite passes pytest-benchmark's pedantic mode, which calls warmup + rounds times: the calls
     after the stop are no-ops); later attempts run in a plain loop."""
     attempts: list[Attempt] = []
@@ -803,7 +812,7 @@ def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks
         with no_gc():
             if i == 0 and first_runner is not None:
                 neighbours = Neighbours(clocks)
-                seq = Sequential(plan, target_s, neighbours)
+                seq = Sequential(plan, target_s, neighbours, record_only)
                 warm = [plan.warmup]
 
                 def instrumented(seq: Sequential = seq, warm: list[int] = warm) -> None:  # this attempt's
@@ -818,7 +827,7 @@ def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks
                 for _ in range(plan.warmup):
                     fn()
                 neighbours = Neighbours(clocks)
-                seq = Sequential(plan, target_s, neighbours)
+                seq = Sequential(plan, target_s, neighbours, record_only)
                 for _ in range(plan.rounds):
                     if seq.add(timed_call(fn, clocks)):
                         break

@@ -34,6 +34,7 @@ tensor (``onnxruntime.quantization.qdq_loss_debug``), SQNR by depth and the wors
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from ..compare import (
     topk_accuracy,
 )
 from ..data import PHOTO_KINDS, SOURCE_KINDS
-from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
+from ..host import CpuFacts, cpu_facts, host_class, library_versions, u8s8_may_saturate
 from ..runtimes import ort as ortrt  # QDQ tooling: the float simulation is ORT_DISABLE_ALL
 from ..tolerances import tolerance
 from . import quantize as qmod
@@ -335,9 +336,10 @@ def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
     """fp32 logits (and noisy-input logits for the floor) on the eval set, once per session."""
     key = (qmod.cached_file_digest(fp32_path, lab), card.id, lab.images("eval").digest(), with_noise)
 
-    def build() -> EvalRun:
+    levels = int(tolerance(SECTION, "noise_grey_levels"))
+
+    def compute() -> dict[str, np.ndarray]:
         sess = runtimes.spec(None).prepare(fp32_path, lab.settings.threads)  # fp32 through ORT: the units
-        levels = int(tolerance(SECTION, "noise_grey_levels"))
         outs, noisy, labels = [], [], []
         t0 = time.perf_counter()
         for i, (x, y) in enumerate(_eval_batches(lab, card)):
@@ -346,11 +348,45 @@ def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
                 noisy.append(sess.run_batched(grey_level_noise(x, card.preprocess.std, levels, seed=i)))
             if y is not None:
                 labels.append(y)
-        return EvalRun(np.concatenate(outs), np.concatenate(noisy) if with_noise else None,
-                       np.concatenate(labels) if labels else None, time.perf_counter() - t0,
+        arrays = {"fp32": np.concatenate(outs), "seconds": np.array(time.perf_counter() - t0)}
+        if with_noise:
+            arrays["fp32_noisy"] = np.concatenate(noisy)
+        if labels:
+            arrays["labels"] = np.concatenate(labels)
+        return arrays
+
+    def build() -> EvalRun:
+        disk_key = eval_cache_key(lab, card, fp32_path, None, with_noise=with_noise, noise_grey_levels=levels)
+        a = compute() if disk_key is None else lab.cache.arrays("eval-logits", disk_key, compute)
+        return EvalRun(a["fp32"], a.get("fp32_noisy"), a.get("labels"), float(a["seconds"]),
                        lab.images("eval").origin)
 
     return lab.memo("quant.fp32_run", key, build)
+
+
+# Part of every cached evaluation's key: a change to how the eval batches are cut, the noise
+# drawn or the logits computed must bump it
+EVAL_LOGITS_VERSION = 1
+
+
+def eval_cache_key(lab, card, path: Path, runtime, **how) -> dict | None:
+    """The on-disk key of a runtime's logits of ``path`` (by content) on the eval split; None when
+    the lab has no artifact cache. Everything that can change those numbers is in it: the file,
+    the images, the runtime and library versions, this CPU's kernel-relevant flags (the integer
+    kernels differ by ISA) and the thread count."""
+    cache = getattr(lab, "cache", None)
+    if cache is None:
+        return None
+    cpu = cpu_facts()
+    return {"model": card.id, "file": qmod.cached_file_digest(path, lab), "images": lab.images("eval").digest(),
+            "count": len(lab.images("eval").samples), "runtime": runtimes.spec(runtime).id,
+            "versions": _library_versions(), "cpu": [cpu.arch, *cpu.isa], "threads": lab.settings.threads,
+            "batch": EVAL_BATCH, "code": EVAL_LOGITS_VERSION, **how}
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    return library_versions()
 
 
 def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None,
@@ -361,11 +397,18 @@ def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=
     key = (qmod.cached_file_digest(int8_path, lab), card.id, lab.images("eval").digest(), optimization, run_int8,
            runtimes.spec(runtime).id)
 
-    def build() -> tuple[np.ndarray, float]:
+    def compute() -> dict[str, np.ndarray]:
         run = run_int8 or _default_run_int8(lab.settings.threads, runtime)
         t0 = time.perf_counter()
         out = np.concatenate([run(int8_path, optimization, x) for x, _ in _eval_batches(lab, card)])
-        return out, time.perf_counter() - t0
+        return {"int8": out, "seconds": np.array(time.perf_counter() - t0)}
+
+    def build() -> tuple[np.ndarray, float]:
+        # a planted runner (run_int8) is never cached: its numbers are not the file's
+        disk_key = (eval_cache_key(lab, card, int8_path, runtime, optimization=optimization)
+                    if run_int8 is None else None)
+        a = compute() if disk_key is None else lab.cache.arrays("eval-logits", disk_key, compute)
+        return a["int8"], float(a["seconds"])
 
     return lab.memo("quant.int8_run", key, build)
 
@@ -801,9 +844,17 @@ def check_int8_kernels_match_simulation(card, lab: LabLike, record: Record, meth
                 f"through the kernels of this host ({cls})")
     rspec = runtimes.spec(runtime)
     record(runtime=rspec.id)
-    run_int8 = run_int8 or _default_run_int8(lab.settings.threads, rspec)
     x, fp32, noisy = _kernel_inputs(lab, card, subject.fp32)
-    m = measure_kernels(subject.int8, x, fp32, noisy, run_int8)
+    if run_int8 is None and not lab.uses_real_data:
+        # the embedded eval split: the same runs as verdict (a)'s (memo and disk cache), not a second pass
+        n = len(x)
+        m = kernel_figures(fp32, noisy, int8_logits(lab, card, subject.int8, "none", runtime=rspec)[0][:n],
+                           int8_logits(lab, card, subject.int8, "all", runtime=rspec)[0][:n])
+    else:
+        m = None
+    run_int8 = run_int8 or _default_run_int8(lab.settings.threads, rspec)
+    if m is None:
+        m = measure_kernels(subject.int8, x, fp32, noisy, run_int8)
     figs = {**m.figures(), "kernel_images": len(x)}
     record(**figs)
     limit = tolerance(SECTION, "kernel_vs_simulation_max")
