@@ -34,6 +34,13 @@ def default_root() -> Path:
     return Path(os.environ.get("ZOOCONFORM_CACHE", Path.cwd() / ".zooconform-cache"))
 
 
+def shared_from_environment() -> tuple[Path | None, frozenset[str]]:
+    """(folder, kinds) of ``$ZOOCONFORM_SHARED_CACHE`` / ``$ZOOCONFORM_SHARED_KINDS``."""
+    folder = os.environ.get(SHARED_CACHE_ENV)
+    kinds = os.environ.get(SHARED_KINDS_ENV, DEFAULT_SHARED_KINDS)
+    return (Path(folder) if folder else None), frozenset(k.strip() for k in kinds.split(",") if k.strip())
+
+
 def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -82,9 +89,22 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+# ``$ZOOCONFORM_SHARED_CACHE``: a second cache folder several caches read from and publish to,
+# for the kinds in ``$ZOOCONFORM_SHARED_KINDS`` (comma-separated; default: the seeded
+# references, whose BN recalibration is the largest fixed cost of a cold cache). The harness's
+# own tests give each nested run a fresh cache of its own; through this they build each
+# reference once per test session instead of once per test (tests/conftest.py sets it).
+SHARED_CACHE_ENV, SHARED_KINDS_ENV, DEFAULT_SHARED_KINDS = "ZOOCONFORM_SHARED_CACHE", "ZOOCONFORM_SHARED_KINDS", "reference"
+
+
 class ArtifactCache:
-    def __init__(self, root: Path | str | None = None):
+    def __init__(self, root: Path | str | None = None, shared: Path | str | None = None,
+                 shared_kinds: frozenset[str] | None = None):
         self.root = Path(root) if root else default_root()
+        # an entry of ``shared_kinds`` missing here is copied from ``shared`` when there, and one
+        # built here is published there too (same key digests, same validity marker)
+        self.shared = Path(shared) if shared else None
+        self.shared_kinds = shared_kinds if shared_kinds is not None else frozenset()
         # one line per entry found corrupt and rebuilt this session (also logged): a cache that
         # keeps rotting (a full disk, a flaky mount) should be seen, not silently paid for
         self.notes: list[str] = []
@@ -116,6 +136,9 @@ class ArtifactCache:
             if final.exists():
                 self._note(f"cache entry {final} did not match its {MARKER} (truncated or corrupt): rebuilt")
                 shutil.rmtree(final)
+            shared = self.shared / kind / digest if self.shared is not None and kind in self.shared_kinds else None
+            if shared is not None and is_valid(shared) and self._copy_published(shared, final):
+                return final
             tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=final.parent))
             try:
                 with self.around_build(kind, key) if self.around_build is not None else nullcontext():
@@ -126,7 +149,30 @@ class ArtifactCache:
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
+        if shared is not None and not is_valid(shared):
+            shared.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(shared) + ".lock"):
+                if not is_valid(shared):
+                    self._copy_published(final, shared)
         return final
+
+    def _copy_published(self, source: Path, final: Path) -> bool:
+        """Copy a valid entry to ``final`` through a temp folder and a rename (False, no copy,
+        when it no longer verifies there: it is then built as if absent)."""
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            if not is_valid(tmp):
+                return False
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            return True
+        except OSError:
+            return False
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def discard(self, kind: str, key: dict, why: str) -> None:
         """Remove the entry of ``key`` (under its lock), noting ``why``: the next ``entry`` rebuilds it."""

@@ -18,7 +18,7 @@ import torch
 from . import data as data_mod
 from . import manifest as manifest_mod
 from . import models as models_mod
-from .cache import ArtifactCache, Memo, T, file_sha256
+from .cache import ArtifactCache, Memo, T, file_sha256, shared_from_environment
 from .errors import ConfigError, InputError, OptionError, ZooconformError
 from .phases import CACHE_PHASES, MEMO_PHASES, PhaseLog
 from .transforms import reference_batch, reference_transform
@@ -113,7 +113,7 @@ class Lab:
         self.settings = settings
         self.zoo = load_zoo(settings.zoo_dir) if settings.zoo_dir else load_zoo()
         self.cards: list[ModelCard] = select(self.zoo, settings.models, settings.tier)
-        self.cache = ArtifactCache(settings.cache_dir)
+        self.cache = ArtifactCache(settings.cache_dir, *shared_from_environment())
         if check_folders:
             _writable_folder("--cache-dir", self.cache.root,
                              "pass --cache-dir DIR (or set ZOOCONFORM_CACHE) to a writable folder")

@@ -3,5 +3,15 @@
 Runtime's C extensions cannot be imported a second time in one process (onnx aborts on a
 duplicate nanobind enum, or its checker loses ``CheckerContext``). Importing them here, once,
 before any nested run, keeps them loaded for the whole session."""
+import os
+from pathlib import Path
+
 import onnx  # noqa: F401
 import onnxruntime  # noqa: F401
+
+# Every nested run here gets a fresh artifact cache of its own (tmp_path); the seeded references
+# (BN recalibration: 10-60 s each) are the same in all of them, so they are built once per
+# session and copied from this shared folder (harness/cache.py; xdist workers and the
+# subprocess runs inherit it). A test about building references unsets it.
+os.environ.setdefault("ZOOCONFORM_SHARED_CACHE",
+                      str(Path(__file__).resolve().parent.parent / ".zooconform-cache" / "tests-shared"))

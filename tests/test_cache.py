@@ -44,3 +44,27 @@ def test_two_processes_build_one_entry_once(tmp_path):
     for p in procs:
         p.join(60)
     assert (tmp_path / "c" / "builds.log").read_text() == "x"
+
+
+def test_a_shared_folder_serves_its_kinds_to_a_fresh_cache_and_takes_what_it_builds(tmp_path):
+    from harness.cache import is_valid
+
+    shared, built = tmp_path / "shared", []
+
+    def build(folder):
+        built.append(folder)
+        (folder / "state.bin").write_bytes(b"weights")
+
+    first = ArtifactCache(tmp_path / "a", shared, frozenset({"reference"}))
+    first.entry("reference", {"k": 1}, build)
+    assert len(built) == 1 and is_valid(shared / "reference" / first.folder("reference", {"k": 1}).name)
+    second = ArtifactCache(tmp_path / "b", shared, frozenset({"reference"}))
+    got = second.entry("reference", {"k": 1}, build)
+    assert len(built) == 1 and (got / "state.bin").read_bytes() == b"weights"  # copied, not rebuilt
+    other = ArtifactCache(tmp_path / "c", shared, frozenset({"reference"}))
+    other.entry("onnx", {"k": 1}, build)  # not a shared kind: built, and not published
+    assert len(built) == 2 and not (shared / "onnx").exists()
+    # a shared entry that no longer verifies is never copied: the fresh cache builds its own
+    (next((shared / "reference").glob("*/state.bin"))).write_bytes(b"torn")
+    ArtifactCache(tmp_path / "d", shared, frozenset({"reference"})).entry("reference", {"k": 1}, build)
+    assert len(built) == 3

@@ -210,3 +210,18 @@ def test_a_killed_pytest_leaves_its_last_snapshot_marked_incomplete(tmp_path):
     tests = {t["nodeid"].split("::")[-1]: t for t in doc["tests"]}
     assert tests["test_fast[hrnet_w18_small_v1]"]["figures"] == {"answer": 42}
     assert "INCOMPLETE" in (folder / "index.html").read_text()
+
+
+def test_the_smoke_tier_leaves_out_slow_cases_unless_the_user_selects():
+    import argparse
+
+    from harness.commands.run import phases
+
+    def markers(**over):
+        args = argparse.Namespace(**{"tier": "smoke", "marker": None, "jobs": None, **over})
+        return [p.marker for p in phases(args, Path("/tmp/x"))]
+
+    assert markers() == ["not slow"]
+    assert markers(jobs="2") == ["(not slow) and (not latency)", "(not slow) and (latency)"]
+    assert markers(tier="full") == [None]  # the nightly runs every case
+    assert markers(marker="quant") == ["quant"]  # -m is the user's: `-m quant` runs every method

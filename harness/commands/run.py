@@ -160,16 +160,26 @@ def _and(user: str | None, own: str | None) -> str | None:
     return user or own
 
 
+def tier_marker(args: argparse.Namespace) -> str | None:
+    """The marker expression the run selects by: the user's ``-m`` as given; else the smoke tier
+    leaves out the ``slow`` cases (pyproject.toml: minutes per case, nightly rather than CI: the
+    non-default calibration methods) and the full tier runs everything."""
+    if args.marker:
+        return args.marker
+    return "not slow" if args.tier == "smoke" else None
+
+
 def phases(args: argparse.Namespace, folder: Path) -> list[Phase]:
+    marker = tier_marker(args)
     if not args.jobs:
-        return [Phase("all", folder, args.marker, [])]
+        return [Phase("all", folder, marker, [])]
     # --max-worker-restart=0: pytest-xdist 3.8's loadgroup scheduler hangs for good when it
     # replaces a crashed worker (pytest-xdist#1323, #1327; measured here: a worker killed by
     # SIGKILL left the run waiting forever). A crash now ends the phase, and the report says
     # which test the worker died in and how many never ran.
-    return [Phase("parallel", folder / "phase1-parallel", _and(args.marker, "not latency"),
+    return [Phase("parallel", folder / "phase1-parallel", _and(marker, "not latency"),
                   ["-n", str(args.jobs), "--dist", "loadgroup", "--max-worker-restart=0"]),
-            Phase("latency", folder / "phase2-latency", _and(args.marker, "latency"), ["-p", "no:xdist"])]
+            Phase("latency", folder / "phase2-latency", _and(marker, "latency"), ["-p", "no:xdist"])]
 
 
 def pytest_cache_dir(args: argparse.Namespace) -> Path:
