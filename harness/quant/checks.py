@@ -34,7 +34,6 @@ tensor (``onnxruntime.quantization.qdq_loss_debug``), SQNR by depth and the wors
 """
 from __future__ import annotations
 
-import functools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import onnxfile, runtimes
+from ..cache import memoised
 from ..compare import (
     CheckFailure,
     Inconclusive,
@@ -380,13 +380,9 @@ def eval_cache_key(lab, card, path: Path, runtime, **how) -> dict | None:
     cpu = cpu_facts()
     return {"model": card.id, "file": qmod.cached_file_digest(path, lab), "images": lab.images("eval").digest(),
             "count": len(lab.images("eval").samples), "runtime": runtimes.spec(runtime).id,
-            "versions": _library_versions(), "cpu": [cpu.arch, *cpu.isa], "threads": lab.settings.threads,
+            "versions": memoised(lab, "quant.library_versions", "all", library_versions, lambda _: 100),
+            "cpu": [cpu.arch, *cpu.isa], "threads": lab.settings.threads,
             "batch": EVAL_BATCH, "code": EVAL_LOGITS_VERSION, **how}
-
-
-@functools.cache
-def _library_versions() -> dict[str, str]:
-    return library_versions()
 
 
 def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None,
