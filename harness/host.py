@@ -183,6 +183,41 @@ def xdist_share_of_cpus(environ: dict[str, str] | None = None) -> int | None:
     return max(1, usable_cpus() // int(count))
 
 
+class WorkerCpuShare:
+    """The threads one of ``count`` pytest-xdist workers of a session should use now: the usable
+    CPUs split among the workers still running. Each worker marks itself in a folder the
+    session's workers share (named by xdist's testrunuid) from start to finish. Until every
+    worker has been seen running it keeps the static share (:func:`xdist_share_of_cpus`); after
+    that, a worker left alone takes every CPU: on the smoke tier the resnest50 worker ran its
+    last ~140 s at 1 thread beside an idle core."""
+
+    def __init__(self, folder: Path, name: str, count: int):
+        self.folder, self.marker, self.count = folder, folder / f"{name}.running", max(1, count)
+        self.seen_all = False
+
+    def enter(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(str(os.getpid()))
+
+    def leave(self) -> None:
+        self.marker.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()  # the last one out
+        except OSError:
+            pass
+
+    def running(self) -> int:
+        try:
+            return sum(1 for _ in self.folder.glob("*.running"))
+        except OSError:
+            return self.count
+
+    def threads(self) -> int:
+        running = self.running()
+        self.seen_all = self.seen_all or running >= self.count
+        return max(1, usable_cpus() // (max(1, running) if self.seen_all else self.count))
+
+
 def fingerprint(threads: int | None = None, versions: dict[str, str] | None = None,
                 cpu: CpuFacts | None = None) -> Fingerprint:
     """The machine fingerprint from the CPU's flags, without peaks: the fp32 and int8 peaks are

@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -160,6 +160,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(e)) from None
     config.stash[_lab_key] = lab
     lab.phase = PhaseLog(phases_path(config))
+    start_cpu_share(config)
     shard = shard_option(config)
     shard_plan = None
     if shard is not None:
@@ -643,11 +644,38 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """The test's model is the default model of the phases it runs (harness/phases.py)."""
+    """The test's model is the default model of the phases it runs (harness/phases.py); an xdist
+    worker takes its current share of the CPUs (harness/host.py WorkerCpuShare)."""
     lab = item.config.stash.get(_lab_key, None)
     if lab is not None:
         model = dict(item.user_properties).get("model")
         lab.phase.current_model = model if isinstance(model, str) else None
+        share = item.config.stash.get(_cpu_share_key, None)
+        if share is not None:
+            threads = share.threads()
+            if threads != lab.settings.threads:
+                import torch
+
+                lab.settings.threads = threads  # sessions and torch work from now on
+                torch.set_num_threads(threads)
+
+
+_cpu_share_key = pytest.StashKey[Any]()
+
+
+def start_cpu_share(config: pytest.Config) -> None:
+    """On an xdist worker without --threads: mark it running for :class:`WorkerCpuShare`."""
+    wi = getattr(config, "workerinput", None)
+    if wi is None or config.getoption("--threads") or not wi.get("testrunuid"):
+        return
+    import tempfile
+
+    from .host import WorkerCpuShare
+
+    share = WorkerCpuShare(Path(tempfile.gettempdir()) / f"zooconform-xdist-{wi['testrunuid']}",
+                           str(wi.get("workerid", os.getpid())), int(wi.get("workercount", 1)))
+    share.enter()
+    config.stash[_cpu_share_key] = share
 
 
 @pytest.hookimpl(wrapper=True)
@@ -1003,6 +1031,9 @@ def mark_inconclusive_in_junit(path: Path) -> int:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    share = config.stash.get(_cpu_share_key, None)
+    if share is not None:
+        share.leave()
     watchdog = config.stash.get(_watchdog_key, None)
     if watchdog is not None:
         watchdog.stop()

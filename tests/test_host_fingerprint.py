@@ -83,3 +83,18 @@ def test_settings_of_an_xdist_worker_do_not_oversubscribe_the_cpus(pytester, mon
     assert settings_from(config).threads == 1
     config = pytester.parseconfig("-p", "harness.plugin", "--threads", "2")
     assert settings_from(config).threads == 2
+
+
+def test_the_last_xdist_worker_running_takes_every_cpu(tmp_path, monkeypatch):
+    from harness.host import WorkerCpuShare
+
+    monkeypatch.setattr("harness.host.usable_cpus", lambda: 2)
+    gw0, gw1 = (WorkerCpuShare(tmp_path / "run", name, 2) for name in ("gw0", "gw1"))
+    gw0.enter()
+    assert gw0.threads() == 1  # gw1 not started yet: the static share, not every CPU
+    gw1.enter()
+    assert gw0.threads() == gw1.threads() == 1
+    gw1.leave()  # xdist shut gw1 down: its queue was empty
+    assert gw0.threads() == 2
+    gw0.leave()
+    assert not (tmp_path / "run").exists()
