@@ -544,9 +544,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     from .shards import model_of
 
-    ids = set(lab_of(config).zoo)
-
     lab = lab_of(config)
+    ids = set(lab.zoo)
     rank = model_rank(lab.cards, config.getoption("--durations-file"))
 
     class ModelScheduling(LoadScopeScheduling):

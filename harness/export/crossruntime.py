@@ -151,7 +151,7 @@ def check_deterministic(card, lab, record, spec, *, path=None, label: str | None
 
     path, label, model, x = _subject(lab, card, path, label)
     xn = x.numpy()
-    n = threads or lab.settings.threads or _cpus()
+    n = threads or lab.settings.threads or usable_cpus()
     first = spec.prepare(path, n, model=model)
     o1 = first.run_batched(xn, 8)
     o1_again = first.run_batched(xn, 8)
@@ -183,7 +183,3 @@ def check_deterministic(card, lab, record, spec, *, path=None, label: str | None
         cause=(f"runtime {spec.id} is not deterministic beyond its own rounding noise"
                + (f" ({len(bad)} of 3 comparisons: {', '.join(bad)})" if len(bad) > 1 else "")
                + ": every tolerance judged on it measures its noise, not the model")), figures)
-
-
-def _cpus() -> int:
-    return usable_cpus()

@@ -67,16 +67,12 @@ DISTINCT_IMAGES = 8  # real images per batch; larger batches repeat them
 
 # --- settings -----------------------------------------------------------------------------
 
-def default_threads() -> int:
-    return usable_cpus()
-
-
 def threads_for(lab) -> int:
-    return lab.settings.threads or default_threads()
+    return lab.settings.threads or usable_cpus()
 
 
 def plan_for(threads: int | None, **override: Any) -> timing.Plan:
-    return timing.plan_from_tolerances(threads, SECTION, **{"cpus": default_threads(), **override})
+    return timing.plan_from_tolerances(threads, SECTION, **{"cpus": usable_cpus(), **override})
 
 
 def peak_for(threads: int, clocks: timing.Clocks = timing.REAL_CLOCKS, lab=None) -> timing.Peak:

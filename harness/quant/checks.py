@@ -841,15 +841,14 @@ def check_int8_kernels_match_simulation(card, lab: LabLike, record: Record, meth
     rspec = runtimes.spec(runtime)
     record(runtime=rspec.id)
     x, fp32, noisy = _kernel_inputs(lab, card, subject.fp32)
-    if run_int8 is None and not lab.uses_real_data:
-        # the embedded eval split: the same runs as verdict (a)'s (memo and disk cache), not a second pass
+    # the embedded eval split with the default runner: verdict (a)'s runs (memo and disk cache)
+    reuse_eval_runs = run_int8 is None and not lab.uses_real_data
+    run_int8 = run_int8 or _default_run_int8(lab.settings.threads, rspec)
+    if reuse_eval_runs:
         n = len(x)
         m = kernel_figures(fp32, noisy, int8_logits(lab, card, subject.int8, "none", runtime=rspec)[0][:n],
                            int8_logits(lab, card, subject.int8, "all", runtime=rspec)[0][:n])
     else:
-        m = None
-    run_int8 = run_int8 or _default_run_int8(lab.settings.threads, rspec)
-    if m is None:
         m = measure_kernels(subject.int8, x, fp32, noisy, run_int8)
     figs = {**m.figures(), "kernel_images": len(x)}
     record(**figs)
