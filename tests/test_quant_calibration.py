@@ -2,6 +2,8 @@
 ``set_range``, and the fast percentile histograms against ORT's own collector."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -290,3 +292,29 @@ def test_a_session_of_one_method_calibrates_only_that_one(tiny, tmp_path):
     path, record = qz.shared_ranges(lab, fp32, pre, lambda: calib, {"array": qz.array_digest(calib)},
                                     qz.QuantOptions(method="minmax"))
     assert record["methods"] == ["percentile", "minmax"] and path.is_file()
+
+
+def test_the_pass_holds_only_the_methods_left_after_marker_deselection(pytester, monkeypatch):
+    # `-m "not slow"` (the smoke tier, CI) drops the MinMax and Entropy cases after this
+    # plugin's collection hook had seen them: the pass computed Entropy's histograms anyway
+    out = pytester.path / "methods.json"
+    monkeypatch.setenv("ZOOCONFORM_TEST_METHODS", str(out))
+    pytester.makepyfile(test_methods='''
+        import json, os
+
+        import pytest
+
+        CASES = [pytest.param("minmax", marks=pytest.mark.slow), "percentile",
+                 pytest.param("entropy", marks=pytest.mark.slow)]
+
+        @pytest.mark.parametrize("method", CASES)
+        def test_methods(lab, method):
+            with open(os.environ["ZOOCONFORM_TEST_METHODS"], "w") as f:
+                json.dump(lab.settings.extra.get("calibration_methods"), f)
+    ''')
+    result = pytester.runpytest_subprocess("-p", "harness.plugin", "--no-results", "-m", "not slow")
+    result.assert_outcomes(passed=1)
+    assert json.loads(out.read_text()) == ["percentile"]
+    result = pytester.runpytest_subprocess("-p", "harness.plugin", "--no-results", "-k", "entropy or percentile")
+    result.assert_outcomes(passed=2)
+    assert json.loads(out.read_text()) == ["percentile", "entropy"]
