@@ -57,10 +57,12 @@ def test_run_writes_a_new_folder_and_one_history_line_per_model(unsharded):
     assert {r["run_id"] for r in h.records} == {folder.name}
     page = (folder / "index.html").read_text()
     assert "13.187 / 13.1875" in page and "8.3 / 8.3094" in page  # published / measured params
-    # the host fingerprint, measured once at the end of the run (whatever this host's class is)
+    # the host fingerprint (whatever this host's class is), from its ISA flags: no latency check
+    # ran, so no peaks were measured (two GEMMs, ~11 s; tests/test_host_reports.py has a run with)
     m = doc["machine"]
     assert isinstance(m["host_class"], str) and m["host_class"] and isinstance(m["isa"], list)
-    assert m["fp32_peak_gflops"] > 0 and m["int8_peak_gops"] > 0 and isinstance(m["u8s8_saturates"], bool)
+    assert m.get("fp32_peak_gflops") is None and m.get("int8_peak_gops") is None
+    assert isinstance(m["u8s8_saturates"], bool)
     assert m["fingerprint"].startswith(m["host_class"]) and m["cpu"] is not None and m["cores"]
     assert m["fingerprint"] in page and f"host fingerprint: {m['host_class']}" in (folder / "summary.md").read_text()
 
@@ -71,8 +73,8 @@ def test_junit_carries_figures_per_case_and_machine_versions_profile_per_suite(u
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     props = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert props["version.torch"] and props["version.onnxruntime"] and props["machine.cpu"]
-    assert props["machine.host_class"] and float(props["machine.fp32_peak_gflops"]) > 0
-    assert float(props["machine.int8_peak_gops"]) > 0 and props["machine.fingerprint"].startswith(props["machine.host_class"])
+    assert props["machine.host_class"] and props["machine.fp32_peak_gflops"] == ""  # no latency check ran
+    assert props["machine.int8_peak_gops"] == "" and props["machine.fingerprint"].startswith(props["machine.host_class"])
     assert "profile" in props and props["tier"] == "smoke" and props["data"] == "embedded"
     cases = suite.findall("testcase")
     assert cases

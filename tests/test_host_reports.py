@@ -53,6 +53,7 @@ import pytest
 from harness.latency import budgets
 from harness.latency import checks as lc
 
+@pytest.mark.latency
 def test_latency(model_card, record):
     host = lc.host_figures(2)
     choice = budgets.choose("{profile}", host=host, valid_models=["repvgg_a0"])
@@ -113,6 +114,19 @@ def test_not_applicable_budgets_and_the_fingerprint_reach_every_report(pytester,
     assert f"- host fingerprint: {m['fingerprint']}" in md and line in md and "1 not applicable" in md
     assert "host fingerprint" in index and "fp32 peak 126 GFLOP/s" in index
     assert "latency budgets" in index and "this host is x86-avx2 at 126 GFLOP/s" in index
+
+
+def test_a_run_without_a_latency_check_measures_no_peak(pytester, fake_host):
+    # the peaks scale latency budgets and nothing else: two GEMMs (~11 s) a run without latency
+    # (phase 1 of `zooconform run -j`, CI's suites step) does not pay for
+    pytester.makepyfile(test_sim=SUITE.replace("{profile}", "none"))
+    rep = pytester.path / "rep"
+    result = pytester.runpytest("-p", "harness.plugin", "--models", "repvgg_a0", "-k", "card",
+                                f"--report-dir={rep}", f"--junitxml={rep / 'junit.xml'}")
+    assert result.ret == 0 and True not in fake_host
+    m = json.loads((rep / "results.json").read_text())["machine"]
+    assert m["host_class"] and m.get("fp32_peak_gflops") is None  # this host's flags (not faked)
+    assert "GFLOP/s" not in m["fingerprint"]
 
 
 def test_collect_only_and_help_measure_no_peak(pytester, fake_host, monkeypatch):

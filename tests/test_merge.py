@@ -72,6 +72,15 @@ def test_phases_add_their_wall_times_and_keep_the_shard():
     assert m["started_utc"] == "2026-11-24T01:00:00Z"
 
 
+def test_the_merged_machine_is_the_part_that_measured_the_peaks():
+    # phase 1 ran no latency check, so it names the host by its flags; phase 2 measured peaks
+    flags = {"hostname": "vm", "host_class": "x86-avx2", "fp32_peak_gflops": None}
+    peaks = {**flags, "fp32_peak_gflops": 126.0, "int8_peak_gops": 400.0}
+    p1, p2 = doc([t("s::x[m1]")], machine=flags), doc([t("l::lat[m1]")], machine=peaks)
+    assert merge_documents([("parallel", p1), ("latency", p2)], sequential=True)["machine"] == peaks
+    assert merge_documents([("parallel", p1)], sequential=True)["machine"] == flags
+
+
 def test_interrupted_beats_failed_in_the_exit_status():
     a = doc([t("s::x[m1]")], exitstatus=1)
     b = doc([t("s::x[m2]", model="m2")], exitstatus=2, complete=False)

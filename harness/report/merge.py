@@ -178,7 +178,10 @@ def merge_documents(parts: list[tuple[str, dict[str, Any]]], sequential: bool = 
         "exitstatus": _exitstatus([d.get("exitstatus") for _, d in parts]),
         "started_utc": started,
         "wall_s": round(sum(walls) if sequential else max(walls), 2),
-        "machine": first.get("machine"),
+        # the part that measured the host's peaks (the latency phase of run -j): a run without
+        # latency names the host by its ISA flags only
+        "machine": next((d["machine"] for _, d in parts if (d.get("machine") or {}).get("fp32_peak_gflops")),
+                        first.get("machine")),
         "versions": first.get("versions"),
         "settings": settings,
         "counts": counts,
