@@ -10,7 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from harness.cache import MARKER, ArtifactCache
+from harness.cache import MARKER, SHARED_CACHE_ENV, ArtifactCache
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_cache(monkeypatch):
+    # these tests count what a lab builds and finds on disk: tests/conftest.py's shared folder,
+    # filled by whichever test ran first, would serve them entries they expect to build
+    monkeypatch.delenv(SHARED_CACHE_ENV, raising=False)
 
 # torch and the lab are imported inside the tests that use them: the spawned writers of
 # test_two_processes_write_one_entry_once import this module, in seconds
