@@ -44,6 +44,14 @@ class Settings:
     profile: str | None = None
     zoo_dir: Path | None = None
     extra: dict = field(default_factory=dict)
+    # the thread count as the session planned it (--threads, or the xdist share) once a lone
+    # xdist worker has taken more (Lab.take_threads); None until then. Numbers cached on disk
+    # are keyed by it: see Lab.take_threads
+    planned_threads: int | None = None
+
+    def cache_threads(self) -> int | None:
+        """The thread count that keys numbers cached on disk (the planned one)."""
+        return self.planned_threads or self.threads
 
 
 MAX_THREADS = 4096
@@ -313,9 +321,23 @@ class Lab:
 
     def numerics_key(self) -> dict:
         """What changes float results of the same model on the same inputs on this machine: the
-        torch version, the CPU kernels it dispatches to, and its thread count."""
+        torch version, the CPU kernels it dispatches to, and its thread count (as planned:
+        ``take_threads``)."""
         return {"torch": torch.__version__.split("+")[0], "cpu": torch.backends.cpu.get_cpu_capability(),
-                "threads": torch.get_num_threads()}
+                "threads": self.settings.planned_threads or torch.get_num_threads()}
+
+    def take_threads(self, threads: int) -> None:
+        """Run torch, and the sessions made from now on, on ``threads``: an xdist worker left
+        running alone takes every CPU (harness/host.py WorkerCpuShare). Cached numbers stay
+        keyed by the planned count (``Settings.planned_threads``): whether a computation ran
+        alone depends on the other worker's timing, and keying it by that made a warm rerun
+        recompute resnest50's evaluation (48 s) that the cold run had cached at the other count.
+        Measured (2026-12-02): ORT's outputs of the smoke models' fp32, QDQ-simulated and int8
+        files were bitwise the same at 1 and 2 threads; torch's logits moved by <= 3e-8."""
+        if self.settings.planned_threads is None:
+            self.settings.planned_threads = self.settings.threads
+        self.settings.threads = threads
+        torch.set_num_threads(threads)
 
     def reference_logits(self, card: ModelCard, split: str = "eval") -> np.ndarray:
         """fp32 torch logits of the reference model on the split: in the session's memo, and on

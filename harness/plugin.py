@@ -661,10 +661,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if share is not None:
             threads = share.threads()
             if threads != lab.settings.threads:
-                import torch
-
-                lab.settings.threads = threads  # sessions and torch work from now on
-                torch.set_num_threads(threads)
+                lab.take_threads(threads)  # sessions and torch work from now on
 
 
 _cpu_share_key = pytest.StashKey[Any]()

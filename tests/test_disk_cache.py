@@ -233,3 +233,29 @@ def test_a_rewritten_checkpoint_is_another_reference(tmp_path):
     assert not np.allclose(after, before)
     assert np.array_equal(lab().reference_logits(card), after)  # and the new weights' logits are reused
     assert len([p for p in (tmp_path / "cache" / "reference-logits").iterdir() if p.is_dir()]) == 2
+
+
+def test_a_lone_worker_taking_every_cpu_changes_no_cache_key(tmp_path):
+    """An xdist worker left alone runs on every CPU (Lab.take_threads); whether it was alone
+    depends on the other worker's timing, so keys that followed it made a warm rerun recompute
+    what the cold run had cached (resnest50's evaluation, 48 s)."""
+    import torch
+
+    from harness.quant.checks import eval_cache_key
+
+    lab, threads_before = _lab(tmp_path, []), torch.get_num_threads()
+    lab.settings.threads = 1  # the xdist share of a 2-core machine
+    torch.set_num_threads(1)
+    card, onnx_file = lab.cards[0], tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"the file's bytes are what its key digests")
+    before = (lab.numerics_key(), eval_cache_key(lab, card, onnx_file, None))
+    try:
+        lab.take_threads(2)
+        assert lab.settings.threads == 2 and torch.get_num_threads() == 2
+        assert (lab.numerics_key(), eval_cache_key(lab, card, onnx_file, None)) == before
+    finally:
+        torch.set_num_threads(threads_before)
+    # an explicit --threads is another computation: another key
+    other = _lab(tmp_path, [])
+    other.settings.threads = 2
+    assert eval_cache_key(other, card, onnx_file, None) != before[1]

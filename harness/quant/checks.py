@@ -381,8 +381,14 @@ def eval_cache_key(lab, card, path: Path, runtime, **how) -> dict | None:
     return {"model": card.id, "file": qmod.cached_file_digest(path, lab), "images": lab.images("eval").digest(),
             "count": len(lab.images("eval").samples), "runtime": runtimes.spec(runtime).id,
             "versions": memoised(lab, "quant.library_versions", "all", library_versions, lambda _: 100),
-            "cpu": [cpu.arch, *cpu.isa], "threads": lab.settings.threads,
+            "cpu": [cpu.arch, *cpu.isa], "threads": _cache_threads(lab.settings),
             "batch": EVAL_BATCH, "code": EVAL_LOGITS_VERSION, **how}
+
+
+def _cache_threads(settings) -> int | None:
+    """``Settings.cache_threads`` (the planned count, Lab.take_threads); a test's plain namespace
+    of settings has only ``threads``."""
+    return settings.cache_threads() if hasattr(settings, "cache_threads") else settings.threads
 
 
 def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None,
