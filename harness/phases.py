@@ -19,7 +19,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +87,9 @@ class PhaseLog:
     events: list[dict[str, Any]] = field(default_factory=list)  # this process's, for the profile without a sink
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _ids: Iterator[int] = field(default_factory=itertools.count, repr=False)
+    # called as each phase starts: an xdist worker takes the CPUs another worker has left
+    # (harness/plugin.py), so a long test's later phases run on them, not only the next test
+    on_start: Callable[[], None] | None = field(default=None, repr=False)
     _fd: int | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -100,6 +103,8 @@ class PhaseLog:
         if model is None:
             model = parent.model if parent is not None else self.current_model
         frame = _Frame(model)
+        if self.on_start is not None:
+            self.on_start()
         start = time.monotonic()
         self._emit({"ev": "start", "id": ident, "phase": phase, "model": model, "t": time.time()})
         stack.append(frame)

@@ -659,9 +659,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         lab.phase.current_model = model if isinstance(model, str) else None
         share = item.config.stash.get(_cpu_share_key, None)
         if share is not None:
-            threads = share.threads()
-            if threads != lab.settings.threads:
-                lab.take_threads(threads)  # sessions and torch work from now on
+            _take_cpu_share(lab, share)
+
+
+def _take_cpu_share(lab: Lab, share: Any) -> None:
+    """The worker's current share of the CPUs, for torch and the sessions made from now on."""
+    threads = share.threads()
+    if threads != lab.settings.threads:
+        lab.take_threads(threads)
 
 
 _cpu_share_key = pytest.StashKey[Any]()
@@ -680,6 +685,11 @@ def start_cpu_share(config: pytest.Config) -> None:
                            str(wi.get("workerid", os.getpid())), int(wi.get("workercount", 1)))
     share.enter()
     config.stash[_cpu_share_key] = share
+    # at each phase too, not only at each test's setup: resnest50's int8 check (calibration,
+    # then 76 s of evaluation) started while the other worker was busy and ran on 1 thread
+    # after it had finished
+    lab = lab_of(config)
+    lab.phase.on_start = lambda: _take_cpu_share(lab, share)
 
 
 @pytest.hookimpl(wrapper=True)

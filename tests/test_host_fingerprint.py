@@ -98,3 +98,27 @@ def test_the_last_xdist_worker_running_takes_every_cpu(tmp_path, monkeypatch):
     assert gw0.threads() == 2
     gw0.leave()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_phase_started_after_the_other_worker_left_runs_on_every_cpu(tmp_path, monkeypatch):
+    # resnest50's int8 check started while the other worker ran: its evaluation phase, started
+    # after that worker had left, stayed on 1 thread when the share was taken per test only
+    from types import SimpleNamespace
+
+    from harness.host import WorkerCpuShare
+    from harness.phases import PhaseLog
+    from harness.plugin import _take_cpu_share
+
+    monkeypatch.setattr("harness.host.usable_cpus", lambda: 2)
+    gw0, gw1 = (WorkerCpuShare(tmp_path / "run", name, 2) for name in ("gw0", "gw1"))
+    gw0.enter()
+    gw1.enter()
+    lab = SimpleNamespace(settings=SimpleNamespace(threads=1))
+    lab.take_threads = lambda n: setattr(lab.settings, "threads", n)
+    log = PhaseLog(on_start=lambda: _take_cpu_share(lab, gw0))
+    with log("calibration", "resnest50"):
+        assert lab.settings.threads == 1
+        gw1.leave()
+        with log("evaluation", "resnest50"):
+            assert lab.settings.threads == 2
+    gw0.leave()
