@@ -17,5 +17,3 @@ import onnxruntime  # noqa: F401
 # versions), so a planted defect is never served a clean entry. A test about building unsets it.
 os.environ.setdefault("ZOOCONFORM_SHARED_CACHE",
                       str(Path(__file__).resolve().parent.parent / ".zooconform-cache" / "tests-shared"))
-os.environ.setdefault("ZOOCONFORM_SHARED_KINDS", "reference,onnx,fp64-floor,reference-logits,int8-pre,int8-ranges,"
-                                                 "int8,eval-logits")

@@ -218,6 +218,21 @@ def test_compare_files_passes_the_limit_to_the_sequential_rule(monkeypatch):
     assert rec["samples_max"] == PLAN.blocks and rec["blocks_total"] == PLAN.stop_min_blocks
 
 
+
+def test_a_re_measured_comparison_records_why_each_discarded_attempt_was_noisy(monkeypatch):
+    """A comparison's cost is mostly its attempts (a smoke run spent 52 s on 3 attempts of one
+    ratio): the figures say why each one before the kept attempt was thrown away."""
+    first_attempt = 2 * PLAN.warmup + 2 * (1 + PLAN.per_block) * PLAN.blocks  # every call of it, both sides
+    machine = SimulatedMachine(noise=0.0, phases=[(first_attempt, 0.5, 0.0), (10 ** 9, 0.0, 0.0)])
+    run, _ = interleaved(machine, 0.5, 1.0)
+    monkeypatch.setattr(lc, "onnx_work", lambda path, lab=None: (None, 0))
+    sides = {"num": lc.Side(Path("a.onnx"), 1, "a"), "den": lc.Side(Path("b.onnx"), 1, "b")}
+    figures = lc.side_figures(run, sides, None)
+    assert figures["attempts"] == 2 and run.quiet
+    assert len(figures["attempt_noise"]) == 1 and "calls clean" in figures["attempt_noise"][0]
+    once, _ = interleaved(SimulatedMachine(noise=0.03, seed=5), 0.5, 1.0)
+    assert lc.side_figures(once, sides, None)["attempt_noise"] is None
+
 # --- the error rate over seeds --------------------------------------------------------------
 
 def test_at_the_budget_an_early_decision_is_rarer_than_the_nominal_level():

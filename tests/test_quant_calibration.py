@@ -318,3 +318,38 @@ def test_the_pass_holds_only_the_methods_left_after_marker_deselection(pytester,
     result = pytester.runpytest_subprocess("-p", "harness.plugin", "--no-results", "-k", "entropy or percentile")
     result.assert_outcomes(passed=2)
     assert json.loads(out.read_text()) == ["percentile", "entropy"]
+
+
+def test_the_layer_report_is_read_from_disk_by_the_next_session_and_a_changed_file_misses(tiny, tmp_path, monkeypatch):
+    """The layer report (every intermediate tensor of both graphs: ~10 s for resnest50) is cached
+    on disk by the files' contents and the images; a re-quantized file is another report."""
+    from types import SimpleNamespace
+
+    from harness.testing import FakeLab, recorder
+
+    folder, fp32, pre, calib = tiny
+    ours = qz.quantize_file(fp32, folder / "cached.onnx", calib, qz.QuantOptions(method="minmax"), preprocessed=pre)
+    built: list = []
+    real = qc.layer_report
+
+    def counting(*a, **kw):
+        built.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(qc, "layer_report", counting)
+    card = SimpleNamespace(id="tiny")
+    subject = qc.Subject(ours.path, pre, "tiny int8")
+
+    def session():  # a fresh lab (memos) over the same artifact cache
+        return FakeLab(tmp_path, inputs=calib[:8])
+
+    first = qc.layer_report_for(session(), card, subject, recorder())
+    again = qc.layer_report_for(session(), card, subject, recorder())
+    assert built == [1], "the next session recomputed the layer report"
+    assert again.figures() == first.figures() and again.tensors == first.tensors
+    percentile = qz.quantize_file(fp32, folder / "percentile.onnx", calib,
+                               qz.QuantOptions(method="percentile"), preprocessed=pre)
+    other = qc.layer_report_for(session(), card, qc.Subject(percentile.path, pre, "tiny int8"), recorder())
+    assert built == [1, 1] and other.tensors != first.tensors
+    qc.layer_report_for(FakeLab(tmp_path, inputs=calib[8:16]), card, subject, recorder())
+    assert built == [1, 1, 1], "other images were served the first images' report"

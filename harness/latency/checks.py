@@ -465,6 +465,8 @@ def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.P
         out["peak_quiet"] = peak.quiet
     out["neighbour_cpu_share"] = None if run.neighbour_share is None else round(run.neighbour_share, 3)
     out["attempts"] = run.attempts
+    # why each discarded attempt was re-measured: the cost of a comparison is mostly its attempts
+    out["attempt_noise"] = ["; ".join(n) or None for n in run.attempt_noise[:-1]] or None
     out["remeasure"] = run.remeasure
     out["blocks_total"] = run.blocks_total
     if run.stop is not None:

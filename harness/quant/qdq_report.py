@@ -3,8 +3,9 @@ every quantized weight, its own SQNR and the accumulated SQNR against the float 
 depth in the graph, so an int8 failure names the tensor and scale that lost the signal."""
 from __future__ import annotations
 
+import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,14 @@ class LayerReport:
 
     def activations(self) -> list[TensorError]:
         return [t for t in self.tensors if t.kind == "activation"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LayerReport:
+        d = json.loads(text)
+        return cls([TensorError(**t) for t in d.pop("tensors")], **d)
 
     def weights(self) -> list[TensorError]:
         return [t for t in self.tensors if t.kind == "weight"]
