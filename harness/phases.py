@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,14 @@ class PhaseLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def in_phase(lab: Any, phase: str) -> AbstractContextManager[Any]:
+    """``lab.phase(phase)`` for the running test's model, or nothing for a check called without a
+    lab (the self-tests call checks with ``lab=None``). Checks wrap their runs of the artifacts
+    under test in "evaluation" with it: left outside every phase, that time counted as overhead."""
+    log = getattr(lab, "phase", None)
+    return log(phase) if isinstance(log, PhaseLog) else nullcontext()
 
 
 def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

@@ -151,4 +151,4 @@ def test_fp16_onnx_within_tolerance(model_card, lab, record, runtime):
     path, label = exportchecks.fp32_file_under_test(lab, model_card)
     x, _ = lab.inputs(model_card, "eval", limit=EXPORT_IMAGES)
     fp16.check_fp16_onnx_within_tolerance(path, fp16.fp16_file(lab, path), x.numpy(), record, label=label,
-                                          threads=lab.settings.threads, runtime=runtime)
+                                          threads=lab.settings.threads, runtime=runtime, lab=lab)

@@ -150,3 +150,34 @@ def test_shards_profiles_add_up_when_merged():
     merged = merge_profiles([one, two, None])
     assert merged["by_model"] == {"a": {"export": 10.0}, "b": {"export": 30.0, "reference build": 5.0}}
     assert merged["tests_s"] == 60.0 and merged["essential_s"] == 40.0 and merged["overhead_ratio"] == 1.5
+
+
+def test_runs_of_the_artifacts_under_test_are_evaluation_not_overhead(tmp_path):
+    """The export and fp16 checks run the files under test: that time is work under test. Left
+    outside every phase it counted as the suite's overhead (the "unattributed" rest)."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    from harness.export import checks as ec
+    from harness.export import fp16
+    from harness.export.exporter import export_onnx
+    from harness.testing import FakeLab, recorder
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=16).path
+    x = torch.randn(8, 3, 16, 16)
+
+    def evaluated(check) -> list[dict]:
+        lab = FakeLab(tmp_path)
+        lab.phase.current_model = "tiny"
+        check(lab)
+        return [e for e in lab.phase.events if e["ev"] == "end" and e["phase"] == "evaluation"]
+
+    assert evaluated(lambda lab: ec.check_matches_reference(path, model, x, recorder(), label="m", lab=lab))
+    assert evaluated(lambda lab: ec.check_batch_consistency(path, x, recorder(), label="m", lab=lab))
+    runs = evaluated(lambda lab: fp16.check_fp16_onnx_within_tolerance(
+        path, fp16.convert(path, tmp_path / "m.fp16.onnx"), x.numpy(), recorder(), label="m", lab=lab))
+    assert len(runs) == 2 and {e["model"] for e in runs} == {"tiny"}  # the fp32 and the fp16 file; not the floor
+    assert np.isfinite(sum(e["s"] for e in runs))

@@ -34,6 +34,7 @@ from ..constants import NUM_CLASSES
 from ..errors import InputError
 from ..lab import torch_logits
 from ..onnxfile import INPUT_NAME, OUTPUT_NAME
+from ..phases import in_phase
 from ..runtimes import ort as ortrt  # the ORT-only check below: graph-optimizer bisection
 from ..tolerances import tolerance
 from ..zoo import ModelCard
@@ -374,8 +375,9 @@ def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, recor
     rspec = runtimes.spec(runtime)
     sess = None
     try:
-        sess = _session(path, lab, rspec, model)
-        out = run_file(path, xn, lab, sess=sess)
+        with in_phase(lab, "evaluation"):
+            sess = _session(path, lab, rspec, model)
+            out = run_file(path, xn, lab, sess=sess)
     except Exception as e:
         raise CheckFailure(message(f"{rspec.id} on {label}", f"{type(e).__name__}: {str(e)[:200]}",
                                    f"logits for {tuple(xn.shape)}", str(path),
@@ -464,13 +466,15 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
         raise Inconclusive(f"{label} has a fixed batch dimension ({fixed}): rows cannot be compared across batch sizes",
                            {"batch_fixed": fixed}, failing=False)
     rspec = runtimes.spec(runtime)
-    sess = _session(path, lab, rspec, model)
+    with in_phase(lab, "evaluation"):
+        sess = _session(path, lab, rspec, model)
     record(runtime=rspec.id, effective_precision=sess.effective_precision, runtime_settings=sess.settings)
     label = f"{label} on {sess.settings}"
     outs: dict[int, np.ndarray] = {}
     for b in sizes:
         try:
-            outs[b] = np.concatenate([sess.run(xn[i:i + b]) for i in range(0, len(xn), b)])
+            with in_phase(lab, "evaluation"):
+                outs[b] = np.concatenate([sess.run(xn[i:i + b]) for i in range(0, len(xn), b)])
         except Exception as e:
             raise CheckFailure(message(f"{sess.settings} on {label} at batch {b}", f"{type(e).__name__}: {str(e)[:200]}",
                                        "logits", str(path),
@@ -520,5 +524,6 @@ def check_ort_optimizations(card: ModelCard, lab: LabLike, record: Record, *, pa
     ref32, ref64 = reference_and_floor(model, x, lab)
     floor = rel_max_error(ref32, ref64)
     run = runner or ortrt.ort_runner(path, x.numpy(), threads=lab.settings.threads)
-    ortrt.check_optimizations_keep_function(run, record, tolerance=numerics_tolerance(floor), floor=floor,
-                                             label=label, where=str(path))
+    with in_phase(lab, "evaluation"):  # the file at each optimization level (a failure's bisection too)
+        ortrt.check_optimizations_keep_function(run, record, tolerance=numerics_tolerance(floor), floor=floor,
+                                                 label=label, where=str(path))

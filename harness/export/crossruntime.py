@@ -22,6 +22,7 @@ import numpy as np
 
 from ..compare import CheckFailure, cosine_rows, message, rel_max_error, top1_agreement
 from ..host import usable_cpus
+from ..phases import in_phase
 from ..tolerances import tolerance
 
 SECTION = "export"  # the same question as the export numerics: the same tolerances
@@ -76,8 +77,9 @@ def check_runtimes_agree(card, lab, record, a, b, *, path=None, label: str | Non
     sessions, outs = {}, {}
     for spec in (a, b):
         try:
-            sessions[spec.id] = sess = spec.prepare(path, _threads(lab), model=model)
-            outs[spec.id] = sess.run_batched(xn, 8)
+            with in_phase(lab, "evaluation"):
+                sessions[spec.id] = sess = spec.prepare(path, _threads(lab), model=model)
+                outs[spec.id] = sess.run_batched(xn, 8)
         except Exception as e:
             raise CheckFailure(message(f"{spec.id} on {label}", f"{type(e).__name__}: {str(e)[:200]}",
                                        f"logits for {tuple(xn.shape)}", str(path),
@@ -152,11 +154,12 @@ def check_deterministic(card, lab, record, spec, *, path=None, label: str | None
     path, label, model, x = _subject(lab, card, path, label)
     xn = x.numpy()
     n = threads or lab.settings.threads or usable_cpus()
-    first = spec.prepare(path, n, model=model)
-    o1 = first.run_batched(xn, 8)
-    o1_again = first.run_batched(xn, 8)
-    o2 = spec.prepare(path, n, model=model).run_batched(xn, 8)
-    o3 = spec.prepare(path, 1, model=model).run_batched(xn, 8) if n != 1 else o1
+    with in_phase(lab, "evaluation"):
+        first = spec.prepare(path, n, model=model)
+        o1 = first.run_batched(xn, 8)
+        o1_again = first.run_batched(xn, 8)
+        o2 = spec.prepare(path, n, model=model).run_batched(xn, 8)
+        o3 = spec.prepare(path, 1, model=model).run_batched(xn, 8) if n != 1 else o1
     spreads = {"same_session": rel_max_error(o1_again, o1), "fresh_session": rel_max_error(o2, o1),
                f"threads_1_vs_{n}": rel_max_error(o3, o1)}
     identical = {k: bool(np.array_equal(a, o1)) for k, a in

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from .. import onnxfile, runtimes
 from ..compare import CheckFailure, cosine_rows, message, rel_max_error, top1_agreement
+from ..phases import in_phase
 from ..tolerances import tolerance
 
 SECTION = "export"
@@ -100,16 +101,19 @@ def rounding_floor(fp32: onnx.ModelProto, x: np.ndarray, ref: np.ndarray, *, thr
 
 
 def check_fp16_onnx_within_tolerance(fp32_path: Path, fp16_path: Path, x: np.ndarray, record, *, label: str,
-                                     threads: int | None = None, runtime: Any = None) -> None:
+                                     threads: int | None = None, runtime: Any = None, lab: Any = None) -> None:
     """The fp16 file computes what the fp32 file computes (both run by ``runtime``, default ort),
-    within a multiple of the fp16 rounding floor."""
+    within a multiple of the fp16 rounding floor. ``lab``: its phase log times the runs of the
+    two files as evaluation (the rounding floor is the suite's overhead)."""
     x = np.asarray(x, dtype=np.float32)
     fp32 = onnxfile.load_checked(fp32_path)
     fp16 = onnxfile.load_checked_header(fp16_path)
     rspec = runtimes.spec(runtime)
-    ref = run(fp32, x, threads=threads, runtime=rspec)
+    with in_phase(lab, "evaluation"):
+        ref = run(Path(fp32_path), x, threads=threads, runtime=rspec)
     floor = rounding_floor(fp32, x, ref, threads=threads, runtime=rspec)
-    out = run(Path(fp16_path), x, threads=threads, runtime=rspec)
+    with in_phase(lab, "evaluation"):
+        out = run(Path(fp16_path), x, threads=threads, runtime=rspec)
     record(runtime=rspec.id)
     err = rel_max_error(out, ref)
     multiple = tolerance(SECTION, "fp16_floor_multiple")
