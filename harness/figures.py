@@ -305,6 +305,7 @@ intra_op_threads | int | count | | intra-op threads of each session
 warmup | int | count | | warm-up calls
 rounds | int | count | | recorded calls
 attempts | int | count | | attempts made (re-measured while not quiet)
+attempt_noise | list | | | why each attempt before the kept one was discarded (its noise)
 chosen_attempt | int | | | the attempt kept
 attempt_medians_ms | list | ms | | median of each attempt
 attempt_images_per_s | list | images/s | | throughput of each attempt

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from _latency_sim import SimulatedMachine
 
+from harness import figures as figure_contract
 from harness.compare import CheckFailure, Inconclusive
 from harness.latency import checks as lc
 from harness.latency import timing
@@ -228,6 +229,7 @@ def test_a_re_measured_comparison_records_why_each_discarded_attempt_was_noisy(m
     monkeypatch.setattr(lc, "onnx_work", lambda path, lab=None: (None, 0))
     sides = {"num": lc.Side(Path("a.onnx"), 1, "a"), "den": lc.Side(Path("b.onnx"), 1, "b")}
     figures = lc.side_figures(run, sides, None)
+    figure_contract.validate(figures, strict=True)  # every name declared (harness/figures.py)
     assert figures["attempts"] == 2 and run.quiet
     assert len(figures["attempt_noise"]) == 1 and "calls clean" in figures["attempt_noise"][0]
     once, _ = interleaved(SimulatedMachine(noise=0.03, seed=5), 0.5, 1.0)
