@@ -259,3 +259,72 @@ def test_a_lone_worker_taking_every_cpu_changes_no_cache_key(tmp_path):
     other = _lab(tmp_path, [])
     other.settings.threads = 2
     assert eval_cache_key(other, card, onnx_file, None) != before[1]
+
+
+def test_the_export_checks_read_a_file_s_outputs_from_disk_and_a_changed_file_misses(tmp_path, monkeypatch):
+    """A warm rerun of the export checks makes no ONNX Runtime session for files whose outputs on
+    the same inputs it has cached (resnest50: ~2 s a check, 9 checks); another file, other inputs
+    or a failing check's diagnosis make one."""
+    import torch
+
+    from harness.compare import CheckFailure
+    from harness.export import checks as ec
+    from harness.export.exporter import export_onnx
+    from harness.testing import FakeLab, recorder
+
+    sessions: list = []
+    real = ec._session
+
+    def counting(*a, **kw):
+        sessions.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ec, "_session", counting)
+    model = _tiny()
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=32).path
+    x = torch.randn(8, 3, 32, 32)
+
+    def both_checks(lab, file=path, inputs=x):
+        rec = recorder()
+        ec.check_matches_reference(file, model, inputs, rec, label="m", lab=lab)
+        ec.check_batch_consistency(file, inputs, rec, label="m", lab=lab)
+        return rec.figures
+
+    first = both_checks(FakeLab(tmp_path))
+    assert len(sessions) == 2
+    again = both_checks(FakeLab(tmp_path))  # the next session, same cache
+    assert len(sessions) == 2, "a warm rerun ran the file again"
+    assert again == first  # the same figures: errors, settings, precision
+    both_checks(FakeLab(tmp_path), inputs=x + 0.5)
+    assert len(sessions) == 4, "other inputs were served the first inputs' outputs"
+    broken = tmp_path / "broken.onnx"
+    with torch.no_grad():
+        model[0].weight[0] *= 3  # the file under test no longer computes the reference
+    export_onnx(model, broken, input_size=32)
+    with torch.no_grad():
+        model[0].weight[0] /= 3
+    with pytest.raises(CheckFailure) as failed:
+        ec.check_matches_reference(broken, model, x, recorder(), label="broken", lab=FakeLab(tmp_path))
+    assert "broken" in str(failed.value) and len(sessions) == 5
+    with pytest.raises(CheckFailure):  # cached now: the failure is judged again, with a session to diagnose
+        ec.check_matches_reference(broken, model, x, recorder(), label="broken", lab=FakeLab(tmp_path))
+    assert len(sessions) == 6
+
+
+def test_a_runtime_planted_under_the_shipped_name_is_never_served_cached_outputs(tmp_path):
+    """A self-test may register a faulty wrapper as "ort": its outputs are not the shipped
+    runtime's, so nothing is cached for it or read for it."""
+    from types import SimpleNamespace
+
+    from harness import runtimes
+    from harness.export import checks as ec
+    from harness.testing import FakeLab
+
+    lab, x, path = FakeLab(tmp_path), np.zeros((2, 3, 8, 8), np.float32), tmp_path / "m.onnx"
+    path.write_bytes(b"any bytes: the key digests them")
+    assert ec.runs_cache_key(lab, path, x, runtimes.spec("ort"), "logits") is not None
+    runtimes.register(SimpleNamespace(name="ort"))  # type: ignore[arg-type]
+    try:
+        assert ec.runs_cache_key(lab, path, x, runtimes.spec("ort"), "logits") is None
+    finally:
+        runtimes.unregister("ort")

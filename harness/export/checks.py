@@ -18,10 +18,12 @@ probe can tell, the cause (weights, Resize mode, reversed input channels, batch 
 from __future__ import annotations
 
 import copy
+import json
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -365,6 +367,55 @@ def run_file(path: Path, x: np.ndarray, lab=None, batch_size: int | None = 8, ru
     return sess.run_batched(x, batch_size)
 
 
+# Part of every cached run's disk key: a change to how the checks run a file must bump it
+RUNS_VERSION = 1
+
+
+def runs_cache_key(lab, path: Path, x: np.ndarray, rspec, how: str) -> dict | None:
+    """The disk key of a runtime's outputs of the file at ``path`` on ``x``, or None where they
+    are not cached: no lab cache, or a runtime other than ONNX Runtime on this CPU (whose
+    outputs test_runtime_is_deterministic measures bit-identical run to run, and at 1 and 2
+    threads). Everything that can change them is in it, as in the evaluation's key
+    (harness/quant/checks.py eval_cache_key): the file by content, the inputs, the runtime,
+    the library versions, this CPU's kernel-relevant flags and the planned threads."""
+    cache = getattr(lab, "cache", None)
+    if cache is None or rspec.name != "ort" or not runtimes.is_builtin(rspec.name) or not rspec.on_cpu:
+        return None
+    from ..host import cpu_facts, library_versions
+    from ..quant.quantize import array_digest, cached_file_digest
+
+    settings = lab.settings
+    cpu = cpu_facts()
+    return {"file": cached_file_digest(path, lab), "inputs": array_digest(x), "runtime": rspec.id, "how": how,
+            "versions": memoised(lab, "quant.library_versions", "all", library_versions, lambda _: 100),
+            "cpu": [cpu.arch, *cpu.isa],
+            "threads": settings.cache_threads() if hasattr(settings, "cache_threads") else settings.threads,
+            "code": RUNS_VERSION}
+
+
+def runs_of_file(path: Path, x: np.ndarray, lab, rspec, model: nn.Module | None, how: str,
+                 run: Callable[[Any], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict[str, str], Any]:
+    """``run(session)``'s arrays on a session of the file, the session's facts
+    (``effective_precision``, ``settings``) and the session; on disk under ``runs_cache_key``
+    (a warm rerun then makes no session: None, a failing check makes its own for diagnosis)."""
+    def fresh() -> tuple[dict[str, np.ndarray], dict[str, str], Any]:
+        sess = _session(path, lab, rspec, model)
+        return run(sess), {"effective_precision": sess.effective_precision, "settings": sess.settings}, sess
+
+    key = runs_cache_key(lab, path, x, rspec, how)
+    if key is None:
+        return fresh()
+    made: dict[str, Any] = {}
+
+    def compute() -> dict[str, np.ndarray]:
+        arrays, facts, made["session"] = fresh()
+        return {**arrays, "session_facts": np.array(json.dumps(facts))}
+
+    cached = lab.cache.arrays("runtime-outputs", key, compute)
+    facts = json.loads(str(cached["session_facts"]))
+    return {k: v for k, v in cached.items() if k != "session_facts"}, facts, made.get("session")
+
+
 def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, record, *, label: str,
                             lab=None, runtime=None) -> None:
     """``runtime`` (default ort) on the file vs torch eager: scale-relative max error within
@@ -373,21 +424,21 @@ def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, recor
     ref32, ref64 = reference_and_floor(model, x, lab)
     xn = x.numpy()
     rspec = runtimes.spec(runtime)
-    sess = None
     try:
         with in_phase(lab, "evaluation"):
-            sess = _session(path, lab, rspec, model)
-            out = run_file(path, xn, lab, sess=sess)
+            outs, facts, sess = runs_of_file(path, xn, lab, rspec, model, "logits at batch 8",
+                                             lambda s: {"logits": run_file(path, xn, lab, sess=s)})
+        out = outs["logits"]
     except Exception as e:
         raise CheckFailure(message(f"{rspec.id} on {label}", f"{type(e).__name__}: {str(e)[:200]}",
                                    f"logits for {tuple(xn.shape)}", str(path),
                                    cause=run_failure_cause(path, "the file does not run on the card's input", lab))) from None
-    record(runtime=rspec.id, effective_precision=sess.effective_precision, runtime_settings=sess.settings)
-    label = f"{label} on {sess.settings}"
+    record(runtime=rspec.id, effective_precision=facts["effective_precision"], runtime_settings=facts["settings"])
+    label = f"{label} on {facts['settings']}"
     if out.shape != ref32.shape:
         raise CheckFailure(message(f"output shape of {label}", out.shape, ref32.shape, str(path),
                                    cause="the file does not compute the model's logits"))
-    floor, cos_floor, floor_kind = floor_for(model, x, ref32, ref64, sess.effective_precision)
+    floor, cos_floor, floor_kind = floor_for(model, x, ref32, ref64, facts["effective_precision"])
     tol = numerics_tolerance(floor)
     err = rel_max_error(out, ref32)
     cos = cosine_rows(out, ref32)
@@ -404,6 +455,7 @@ def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, recor
     if ok_err and ok_cos:
         return
     worst = int(np.argmax(np.max(np.abs(out.astype(np.float64) - ref32), axis=1)))
+    sess = sess or _session(path, lab, rspec, model)  # outputs read from disk: a session to diagnose with
     # a runtime that knows why its numbers move (OpenVINO: weights stored in fp16) says so first
     cause = "; ".join(c for c in (getattr(sess, "numerics_note", None),
                                   _input_channel_probe(path, xn, ref32, tol, lab, sess)) if c) or None
@@ -466,20 +518,29 @@ def check_batch_consistency(path: Path, x: torch.Tensor, record, *, label: str, 
         raise Inconclusive(f"{label} has a fixed batch dimension ({fixed}): rows cannot be compared across batch sizes",
                            {"batch_fixed": fixed}, failing=False)
     rspec = runtimes.spec(runtime)
-    with in_phase(lab, "evaluation"):
-        sess = _session(path, lab, rspec, model)
-    record(runtime=rspec.id, effective_precision=sess.effective_precision, runtime_settings=sess.settings)
-    label = f"{label} on {sess.settings}"
-    outs: dict[int, np.ndarray] = {}
-    for b in sizes:
-        try:
-            with in_phase(lab, "evaluation"):
-                outs[b] = np.concatenate([sess.run(xn[i:i + b]) for i in range(0, len(xn), b)])
-        except Exception as e:
-            raise CheckFailure(message(f"{sess.settings} on {label} at batch {b}", f"{type(e).__name__}: {str(e)[:200]}",
-                                       "logits", str(path),
-                                       cause=run_failure_cause(path, "a shape is fixed inside the graph "
-                                                                     "(a Reshape to batch 1?)", lab))) from None
+    running: dict[str, Any] = {}  # the session and the batch size being run, for a failure's message
+
+    def rows_at_each_batch(sess) -> dict[str, np.ndarray]:
+        running["session"], out = sess, {}
+        for b in sizes:
+            running["batch"] = b
+            out[f"b{b}"] = np.concatenate([sess.run(xn[i:i + b]) for i in range(0, len(xn), b)])
+        return out
+
+    try:
+        with in_phase(lab, "evaluation"):
+            arrays, facts, _ = runs_of_file(path, xn, lab, rspec, model, f"rows at batches {sizes}", rows_at_each_batch)
+    except Exception as e:
+        if "batch" not in running:  # no session: as the other checks, the error itself
+            raise
+        settings = running["session"].settings
+        raise CheckFailure(message(f"{settings} on {label} on {settings} at batch {running['batch']}",
+                                   f"{type(e).__name__}: {str(e)[:200]}", "logits", str(path),
+                                   cause=run_failure_cause(path, "a shape is fixed inside the graph "
+                                                                 "(a Reshape to batch 1?)", lab))) from None
+    record(runtime=rspec.id, effective_precision=facts["effective_precision"], runtime_settings=facts["settings"])
+    label = f"{label} on {facts['settings']}"
+    outs = {b: arrays[f"b{b}"] for b in sizes}
     base = outs[sizes[0]]
     errs = {b: rel_max_error(outs[b], base) for b in sizes[1:]}
     record(**{f"batch{b}_vs_batch{sizes[0]}_rel": e for b, e in errs.items()}, batch_tolerance=tol)

@@ -48,6 +48,12 @@ def unregister(name: str) -> None:
     _overrides.pop(name, None)
 
 
+def is_builtin(name: str) -> bool:
+    """``name`` is the shipped runtime, not a wrapper a self-test registered under it (what a
+    cache may key on: a planted fault must never be served the real runtime's outputs)."""
+    return name in REGISTRY and name not in _overrides
+
+
 @dataclass(frozen=True)
 class Spec:
     """One ``--runtime`` entry: a runtime name and the arithmetic asked of it (``openvino:bf16``;
