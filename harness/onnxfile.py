@@ -52,6 +52,18 @@ def check_external_data(path: Path):
     return model
 
 
+def external_data_files(path: Path) -> list[Path]:
+    """The external-data files the ONNX file at ``path`` names (checked not to escape its folder),
+    sorted, each once."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = check_external_data(path)
+    base = Path(path).parent.resolve()
+    found = {(base / e.value).resolve() for t in _get_all_tensors(model) if uses_external_data(t)
+             for e in t.external_data if e.key == "location"}
+    return sorted(found)
+
+
 def load_checked(path: Path | str):
     """``onnx.load`` after the external-data check; invalid files raise InputError naming them."""
     import onnx

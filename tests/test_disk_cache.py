@@ -328,3 +328,30 @@ def test_a_runtime_planted_under_the_shipped_name_is_never_served_cached_outputs
         assert ec.runs_cache_key(lab, path, x, runtimes.spec("ort"), "logits") is None
     finally:
         runtimes.unregister("ort")
+
+
+def test_a_file_s_digest_covers_its_external_data(tmp_path):
+    """An ONNX file with external data keeps its bytes when re-exported with new weights of the
+    same shapes: the cache keys (evaluation, export checks) digest the data files too. A
+    self-contained file digests as its bytes alone (existing cache entries stay valid)."""
+    import hashlib
+
+    import onnx
+
+    from harness.export.exporter import export_onnx
+    from harness.quant.quantize import file_digest
+
+    model = _tiny()
+    plain = export_onnx(model, tmp_path / "plain.onnx", input_size=32).path
+    assert file_digest(plain) == hashlib.sha256(plain.read_bytes()).hexdigest()[:24]
+
+    split = tmp_path / "split" / "m.onnx"
+    split.parent.mkdir()
+    onnx.save_model(onnx.load(str(plain)), str(split), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    before, graph = file_digest(split), split.read_bytes()
+    data = split.parent / "m.data"
+    weights = np.frombuffer(data.read_bytes(), dtype=np.float32)
+    data.write_bytes((weights * 2).tobytes())  # retrained: the same shapes and offsets, new values
+    assert split.read_bytes() == graph
+    assert file_digest(split) != before

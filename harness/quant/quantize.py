@@ -469,11 +469,33 @@ def _quiet(sink: io.StringIO | None = None):
 
 # --- cached entry points ----------------------------------------------------------------
 
+# how an external-data entry's key starts in the protobuf bytes (field 1, length 8, "location")
+_EXTERNAL_LOCATION = b"\n\x08location"
+
+
 def file_digest(path: Path | str) -> str:
+    """Digest of an ONNX file by content, with its external-data files when it has any (a file
+    re-exported with new weights of the same shapes keeps its ``.onnx`` bytes, and must not be
+    served the old weights' cached outputs); a file without them digests as its bytes alone."""
+    import mmap
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+        f.seek(0)
+        size = f.seek(0, 2)
+        f.seek(0)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else contextlib.nullcontext(b"") as data:
+            external = data.find(_EXTERNAL_LOCATION) >= 0
+    if external:
+        from ..onnxfile import external_data_files
+
+        for extra in external_data_files(Path(path)):
+            h.update(str(extra.name).encode())
+            with open(extra, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
     return h.hexdigest()[:24]
 
 
