@@ -13,6 +13,20 @@ def recorder() -> Recorder:
     return Recorder(check=lambda figures: validate(figures, strict=True))
 
 
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Replace ``owner.name`` (for the test) by a wrapper that appends 1 to the returned list on
+    each call and then calls the original: how many builds, sessions or reports a test caused."""
+    calls: list = []
+    real = getattr(owner, name)
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 # a suite whose second test kills its own process (an OOM kill, a lost CI runner)
 DIES = '''
 import os, signal

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from _kit import count_calls
 
 from harness.cache import MARKER, SHARED_CACHE_ENV, ArtifactCache
 
@@ -154,15 +155,7 @@ def test_reference_logits_come_from_disk_without_building_the_reference(tmp_path
 def _count_logits(monkeypatch) -> list:
     from harness.export import checks as ec
 
-    calls: list = []
-    real = ec.torch_logits
-
-    def counting(model, x, *a, **kw):
-        calls.append(1)
-        return real(model, x, *a, **kw)
-
-    monkeypatch.setattr(ec, "torch_logits", counting)
-    return calls
+    return count_calls(monkeypatch, ec, "torch_logits")
 
 
 def test_fp64_floor_of_the_lab_s_reference_is_read_from_disk(tmp_path, monkeypatch):
@@ -272,14 +265,7 @@ def test_the_export_checks_read_a_file_s_outputs_from_disk_and_a_changed_file_mi
     from harness.export.exporter import export_onnx
     from harness.testing import FakeLab, recorder
 
-    sessions: list = []
-    real = ec._session
-
-    def counting(*a, **kw):
-        sessions.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ec, "_session", counting)
+    sessions = count_calls(monkeypatch, ec, "_session")
     model = _tiny()
     path = export_onnx(model, tmp_path / "m.onnx", input_size=32).path
     x = torch.randn(8, 3, 32, 32)

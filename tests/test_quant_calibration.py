@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+from _kit import count_calls
 from onnx import numpy_helper
 
 from harness.export.exporter import export_onnx
@@ -329,14 +330,7 @@ def test_the_layer_report_is_read_from_disk_by_the_next_session_and_a_changed_fi
 
     folder, fp32, pre, calib = tiny
     ours = qz.quantize_file(fp32, folder / "cached.onnx", calib, qz.QuantOptions(method="minmax"), preprocessed=pre)
-    built: list = []
-    real = qc.layer_report
-
-    def counting(*a, **kw):
-        built.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(qc, "layer_report", counting)
+    built = count_calls(monkeypatch, qc, "layer_report")
     card = SimpleNamespace(id="tiny")
     subject = qc.Subject(ours.path, pre, "tiny int8")
 

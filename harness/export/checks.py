@@ -381,16 +381,10 @@ def runs_cache_key(lab, path: Path, x: np.ndarray, rspec, how: str) -> dict | No
     cache = getattr(lab, "cache", None)
     if cache is None or rspec.name != "ort" or not runtimes.is_builtin(rspec.name) or not rspec.on_cpu:
         return None
-    from ..host import cpu_facts, library_versions
-    from ..quant.quantize import array_digest, cached_file_digest
+    from ..quant.quantize import array_digest, cached_file_digest, runtime_numerics_key
 
-    settings = lab.settings
-    cpu = cpu_facts()
     return {"file": cached_file_digest(path, lab), "inputs": array_digest(x), "runtime": rspec.id, "how": how,
-            "versions": memoised(lab, "quant.library_versions", "all", library_versions, lambda _: 100),
-            "cpu": [cpu.arch, *cpu.isa],
-            "threads": settings.cache_threads() if hasattr(settings, "cache_threads") else settings.threads,
-            "code": RUNS_VERSION}
+            **runtime_numerics_key(lab), "code": RUNS_VERSION}
 
 
 def runs_of_file(path: Path, x: np.ndarray, lab, rspec, model: nn.Module | None, how: str,

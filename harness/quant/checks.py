@@ -34,7 +34,6 @@ tensor (``onnxruntime.quantization.qdq_loss_debug``), SQNR by depth and the wors
 """
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import onnxfile, runtimes
-from ..cache import memoised
 from ..compare import (
     CheckFailure,
     Inconclusive,
@@ -57,7 +55,7 @@ from ..compare import (
     topk_accuracy,
 )
 from ..data import PHOTO_KINDS, SOURCE_KINDS
-from ..host import CpuFacts, cpu_facts, host_class, library_versions, u8s8_may_saturate
+from ..host import CpuFacts, cpu_facts, host_class, u8s8_may_saturate
 from ..runtimes import ort as ortrt  # QDQ tooling: the float simulation is ORT_DISABLE_ALL
 from ..tolerances import tolerance
 from . import quantize as qmod
@@ -378,18 +376,9 @@ def eval_cache_key(lab, card, path: Path, runtime, **how) -> dict | None:
     cache = getattr(lab, "cache", None)
     if cache is None:
         return None
-    cpu = cpu_facts()
     return {"model": card.id, "file": qmod.cached_file_digest(path, lab), "images": lab.images("eval").digest(),
             "count": len(lab.images("eval").samples), "runtime": runtimes.spec(runtime).id,
-            "versions": memoised(lab, "quant.library_versions", "all", library_versions, lambda _: 100),
-            "cpu": [cpu.arch, *cpu.isa], "threads": _cache_threads(lab.settings),
-            "batch": EVAL_BATCH, "code": EVAL_LOGITS_VERSION, **how}
-
-
-def _cache_threads(settings) -> int | None:
-    """``Settings.cache_threads`` (the planned count, Lab.take_threads); a test's plain namespace
-    of settings has only ``threads``."""
-    return settings.cache_threads() if hasattr(settings, "cache_threads") else settings.threads
+            **qmod.runtime_numerics_key(lab), "batch": EVAL_BATCH, "code": EVAL_LOGITS_VERSION, **how}
 
 
 def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None,
@@ -933,12 +922,8 @@ def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:
             return compute()
         # everything that can change the figures: both files by content, the images, the
         # runtime's version, this CPU's kernel-relevant flags and the planned threads
-        cpu = cpu_facts()
-        disk_key = {"int8": key[0], "float": qmod.cached_file_digest(float_path, lab),
-                    "inputs": hashlib.sha256(x.tobytes()).hexdigest()[:24], "shape": list(x.shape),
-                    "versions": memoised(lab, "quant.library_versions", "all", library_versions, lambda _: 100),
-                    "cpu": [cpu.arch, *cpu.isa], "threads": _cache_threads(lab.settings),
-                    "code": LAYER_REPORT_VERSION}
+        disk_key = {"int8": key[0], "float": qmod.cached_file_digest(float_path, lab), "inputs": qmod.array_digest(x),
+                    **qmod.runtime_numerics_key(lab), "code": LAYER_REPORT_VERSION}
         folder = cache.entry("layer-report", disk_key,
                              lambda tmp: (tmp / "report.json").write_text(compute().to_json(), encoding="utf-8"))
         return LayerReport.from_json((folder / "report.json").read_text(encoding="utf-8"))

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -473,35 +474,49 @@ def _quiet(sink: io.StringIO | None = None):
 _EXTERNAL_LOCATION = b"\n\x08location"
 
 
+def _hash_file(h, path: Path | str) -> bool:
+    """Feed the file's bytes to ``h`` (mapped, read once); returns whether they name an external
+    ``location``."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            h.update(data)
+            return data.find(_EXTERNAL_LOCATION) >= 0
+
+
 def file_digest(path: Path | str) -> str:
     """Digest of an ONNX file by content, with its external-data files when it has any (a file
     re-exported with new weights of the same shapes keeps its ``.onnx`` bytes, and must not be
     served the old weights' cached outputs); a file without them digests as its bytes alone."""
-    import mmap
-
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-        f.seek(0)
-        size = f.seek(0, 2)
-        f.seek(0)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else contextlib.nullcontext(b"") as data:
-            external = data.find(_EXTERNAL_LOCATION) >= 0
-    if external:
+    if _hash_file(h, path):
         from ..onnxfile import external_data_files
 
         for extra in external_data_files(Path(path)):
             h.update(str(extra.name).encode())
-            with open(extra, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            _hash_file(h, extra)
     return h.hexdigest()[:24]
 
 
 def array_digest(x: np.ndarray) -> str:
     x = np.ascontiguousarray(x)
     return hashlib.sha256(str((x.shape, x.dtype)).encode() + x.tobytes()).hexdigest()[:24]
+
+
+def runtime_numerics_key(lab) -> dict:
+    """What changes a runtime's outputs of the same file on the same inputs on this machine, for
+    the disk keys of cached outputs (evaluation, layer report, export checks): the library
+    versions, this CPU's kernel-relevant flags and the planned thread count
+    (``Settings.cache_threads``, Lab.take_threads; a test's plain namespace has only ``threads``)."""
+    from ..host import cpu_facts, library_versions
+
+    cpu, settings = cpu_facts(), lab.settings
+    return {"versions": memoised(lab, "quant.library_versions", "all", library_versions, lambda _: 100),
+            "cpu": [cpu.arch, *cpu.isa],
+            "threads": settings.cache_threads() if hasattr(settings, "cache_threads") else settings.threads}
 
 
 def library_key() -> dict[str, str]:
