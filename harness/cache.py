@@ -45,6 +45,14 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def array_digest(x: Any) -> str:
+    """Content digest of an array, its shape and dtype included (for cache keys)."""
+    import numpy as np
+
+    x = np.ascontiguousarray(x)
+    return hashlib.sha256(str((x.shape, x.dtype)).encode() + x.tobytes()).hexdigest()[:24]
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of the file's bytes, read 1 MiB at a time."""
     h = hashlib.sha256()

@@ -18,7 +18,7 @@ import torch
 from . import data as data_mod
 from . import manifest as manifest_mod
 from . import models as models_mod
-from .cache import ArtifactCache, Memo, T, file_sha256, shared_from_environment
+from .cache import ArtifactCache, Memo, T, array_digest, file_sha256, shared_from_environment
 from .errors import ConfigError, InputError, OptionError, ZooconformError
 from .phases import CACHE_PHASES, MEMO_PHASES, PhaseLog
 from .transforms import reference_batch, reference_transform
@@ -355,6 +355,24 @@ class Lab:
             return self.cache.arrays("reference-logits", key, lambda: {"logits": compute()})["logits"]
 
         return self.memo("reference_logits", (card.id, split), build)
+
+
+def cached_torch_logits(model: torch.nn.Module, x: np.ndarray | torch.Tensor, lab: Any = None,
+                        batch_size: int = 32) -> np.ndarray:
+    """``torch_logits`` of ``model`` on ``x``; on disk where ``lab`` built ``model`` as a reference
+    (``Lab.model_key``: a variant or a planted defect is recomputed every session), keyed like
+    the fp64 floor: the reference, its weights as they are now, the inputs, this torch's numerics.
+    The preprocessing checks' effect on predictions runs the reference on the same images in
+    every session (resnest50: ~9 s of a warm rerun)."""
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    model_key = getattr(lab, "model_key", None)
+    ident = model_key(model) if model_key is not None else None
+    if ident is None or getattr(lab, "cache", None) is None:
+        return torch_logits(model, xt, batch_size)
+    key = {"model": ident.get("model"), "reference": ident, "weights": models_mod.state_digest(model),
+           "inputs": array_digest(xt.numpy()), "batch": batch_size, **lab.numerics_key(),
+           "code": REFERENCE_LOGITS_VERSION}
+    return lab.cache.arrays("reference-logits", key, lambda: {"logits": torch_logits(model, xt, batch_size)})["logits"]
 
 
 # Part of the key of every number the lab caches on disk from a reference: a change to how it is

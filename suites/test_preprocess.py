@@ -35,12 +35,12 @@ def _parity(card, natural):
 def test_deploy_config_matches_card_reference(model_card, lab, natural, record):
     cfg = pc.deploy_config_for(model_card, lab)
     pc.check_deploy_config(model_card, cfg, _parity(model_card, natural), record,
-                           model=lambda: lab.reference(model_card))
+                           model=lambda: lab.reference(model_card), lab=lab)
 
 
 def test_timm_eval_transform_matches_card_reference(model_card, lab, natural, record):
     pc.check_timm_transform(model_card, _parity(model_card, natural), record,
-                            model=lambda: lab.reference(model_card))
+                            model=lambda: lab.reference(model_card), lab=lab)
 
 
 @family("resnest")
@@ -54,7 +54,7 @@ def test_ecenter_crop_vs_resize_center_crop_figures(model_card, lab, natural, re
     side = model_card.preprocess.crop + 32
     probes = [(n, im) for n, im in pc.parity_set(imgs, model_card.preprocess, names)
               if im.size != (side, side)]  # the exact case has its own test
-    pc.check_ecenter_vs_resize_crop(model_card, probes, record, model=lab.reference(model_card))
+    pc.check_ecenter_vs_resize_crop(model_card, probes, record, model=lab.reference(model_card), lab=lab)
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -82,11 +82,4 @@ _PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, 
 @_PROPERTY_SETTINGS
 @given(spec=any_image())
 def test_any_image_reference_equals_matching_config(model_card, spec):
-    mode, width, height, seed, orientation = spec
-    where = f"{model_card.id} {mode} {width}x{height} seed={seed} orientation={orientation}"
-    image = images.synthetic_image(mode, width, height, seed)
-    decoded = images.with_exif_orientation(image, orientation)
-    pc.check_any_image(model_card.preprocess, decoded, where)
-    if orientation is not None:  # documented: the tag is ignored, like torchvision's loader does
-        pc.check_same_output(model_card.preprocess, decoded, images.with_exif_orientation(image, None),
-                             f"EXIF orientation {orientation}", where)
+    pc.check_synthetic_image(model_card.preprocess, spec, where=model_card.id)

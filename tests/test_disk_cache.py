@@ -341,3 +341,81 @@ def test_a_file_s_digest_covers_its_external_data(tmp_path):
     data.write_bytes((weights * 2).tobytes())  # retrained: the same shapes and offsets, new values
     assert split.read_bytes() == graph
     assert file_digest(split) != before
+
+
+def test_the_fp16_and_optimization_checks_read_their_runs_from_disk_and_a_changed_file_misses(tmp_path, monkeypatch):
+    """The fp16 check's three runs (fp32 file, its fp16-rounded twin, fp16 file) and the two
+    optimization levels the ORT optimizer check compares are cached by file content; a warm
+    rerun runs none, a changed fp16 file runs that file alone, a bisection runs the file."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from harness.compare import CheckFailure
+    from harness.export import checks as ec
+    from harness.export import fp16
+    from harness.export.exporter import export_onnx
+    from harness.runtimes import ort as ortrt
+    from harness.testing import FakeLab, recorder
+
+    runs = count_calls(monkeypatch, fp16, "run")
+    path = export_onnx(_tiny(), tmp_path / "m.onnx", input_size=32).path
+    half = fp16.convert(path, tmp_path / "m.fp16.onnx")
+    x = torch.randn(8, 3, 32, 32).numpy()
+
+    def fp16_check(file=half):
+        rec = recorder()
+        fp16.check_fp16_onnx_within_tolerance(path, file, x, rec, label="m", lab=FakeLab(tmp_path))
+        return rec.figures
+
+    first = fp16_check()
+    assert len(runs) == 3
+    assert fp16_check() == first and len(runs) == 3, "a warm rerun ran a file again"
+    bad = onnx.load(str(half))
+    w = next(i for i in bad.graph.initializer if len(i.dims) == 4)
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 3, w.name))
+    onnx.save(bad, str(tmp_path / "bad.fp16.onnx"))
+    with pytest.raises(CheckFailure, match="a weight changed"):
+        fp16_check(tmp_path / "bad.fp16.onnx")
+    assert len(runs) == 4, "the changed fp16 file was served the good file's outputs, or the fp32 runs were redone"
+
+    sessions = count_calls(monkeypatch, ortrt, "session")
+    levels = [ec._cached_levels(FakeLab(tmp_path), path, x, ortrt.ort_runner(path, x)) for _ in range(2)]
+    assert np.array_equal(levels[0]("all"), levels[1]("all")) and len(sessions) == 1
+    levels[1]("none")
+    levels[0]("none")
+    assert len(sessions) == 2
+    levels[1]("all", ("ConstantFolding",))  # a bisection's run: never cached
+    assert len(sessions) == 3
+
+
+def test_the_preprocessing_effect_on_predictions_reads_the_reference_s_logits_from_disk(tmp_path, monkeypatch):
+    """prediction_effect runs the reference on three batches in every session (resnest50: ~9 s
+    of a warm rerun): a lab-built reference's logits come from disk the next session; a
+    reference edited in place, other inputs or a module the lab did not build miss."""
+    import torch
+
+    from harness import lab as lab_mod
+    from harness.preprocess import checks as pc
+
+    forwards = count_calls(monkeypatch, lab_mod, "torch_logits")
+    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    std = (0.229, 0.224, 0.225)
+
+    def effect(session_lab, model=None, inputs=x):
+        model = model or session_lab.reference(session_lab.cards[0])
+        return pc.prediction_effect(model, inputs, inputs[:, ::-1].copy(), std, lab=session_lab)
+
+    first = effect(_lab(tmp_path, []))
+    assert len(forwards) == 3
+    assert effect(_lab(tmp_path, [])) == first and len(forwards) == 3, "a warm rerun ran the reference again"
+    effect(_lab(tmp_path, []), inputs=x * 0.5)
+    assert len(forwards) == 6
+    edited_lab = _lab(tmp_path, [])
+    edited = edited_lab.reference(edited_lab.cards[0])
+    with torch.no_grad():
+        edited[0].weight.mul_(2)
+    assert effect(edited_lab, edited) != first and len(forwards) == 9
+    effect(_lab(tmp_path, []), model=_tiny())  # not the lab's reference: never cached
+    effect(_lab(tmp_path, []), model=_tiny())
+    assert len(forwards) == 15

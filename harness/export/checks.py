@@ -410,6 +410,17 @@ def runs_of_file(path: Path, x: np.ndarray, lab, rspec, model: nn.Module | None,
     return {k: v for k, v in cached.items() if k != "session_facts"}, facts, made.get("session")
 
 
+def cached_outputs(lab, path: Path, x: np.ndarray, how: str, compute: Callable[[], np.ndarray],
+                   runtime=None) -> np.ndarray:
+    """``compute()``: one array a runtime computes from the file at ``path`` alone (``how`` names
+    which: the file itself, at an optimization level, its fp16-rounded twin) on ``x``; on disk
+    under ``runs_cache_key`` where that caches (the shipped ort on this CPU), else computed."""
+    key = runs_cache_key(lab, Path(path), np.asarray(x), runtimes.spec(runtime), how)
+    if key is None:
+        return compute()
+    return lab.cache.arrays("runtime-outputs", key, lambda: {"out": np.asarray(compute())})["out"]
+
+
 def check_matches_reference(path: Path, model: nn.Module, x: torch.Tensor, record, *, label: str,
                             lab=None, runtime=None) -> None:
     """``runtime`` (default ort) on the file vs torch eager: scale-relative max error within
@@ -578,7 +589,18 @@ def check_ort_optimizations(card: ModelCard, lab: LabLike, record: Record, *, pa
     x, _ = lab.inputs(card, "eval", limit=EXPORT_IMAGES)
     ref32, ref64 = reference_and_floor(model, x, lab)
     floor = rel_max_error(ref32, ref64)
-    run = runner or ortrt.ort_runner(path, x.numpy(), threads=lab.settings.threads)
+    run = runner or _cached_levels(lab, path, x.numpy(), ortrt.ort_runner(path, x.numpy(), threads=lab.settings.threads))
     with in_phase(lab, "evaluation"):  # the file at each optimization level (a failure's bisection too)
         ortrt.check_optimizations_keep_function(run, record, tolerance=numerics_tolerance(floor), floor=floor,
                                                  label=label, where=str(path))
+
+
+def _cached_levels(lab, path: Path, x: np.ndarray, run: ortrt.Runner) -> ortrt.Runner:
+    """``run`` with the two levels every check compares read from disk (``cached_outputs``); a
+    failure's bisection, with transformers disabled, runs the file."""
+    def at(optimization: str, disabled=()) -> np.ndarray:
+        if disabled:
+            return run(optimization, disabled)
+        return cached_outputs(lab, path, x, f"ORT graph optimization {optimization}", lambda: run(optimization, ()))
+
+    return at

@@ -93,11 +93,10 @@ def io_types(model: onnx.ModelProto) -> str:
     return f"{name.get(t_in, t_in)} -> {name.get(t_out, t_out)}"
 
 
-def rounding_floor(fp32: onnx.ModelProto, x: np.ndarray, ref: np.ndarray, *, threads: int | None = None,
-                   runtime: Any = None) -> float:
-    """rel_max_error of the fp32 model with weights and input rounded to fp16, run in fp32."""
-    out = run(rounded_to_fp16(fp32), x.astype(np.float16).astype(np.float32), threads=threads, runtime=runtime)
-    return rel_max_error(out, ref)
+def rounded_run(fp32: onnx.ModelProto, x: np.ndarray, *, threads: int | None = None, runtime: Any = None) -> np.ndarray:
+    """Logits of the fp32 model with weights and input rounded to fp16, run in fp32: their
+    rel_max_error against the plain fp32 file is the fp16 rounding floor."""
+    return run(rounded_to_fp16(fp32), x.astype(np.float16).astype(np.float32), threads=threads, runtime=runtime)
 
 
 def check_fp16_onnx_within_tolerance(fp32_path: Path, fp16_path: Path, x: np.ndarray, record, *, label: str,
@@ -105,15 +104,21 @@ def check_fp16_onnx_within_tolerance(fp32_path: Path, fp16_path: Path, x: np.nda
     """The fp16 file computes what the fp32 file computes (both run by ``runtime``, default ort),
     within a multiple of the fp16 rounding floor. ``lab``: its phase log times the runs of the
     two files as evaluation (the rounding floor is the suite's overhead)."""
+    from .checks import cached_outputs  # each run's output on disk, keyed by the file it runs
+
     x = np.asarray(x, dtype=np.float32)
-    fp32 = onnxfile.load_checked(fp32_path)
     fp16 = onnxfile.load_checked_header(fp16_path)
     rspec = runtimes.spec(runtime)
     with in_phase(lab, "evaluation"):
-        ref = run(Path(fp32_path), x, threads=threads, runtime=rspec)
-    floor = rounding_floor(fp32, x, ref, threads=threads, runtime=rspec)
+        ref = cached_outputs(lab, Path(fp32_path), x, "fp16 check: the fp32 file",
+                             lambda: run(Path(fp32_path), x, threads=threads, runtime=rspec), rspec)
+    rounded = cached_outputs(lab, Path(fp32_path), x, "fp16 check: the fp32 file with weights and input rounded to fp16",
+                             lambda: rounded_run(onnxfile.load_checked(fp32_path), x, threads=threads, runtime=rspec),
+                             rspec)
+    floor = rel_max_error(rounded, ref)
     with in_phase(lab, "evaluation"):
-        out = run(Path(fp16_path), x, threads=threads, runtime=rspec)
+        out = cached_outputs(lab, Path(fp16_path), x, "fp16 check: the fp16 file",
+                             lambda: run(Path(fp16_path), x, threads=threads, runtime=rspec), rspec)
     record(runtime=rspec.id)
     err = rel_max_error(out, ref)
     multiple = tolerance(SECTION, "fp16_floor_multiple")

@@ -42,7 +42,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..cache import memoised
+from ..cache import array_digest, memoised
 from ..errors import InputError
 from ..onnxfile import INPUT_NAME
 
@@ -499,11 +499,6 @@ def file_digest(path: Path | str) -> str:
             h.update(str(extra.name).encode())
             _hash_file(h, extra)
     return h.hexdigest()[:24]
-
-
-def array_digest(x: np.ndarray) -> str:
-    x = np.ascontiguousarray(x)
-    return hashlib.sha256(str((x.shape, x.dtype)).encode() + x.tobytes()).hexdigest()[:24]
 
 
 def runtime_numerics_key(lab) -> dict:
