@@ -81,5 +81,5 @@ _PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, 
 
 @_PROPERTY_SETTINGS
 @given(spec=any_image())
-def test_any_image_reference_equals_matching_config(model_card, spec):
-    pc.check_synthetic_image(model_card.preprocess, spec, where=model_card.id)
+def test_any_image_reference_equals_matching_config(model_card, lab, spec):
+    pc.check_synthetic_image(model_card.preprocess, spec, where=model_card.id, memo=lab)

@@ -132,19 +132,24 @@ def test_property_check_catches_one_pixel_shift():
 
 def test_a_synthetic_case_that_passed_for_one_pipeline_is_not_redone_but_a_failure_always_is(monkeypatch):
     """20 of the 24 cards share one pipeline: the property examples of the second such card in
-    a process are the first card's verdicts; another pipeline, or a planted pipeline
+    a session (the lab's memo) are the first card's verdicts; another pipeline, or a planted pipeline
     function, is another case; a failing case is judged again every time."""
     from _kit import count_calls
 
+    from harness.cache import Memo
+
+    memo = Memo()
     judged = count_calls(monkeypatch, pc, "check_any_image")
     shared = ZOO["hrnet_w18_small_v1"].preprocess
     assert repr(ZOO["repvgg_a0"].preprocess) == repr(shared)
     spec = ("RGB", 301, 97, 12345, 6)
-    pc.check_synthetic_image(shared, spec, "hrnet_w18_small_v1")
-    pc.check_synthetic_image(ZOO["repvgg_a0"].preprocess, spec, "repvgg_a0")
+    pc.check_synthetic_image(shared, spec, "hrnet_w18_small_v1", memo)
+    pc.check_synthetic_image(ZOO["repvgg_a0"].preprocess, spec, "repvgg_a0", memo)
     assert len(judged) == 1
-    pc.check_synthetic_image(PIPELINES["resnest50"], spec, "resnest50")
+    pc.check_synthetic_image(PIPELINES["resnest50"], spec, "resnest50", memo)
     assert len(judged) == 2
+    pc.check_synthetic_image(shared, spec, "repvgg_a0")  # no memo (a check outside a session): judged
+    assert len(judged) == 3
 
     def bgr_reference(imgs, pre):  # a reference whose channels are reversed: every case fails
         return pc_reference(imgs, pre).flip(1)
@@ -153,5 +158,5 @@ def test_a_synthetic_case_that_passed_for_one_pipeline_is_not_redone_but_a_failu
     monkeypatch.setattr(pc, "reference_batch", bgr_reference)
     for _ in range(2):
         with pytest.raises(CheckFailure, match="grey level differs from the reference"):
-            pc.check_synthetic_image(shared, spec, "repvgg_a0")
-    assert len(judged) == 4
+            pc.check_synthetic_image(shared, spec, "repvgg_a0", memo)
+    assert len(judged) == 5

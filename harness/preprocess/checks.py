@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cache import memoised
 from ..compare import CheckFailure, Inconclusive, binomial_halfwidth, check, message, top1_agreement
 from ..errors import ConfigError
 from ..tolerances import tolerance
@@ -531,27 +532,28 @@ def check_any_image(pre: Preprocess, image: Image.Image, where: str,
     return out
 
 
-def check_synthetic_image(pre: Preprocess, spec: tuple[str, int, int, int, int | None], where: str) -> None:
+def check_synthetic_image(pre: Preprocess, spec: tuple[str, int, int, int, int | None], where: str,
+                          memo=None) -> None:
     """``check_any_image`` on the synthetic image ``spec`` = (mode, width, height, seed, EXIF
     orientation) describes, decoded from a file, and an orientation tag ignored as torchvision's
-    loader ignores it. A case that passed for an identical pipeline in this process is not
-    redone: both outputs are functions of the pipeline and the image alone, and 20 of the 24
-    cards share one pipeline (7 s of property examples each). A failure is always recomputed."""
+    loader ignores it. A case that passed for an identical pipeline in this session (``memo``:
+    the lab) is not redone: both outputs are functions of the pipeline and the image alone, and
+    20 of the 24 cards share one pipeline (~7 s of property examples each). A failure is not
+    memoised: it is judged again, with its own card's name."""
     mode, width, height, seed, orientation = spec
+
+    def judge() -> bool:
+        image = images_mod.synthetic_image(mode, width, height, seed)
+        decoded = images_mod.with_exif_orientation(image, orientation)
+        here = f"{where} {mode} {width}x{height} seed={seed} orientation={orientation}"
+        check_any_image(pre, decoded, here)
+        if orientation is not None:  # documented: the tag is ignored, like torchvision's loader does
+            check_same_output(pre, decoded, images_mod.with_exif_orientation(image, None),
+                              f"EXIF orientation {orientation}", here)
+        return True
+
     case = (repr(pre), tuple(spec), reference_batch, dp.preprocess)  # a planted function is another case
-    if case in _PASSED_SYNTHETIC_CASES:
-        return
-    where = f"{where} {mode} {width}x{height} seed={seed} orientation={orientation}"
-    image = images_mod.synthetic_image(mode, width, height, seed)
-    decoded = images_mod.with_exif_orientation(image, orientation)
-    check_any_image(pre, decoded, where)
-    if orientation is not None:  # documented: the tag is ignored, like torchvision's loader does
-        check_same_output(pre, decoded, images_mod.with_exif_orientation(image, None), f"EXIF orientation {orientation}",
-                          where)
-    _PASSED_SYNTHETIC_CASES.add(case)
-
-
-_PASSED_SYNTHETIC_CASES: set[tuple] = set()
+    memoised(memo, "preprocess.synthetic_case", case, judge, lambda _: 100)
 
 
 def check_same_output(pre: Preprocess, a: Image.Image, b: Image.Image, what: str, where: str) -> None:
