@@ -205,13 +205,21 @@ def model_costs(cards: Sequence[Card], durations: Mapping[str, float]) -> tuple[
             tests[model] = tests.get(model, 0) + 1
     costs = {m: Cost(s, f"measured ({tests[m]} test{'' if tests[m] == 1 else 's'})") for m, s in summed.items()}
     proxies = {c.id: cost_proxy(c) for c in cards}
-    rates = [costs[m].seconds / g for m, g in proxies.items() if m in costs and g]
-    rate = statistics.median(rates) if rates else None
+    family = {c.id: getattr(c, "family", None) for c in cards}
+    rates = {m: costs[m].seconds / g for m, g in proxies.items() if m in costs and g}
+    rate = statistics.median(rates.values()) if rates else None
     for c in cards:
         if c.id in costs:
             continue
         g = proxies[c.id]
-        if g and rate:
+        # a family's own rate where one of it is measured: seconds per GMAC differ by family
+        # (measured: ResNeSt 60-67, RepVGG 69-86, HRNet 94-141, which has the most activations per MAC
+        # for calibration to histogram)
+        kin = [r for m, r in rates.items() if family[c.id] is not None and family[m] == family[c.id]]
+        if g and kin:
+            costs[c.id] = Cost(g * statistics.median(kin), f"estimated: {g:.2f} GMACs x {statistics.median(kin):.1f} "
+                                                           f"s/GMAC (median of the measured {family[c.id]} models)")
+        elif g and rate:
             costs[c.id] = Cost(g * rate, f"estimated: {g:.2f} GMACs x {rate:.1f} s/GMAC (median of the measured models)")
         elif costs:  # no FLOPs on the card: a typical measured model
             typical = statistics.median(x.seconds for x in costs.values())

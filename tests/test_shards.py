@@ -115,6 +115,16 @@ def test_unmeasured_models_are_estimated_from_flops_at_the_measured_rate():
     assert ["resnest269"] in p.shards
 
 
+def test_an_unmeasured_model_is_estimated_at_its_family_s_measured_rate():
+    """Seconds per GMAC differ by family (HRNet's many activations make its calibration dear):
+    resnest269 is estimated at resnest50's rate, not at the median of every measured model."""
+    c = cards("repvgg_a0", "resnest50", "resnest269", "hrnet_w18_small_v1")
+    costs, _ = shards.model_costs(c, durations(repvgg_a0=70, resnest50=300, hrnet_w18_small_v1=400))
+    rate = 300 / shards.cost_proxy(ZOO["resnest50"])
+    assert costs["resnest269"].seconds == pytest.approx(shards.cost_proxy(ZOO["resnest269"]) * rate)
+    assert costs["resnest269"].how.endswith("(median of the measured resnest models)")
+
+
 def test_tests_of_no_model_load_shard_one():
     d = {**durations(repvgg_a0=50, repvgg_a1=50), "suites/test_runtimes.py::test_det[ort]": 45.0}
     p = shards.plan(cards("repvgg_a0", "repvgg_a1"), 2, d)
