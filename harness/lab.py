@@ -357,21 +357,32 @@ class Lab:
         return self.memo("reference_logits", (card.id, split), build)
 
 
-def cached_torch_logits(model: torch.nn.Module, x: np.ndarray | torch.Tensor, lab: Any = None,
-                        batch_size: int = 32) -> np.ndarray:
-    """``torch_logits`` of ``model`` on ``x``; on disk where ``lab`` built ``model`` as a reference
-    (``Lab.model_key``: a variant or a planted defect is recomputed every session), keyed like
-    the fp64 floor: the reference, its weights as they are now, the inputs, this torch's numerics.
-    The preprocessing checks' effect on predictions runs the reference on the same images in
-    every session (resnest50: ~9 s of a warm rerun)."""
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+def reference_run_key(model: torch.nn.Module, x: np.ndarray | torch.Tensor, lab: Any, batch: int,
+                      code: int) -> dict | None:
+    """The disk key of numbers computed by running ``model`` on ``x``, or None where they are not
+    cached on disk: no lab cache, or a module ``lab`` did not build as a reference
+    (``Lab.model_key``: a variant or a planted defect is recomputed every session). Keyed by the
+    reference, a digest of its weights as they are now (a reference edited in place is not the
+    cached one), the inputs, the batch, this torch's numerics (``Lab.numerics_key``) and ``code``,
+    the computing code's version. The fp64 floors and ``cached_torch_logits`` key on it."""
     model_key = getattr(lab, "model_key", None)
     ident = model_key(model) if model_key is not None else None
     if ident is None or getattr(lab, "cache", None) is None:
+        return None
+    inputs = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return {"model": ident.get("model"), "reference": ident, "weights": models_mod.state_digest(model),
+            "inputs": array_digest(inputs), "batch": batch, **lab.numerics_key(), "code": code}
+
+
+def cached_torch_logits(model: torch.nn.Module, x: np.ndarray | torch.Tensor, lab: Any = None,
+                        batch_size: int = 32) -> np.ndarray:
+    """``torch_logits`` of ``model`` on ``x``; on disk under ``reference_run_key``. The
+    preprocessing checks' effect on predictions runs the reference on the same images in every
+    session (resnest50: ~9 s of a warm rerun)."""
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    key = reference_run_key(model, xt, lab, batch_size, REFERENCE_LOGITS_VERSION)
+    if key is None:
         return torch_logits(model, xt, batch_size)
-    key = {"model": ident.get("model"), "reference": ident, "weights": models_mod.state_digest(model),
-           "inputs": array_digest(xt.numpy()), "batch": batch_size, **lab.numerics_key(),
-           "code": REFERENCE_LOGITS_VERSION}
     return lab.cache.arrays("reference-logits", key, lambda: {"logits": torch_logits(model, xt, batch_size)})["logits"]
 
 

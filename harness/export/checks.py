@@ -30,11 +30,11 @@ import torch
 import torch.nn as nn
 
 from .. import divergence, onnxfile, runtimes
-from ..cache import memoised
+from ..cache import array_digest, memoised
 from ..compare import CheckFailure, Inconclusive, check, cosine_rows, message, rel_max_error, top1_agreement
 from ..constants import NUM_CLASSES
 from ..errors import InputError
-from ..lab import torch_logits
+from ..lab import reference_run_key, torch_logits
 from ..onnxfile import INPUT_NAME, OUTPUT_NAME
 from ..phases import in_phase
 from ..runtimes import ort as ortrt  # the ORT-only check below: graph-optimizer bisection
@@ -303,20 +303,9 @@ FLOOR_VERSION = 1
 
 
 def floor_cache_key(model: nn.Module, x: torch.Tensor, lab=None) -> dict | None:
-    """The disk key of ``reference_and_floor(model, x)``, or None where it is not cached on disk:
-    no lab, or a module the lab did not build as a reference (``Lab.model_key``: a variant or a
-    planted defect is recomputed every session). Keyed by the reference, a digest of its weights
-    as they are now (a reference edited in place is not the cached one), the images, the
-    numerics of this machine's torch (``Lab.numerics_key``) and ``FLOOR_VERSION``."""
-    from ..models import state_digest
-    from ..quant.quantize import array_digest
-
-    model_key = getattr(lab, "model_key", None)
-    ident = model_key(model) if model_key is not None else None
-    if ident is None:
-        return None
-    return {"model": ident.get("model"), "reference": ident, "weights": state_digest(model),
-            "inputs": array_digest(x.numpy()), "batch": FLOOR_BATCH, **lab.numerics_key(), "code": FLOOR_VERSION}
+    """The disk key of ``reference_and_floor(model, x)`` (``Lab.reference_run_key``: None for a
+    module the lab did not build as a reference), versioned by ``FLOOR_VERSION``."""
+    return reference_run_key(model, x, lab, FLOOR_BATCH, FLOOR_VERSION)
 
 
 def numerics_tolerance(floor: float) -> float:
@@ -381,7 +370,7 @@ def runs_cache_key(lab, path: Path, x: np.ndarray, rspec, how: str) -> dict | No
     cache = getattr(lab, "cache", None)
     if cache is None or rspec.name != "ort" or not runtimes.is_builtin(rspec.name) or not rspec.on_cpu:
         return None
-    from ..quant.quantize import array_digest, cached_file_digest, runtime_numerics_key
+    from ..quant.quantize import cached_file_digest, runtime_numerics_key
 
     return {"file": cached_file_digest(path, lab), "inputs": array_digest(x), "runtime": rspec.id, "how": how,
             **runtime_numerics_key(lab), "code": RUNS_VERSION}

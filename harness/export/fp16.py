@@ -14,7 +14,6 @@ activation between nodes, so its error is a measured multiple of that floor; the
 """
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,9 @@ def fp16_file(lab: Any, fp32_path: Path, *, keep_io_types: bool = True) -> Path:
     """The fp16 file of ``fp32_path`` in the lab's artifact cache (converted once per fp32 file)."""
     import onnxruntime
 
-    digest = hashlib.sha256(Path(fp32_path).read_bytes()).hexdigest()[:24]
-    key = {"fp32_sha256": digest, "converter": CONVERTER, "onnxruntime": onnxruntime.__version__,
+    from ..quant.quantize import cached_file_digest  # the checks' own digest of the file (external data too)
+
+    key = {"fp32": cached_file_digest(Path(fp32_path), lab), "converter": CONVERTER, "onnxruntime": onnxruntime.__version__,
            "keep_io_types": keep_io_types}
     folder = lab.cache.entry("fp16", key, lambda tmp: convert(fp32_path, tmp / "model.fp16.onnx",
                                                               keep_io_types=keep_io_types))

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import onnxfile, runtimes
+from ..cache import array_digest
 from ..compare import (
     CheckFailure,
     Inconclusive,
@@ -922,7 +923,7 @@ def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:
             return compute()
         # everything that can change the figures: both files by content, the images, the
         # runtime's version, this CPU's kernel-relevant flags and the planned threads
-        disk_key = {"int8": key[0], "float": qmod.cached_file_digest(float_path, lab), "inputs": qmod.array_digest(x),
+        disk_key = {"int8": key[0], "float": qmod.cached_file_digest(float_path, lab), "inputs": array_digest(x),
                     **qmod.runtime_numerics_key(lab), "code": LAYER_REPORT_VERSION}
         folder = cache.entry("layer-report", disk_key,
                              lambda tmp: (tmp / "report.json").write_text(compute().to_json(), encoding="utf-8"))
