@@ -10,6 +10,11 @@ NUM_CLASSES = 1000  # ImageNet-1k logits
 PRECISIONS = ("fp32", "int8")  # the artifacts the suites build and time on the CPU
 
 
+# ``zooconform run -j`` starts the latency phase's pytest early; it waits before its first test
+# until this file exists (harness/commands/run.py open_gate, harness/plugin.py wait_for_gate)
+START_GATE_ENV = "ZOOCONFORM_START_GATE"
+
+
 def parse_shard(value: object) -> tuple[int, int]:
     """``"I/N"`` -> ``(I, N)`` with ``1 <= I <= N``; ValueError naming the option otherwise."""
     try:

@@ -20,7 +20,7 @@ import pytest
 from . import figures as figure_contract
 from .compare import CheckFailure, Inconclusive
 from .config import load_expectations
-from .constants import parse_shard
+from .constants import START_GATE_ENV, parse_shard
 from .errors import ConfigError, ZooconformError
 from .host import cpu_facts, host_class
 from .phases import PhaseLog, Progress, read_events
@@ -200,6 +200,39 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                      "tier": settings.tier, "data": str(settings.imagenet or "embedded"), "shard": shard or ""}.items():
             xml.add_global_property(k, str(v))
     _start_watchdog(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """``zooconform run -j`` starts the latency phase with phase 1 (harness/commands/run.py): it
+    imports and collects, then waits here until phase 1 has ended, so none of its tests runs
+    beside phase 1's workers. Its wall time (results.json, JUnit) starts when the gate opens."""
+    gate = os.environ.get(START_GATE_ENV)
+    if not gate or hasattr(session.config, "workerinput") or session.config.option.collectonly:
+        return
+    wait_for_gate(Path(gate))
+    collector = session.config.stash.get(_collector_key, None)
+    if collector is not None:
+        collector.started = time.time()
+    xml = _junit_xml(session.config)
+    if xml is not None and hasattr(xml, "suite_start"):
+        try:
+            from _pytest.timing import Instant
+
+            xml.suite_start = Instant()
+        except ImportError:  # an older pytest: its suite time includes the wait
+            pass
+
+
+def wait_for_gate(gate: Path, poll_s: float = 0.05) -> None:
+    """Until ``gate`` exists; ends the session if the process that started this one is gone
+    (nobody is left to open it: the run was killed)."""
+    parent = os.getppid()
+    while not gate.exists():
+        if os.getppid() != parent:
+            pytest.exit(f"zooconform run (pid {parent}) ended before this phase's start gate {gate} opened",
+                        returncode=pytest.ExitCode.INTERRUPTED)
+        time.sleep(poll_s)
 
 
 # --- the host fingerprint (harness/host.py) -------------------------------------------------

@@ -6,28 +6,39 @@ ResNeSt: ``ECenterCrop(S)`` (seed 001's code, reproduced below), ``ToTensor``, `
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 
 from .zoo import Preprocess
 
-_TV_INTERP = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
+if TYPE_CHECKING:
+    from torchvision.transforms import InterpolationMode
+
+# torchvision is imported where a pipeline is built, not with this module: `import torchvision`
+# pulls in torch._dynamo (torchvision.ops), 1.35 s of every pytest process's start on 2 cores,
+# and the processes that build no pipeline (xdist's controller, the latency phase, the nested
+# runs of tests/) do not need it
+
+
+def _tv_interp(name: str) -> InterpolationMode:
+    from torchvision.transforms import InterpolationMode
+
+    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+            "nearest": InterpolationMode.NEAREST}[name]
 
 
 class ECenterCrop:
     """Seed 001's ``ECenterCrop``: crop a centred square of ``S/(S+32)`` of the short side,
     offsets with Python's ``round`` (half to even), then ``Resize((S, S), BICUBIC)``."""
 
-    def __init__(self, imgsize: int, interpolation: InterpolationMode = InterpolationMode.BICUBIC):
+    def __init__(self, imgsize: int, interpolation: Any = None):
+        from torchvision import transforms
+
         self.imgsize = imgsize
-        self.resize_method = transforms.Resize((imgsize, imgsize), interpolation=interpolation)
+        self.resize_method = transforms.Resize((imgsize, imgsize),
+                                               interpolation=_tv_interp("bicubic") if interpolation is None else interpolation)
 
     def __call__(self, img: Image.Image) -> Image.Image:
         image_width, image_height = img.size
@@ -42,7 +53,9 @@ class ECenterCrop:
 
 def reference_transform(pre: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
     """The card's pipeline as a torchvision transform (PIL RGB image -> (3, S, S) float32)."""
-    interp = _TV_INTERP[pre.interpolation]
+    from torchvision import transforms
+
+    interp = _tv_interp(pre.interpolation)
     if pre.pipeline == "resize_then_crop":
         geometry = [transforms.Resize(pre.resize, interpolation=interp), transforms.CenterCrop(pre.crop)]
     elif pre.pipeline == "ecenter_crop":

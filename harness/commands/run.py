@@ -8,7 +8,10 @@ pytest-html's ``report.html``, and appends one line per model to
 ``-j N``: phase 1 runs everything but latency on N pytest-xdist workers (``--dist
 loadgroup``: each model's tests share a worker, so its artifacts are built once); phase 2
 runs the latency tests serially (pytest-benchmark disables itself under xdist, and timing
-beside busy workers would measure them). Both phases are merged into one report.
+beside busy workers would measure them). Both phases are merged into one report. Phase 2's
+pytest starts with phase 1 and waits, imported and collected, at a gate (``START_GATE_ENV``)
+that opens when phase 1 has ended: no test of it runs beside phase 1, and its 7-10 s of imports
+and collection are not added to the run's wall time.
 
 ``--shard I/N``: only shard I of the models, balanced by the recorded seconds of each model's
 tests (``--durations-file``, default fixtures/durations/test_durations.json; harness/shards.py),
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..constants import parse_shard
+from ..constants import START_GATE_ENV, parse_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS_FAILED = 1
@@ -221,10 +224,13 @@ class _Forwarder:
 
     def __init__(self):
         self.proc: subprocess.Popen | None = None
+        self.waiting: subprocess.Popen | None = None  # a later phase's pytest, waiting at its gate
         self.count = 0
 
     def __call__(self, signum, frame) -> None:
         self.count += 1
+        if self.waiting is not None:  # it ran nothing yet: no phase after an interrupted one
+            stop_waiting(self)
         if self.proc is None or self.proc.poll() is not None:
             return
         sig = {1: signal.SIGINT, 2: signal.SIGTERM}.get(self.count, signal.SIGKILL)
@@ -240,17 +246,48 @@ class _Forwarder:
 _CRASH = re.compile(rb"(\[gw\d+\] node down: [^\r\n]*|worker gw\d+ crashed[^\r\n=]*)")
 
 
+def start_phase(cmd: list[str], piped: bool, gate: Path | None = None) -> subprocess.Popen:
+    """Start one pytest phase in a session of its own. ``piped``: its output comes through a pipe
+    (read by :func:`finish_phase`; a phase started early writes into the pipe while it waits).
+    ``gate``: its tests wait until that file exists (:func:`open_gate`)."""
+    # a phase is a pytest session of its own, never a worker of an xdist session this command
+    # runs inside (a CI job under pytest -n): its xdist identity is not inherited
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_") and k != START_GATE_ENV}
+    if gate is not None:
+        env[START_GATE_ENV] = str(gate)
+    out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if piped else {}
+    return subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True, env=env, **out)  # type: ignore[call-overload]
+
+
+def open_gate(gate: Path) -> None:
+    tmp = gate.with_name(gate.name + ".tmp")
+    tmp.write_text(str(time.time()), encoding="utf-8")
+    os.replace(tmp, gate)  # the waiting process sees the whole file or none
+
+
+def stop_waiting(forwarder: _Forwarder) -> None:
+    """Kill the phase waiting at its gate (it has imported and collected, nothing more)."""
+    proc, forwarder.waiting = forwarder.waiting, None
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def run_phase(cmd: list[str], forwarder: _Forwarder, crashes: list[str] | None = None) -> int:
     """Run one pytest phase; its output passes through unchanged. ``crashes`` (for -j) collects
     the lines in which xdist reports a dead worker."""
-    # a phase is a pytest session of its own, never a worker of an xdist session this command
-    # runs inside (a CI job under pytest -n): its xdist identity is not inherited
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
-    if crashes is None:
-        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True, env=env)
-    else:
-        forwarder.proc = subprocess.Popen(cmd, cwd=os.getcwd(), start_new_session=True, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return finish_phase(start_phase(cmd, piped=crashes is not None), forwarder, crashes)
+
+
+def finish_phase(proc: subprocess.Popen, forwarder: _Forwarder, crashes: list[str] | None = None) -> int:
+    """Pass a started phase's output through until it exits; its exit code."""
+    forwarder.proc = proc
     try:
         if crashes is not None:
             out = getattr(sys.stdout, "buffer", None)
@@ -510,13 +547,25 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     codes: list[tuple[Phase, int]] = []
     crashed: dict[str, list[str]] = {}  # phase label -> xdist's lines about dead workers
     recovered: dict[str, list[str]] = {}  # serial re-run's label -> the crash that made it
+    planned = phases(args, folder)
+    gate = folder / ".latency-phase-gate"
     try:
-        for phase in phases(args, folder):
+        if len(planned) > 1:  # the latency phase imports and collects while phase 1 runs
+            later = planned[1]
+            later.folder.mkdir(parents=True, exist_ok=True)
+            forwarder.waiting = start_phase([sys.executable, "-m", "pytest", *pytest_args(args, extra, later)],
+                                            piped=True, gate=gate)
+        for phase in planned:
             phase.folder.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "pytest", *pytest_args(args, extra, phase)]
             print(f"zooconform run: phase {phase.label}: {' '.join(cmd[1:])}", flush=True)
             crashes: list[str] | None = [] if args.jobs else None
-            code = run_phase(cmd, forwarder, crashes)
+            if forwarder.waiting is not None and phase is not planned[0]:
+                early, forwarder.waiting = forwarder.waiting, None
+                open_gate(gate)
+                code = finish_phase(early, forwarder, crashes)
+            else:
+                code = run_phase(cmd, forwarder, crashes)
             if crashes and not forwarder.count and not _reported_tests(phase):
                 # a worker died before any test reported (killed while collecting: OOM, a lost
                 # runner): xdist then stops the whole phase, the healthy workers' tests with it.
@@ -538,6 +587,12 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if len(planned) > 1 and not any(p is planned[1] for p, _ in codes):  # interrupted: it never ran
+            stop_waiting(forwarder)
+            import shutil
+
+            shutil.rmtree(planned[1].folder, ignore_errors=True)
+        gate.unlink(missing_ok=True)
 
     if any(c == USAGE for _, c in codes) and not any((p.folder / "results.json").exists() for p, _ in codes):
         # pytest refused the options (its message is above): nothing ran, so no run folder, no
@@ -561,7 +616,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
                 write_junit_from_doc(doc, phase.label, phase.folder / "junit.xml")
         elif code not in (0, NO_TESTS):
             reasons.append(f"pytest ({phase.label}) exited with {code} and wrote no results")
-    if forwarder.count and len(codes) < len(phases(args, folder)):
+    if forwarder.count and len(codes) < len(planned):
         reasons.append("interrupted before the latency phase")
     for label, lines in crashed.items():
         # a worker that died before reporting any test appears nowhere else (xdist then ends the
