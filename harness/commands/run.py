@@ -10,8 +10,10 @@ loadgroup``: each model's tests share a worker, so its artifacts are built once)
 runs the latency tests serially (pytest-benchmark disables itself under xdist, and timing
 beside busy workers would measure them). Both phases are merged into one report. Phase 2's
 pytest starts with phase 1 and waits, imported and collected, at a gate (``START_GATE_ENV``)
-that opens when phase 1 has ended: no test of it runs beside phase 1, and its 7-10 s of imports
-and collection are not added to the run's wall time.
+that opens when phase 1's process has exited: no test of it runs beside phase 1, and its
+imports and collection are not added to the run's wall time (warm smoke tier: 9-10 s from
+phase 1's last result to phase 2's first test before, 4 s after, which is phase 1's own
+teardown: xdist's workers exiting, JUnit and pytest-html written).
 
 ``--shard I/N``: only shard I of the models, balanced by the recorded seconds of each model's
 tests (``--durations-file``, default fixtures/durations/test_durations.json; harness/shards.py),
