@@ -49,10 +49,17 @@ def test_phase1(model_card):
         f.write(f"phase1-end {time.time()}\\n")
 
 
-@pytest.mark.latency
-def test_timed(model_card, record):
+@pytest.fixture
+def logged_start():
     with LOG.open("a") as f:
         f.write(f"latency-test {time.time()}\\n")
+    # skipped in setup: no latency check's body ran, so the session measures no host peaks (~11 s)
+    pytest.skip("the gate's probe: it times nothing")
+
+
+@pytest.mark.latency
+def test_timed(model_card, logged_start):
+    pass
 '''
 
 
@@ -80,7 +87,7 @@ def test_the_latency_phase_collects_during_phase_1_and_its_tests_start_after_it(
     started = calendar.timegm(time.strptime(parts["latency"]["started_utc"], "%Y-%m-%dT%H:%M:%SZ"))
     assert started >= math.floor(phase1_end)
     assert {t["nodeid"].split("::")[-1]: t["outcome"] for t in doc["tests"]} == {
-        "test_phase1[repvgg_a0]": "passed", "test_timed[repvgg_a0]": "passed"}
+        "test_phase1[repvgg_a0]": "passed", "test_timed[repvgg_a0]": "skipped"}
     assert not (folder / ".latency-phase-gate").exists()
     # its output comes after phase 1's, in order
     assert r.stdout.index("phase latency:") < r.stdout.rindex("test_mine.py")
