@@ -213,12 +213,13 @@ def model_costs(cards: Sequence[Card], durations: Mapping[str, float]) -> tuple[
             continue
         g = proxies[c.id]
         # a family's own rate where one of it is measured: seconds per GMAC differ by family
-        # (measured: ResNeSt 60-67, RepVGG 69-86, HRNet 94-141, which has the most activations per MAC
-        # for calibration to histogram)
+        # (measured, fixtures/durations/README.md: ResNeSt 60, RepVGG 68-86, HRNet 80-140, which has
+        # the most activations per MAC for calibration to histogram)
         kin = [r for m, r in rates.items() if family[c.id] is not None and family[m] == family[c.id]]
         if g and kin:
-            costs[c.id] = Cost(g * statistics.median(kin), f"estimated: {g:.2f} GMACs x {statistics.median(kin):.1f} "
-                                                           f"s/GMAC (median of the measured {family[c.id]} models)")
+            kin_rate = statistics.median(kin)
+            costs[c.id] = Cost(g * kin_rate, f"estimated: {g:.2f} GMACs x {kin_rate:.1f} "
+                                             f"s/GMAC (median of the measured {family[c.id]} models)")
         elif g and rate:
             costs[c.id] = Cost(g * rate, f"estimated: {g:.2f} GMACs x {rate:.1f} s/GMAC (median of the measured models)")
         elif costs:  # no FLOPs on the card: a typical measured model

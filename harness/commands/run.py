@@ -550,16 +550,14 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     crashed: dict[str, list[str]] = {}  # phase label -> xdist's lines about dead workers
     recovered: dict[str, list[str]] = {}  # serial re-run's label -> the crash that made it
     planned = phases(args, folder)
+    commands = [[sys.executable, "-m", "pytest", *pytest_args(args, extra, phase)] for phase in planned]
     gate = folder / ".latency-phase-gate"
     try:
         if len(planned) > 1:  # the latency phase imports and collects while phase 1 runs
-            later = planned[1]
-            later.folder.mkdir(parents=True, exist_ok=True)
-            forwarder.waiting = start_phase([sys.executable, "-m", "pytest", *pytest_args(args, extra, later)],
-                                            piped=True, gate=gate)
-        for phase in planned:
+            planned[1].folder.mkdir(parents=True, exist_ok=True)
+            forwarder.waiting = start_phase(commands[1], piped=True, gate=gate)
+        for phase, cmd in zip(planned, commands):
             phase.folder.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "pytest", *pytest_args(args, extra, phase)]
             print(f"zooconform run: phase {phase.label}: {' '.join(cmd[1:])}", flush=True)
             crashes: list[str] | None = [] if args.jobs else None
             if forwarder.waiting is not None and phase is not planned[0]:
