@@ -214,14 +214,16 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     collector = session.config.stash.get(_collector_key, None)
     if collector is not None:
         collector.started = time.time()
-    xml = _junit_xml(session.config)
-    if xml is not None and hasattr(xml, "suite_start"):
-        try:
-            from _pytest.timing import Instant
-
-            xml.suite_start = Instant()
-        except ImportError:  # an older pytest: its suite time includes the wait
-            pass
+    # JUnit's suite time and the terminal's "in N s" start at the gate too (both pytest-private;
+    # an older pytest counts the wait)
+    try:
+        from _pytest.timing import Instant
+    except ImportError:
+        return
+    for owner, attr in ((_junit_xml(session.config), "suite_start"),
+                        (session.config.pluginmanager.get_plugin("terminalreporter"), "_session_start")):
+        if owner is not None and hasattr(owner, attr):
+            setattr(owner, attr, Instant())
 
 
 def wait_for_gate(gate: Path, poll_s: float = 0.05) -> None:

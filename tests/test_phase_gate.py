@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,10 @@ def test_the_latency_phase_collects_during_phase_1_and_its_tests_start_after_it(
     assert not (folder / ".latency-phase-gate").exists()
     # its output comes after phase 1's, in order
     assert r.stdout.index("phase latency:") < r.stdout.rindex("test_mine.py")
+    # and its pytest's "in N s" counts from the gate, not the wait (phase 1 ran >= 1 s after it collected)
+    latency_out = r.stdout[r.stdout.index("phase latency:"):]
+    [session_s] = [float(s) for s in re.findall(r"=+ .* in ([0-9.]+)s", latency_out)]
+    assert session_s < phase1_end - collected, latency_out[-1500:]
 
 
 def test_ctrl_c_in_phase_1_kills_the_waiting_latency_phase_and_leaves_no_folder_of_it(tmp_path):
