@@ -100,12 +100,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 # ``$ZOOCONFORM_SHARED_CACHE``: a second cache folder several caches read from and publish to,
 # for the kinds in ``$ZOOCONFORM_SHARED_KINDS`` (comma-separated; default: the seeded references,
 # whose BN recalibration is the largest fixed cost of a cold cache, and what is built from them:
-# export, int8 file and calibration, floors, logits; every key names what its entry is made of).
+# export, int8 file and calibration, floors, logits; and the embedded images' preprocessed tensors;
+# every key names what its entry is made of).
 # The harness's own tests give each nested run a fresh cache of its own; through this they build
 # each once per test session instead of once per test (tests/conftest.py sets it), and `make
 # test`'s suites step starts from what they built (Makefile).
 SHARED_CACHE_ENV, SHARED_KINDS_ENV = "ZOOCONFORM_SHARED_CACHE", "ZOOCONFORM_SHARED_KINDS"
-DEFAULT_SHARED_KINDS = "reference,onnx,fp64-floor,reference-logits,int8-pre,int8-ranges,int8,eval-logits"
+DEFAULT_SHARED_KINDS = "inputs,reference,onnx,fp64-floor,reference-logits,int8-pre,int8-ranges,int8,eval-logits"
 
 
 class ArtifactCache:

@@ -419,3 +419,50 @@ def test_the_preprocessing_effect_on_predictions_reads_the_reference_s_logits_fr
     effect(_lab(tmp_path, []), model=_tiny())  # not the lab's reference: never cached
     effect(_lab(tmp_path, []), model=_tiny())
     assert len(forwards) == 15
+
+
+def test_embedded_images_are_preprocessed_once_then_read_from_disk(tmp_path, monkeypatch):
+    """A warm rerun reads the embedded images' tensors (decoding and resizing 200 images took
+    ~5 s per model and split); another preprocessing, split or count is another entry."""
+    import torch
+
+    from harness import lab as lab_mod
+    from harness.lab import Lab, Settings
+
+    decodes = count_calls(monkeypatch, lab_mod.data_mod, "load_images")
+
+    def lab(eval_images=3):
+        return Lab(Settings(models=["repvgg_a0", "resnest50"], eval_images=eval_images, cache_dir=tmp_path))
+
+    first = lab()
+    x, kept = first.inputs(first.zoo["repvgg_a0"])
+    assert len(decodes) == 1 and x.shape == (3, 3, 224, 224)
+    again = lab()  # the next session
+    x2, kept2 = again.inputs(again.zoo["repvgg_a0"])
+    assert len(decodes) == 1, "a warm session decoded the embedded images again"
+    assert torch.equal(x2, x) and [s.name for s in kept2] == [s.name for s in kept]
+    assert repr(again.zoo["resnest50"].preprocess) != repr(again.zoo["repvgg_a0"].preprocess)
+    assert not torch.equal(again.inputs(again.zoo["resnest50"])[0], x) and len(decodes) == 2  # ECenterCrop
+    assert lab().inputs(first.zoo["repvgg_a0"], "calib")[0].shape == (200, 3, 224, 224) and len(decodes) == 3
+    assert lab(eval_images=2).inputs(first.zoo["repvgg_a0"])[0].shape == (2, 3, 224, 224) and len(decodes) == 4
+
+
+def test_an_imagenet_folder_s_images_are_decoded_each_session(tmp_path):
+    """A user's file rewritten under the same name is read again: a folder's tensors are not
+    cached on disk (only its names would key them)."""
+    from PIL import Image
+    from test_data import make_imagenet
+
+    from harness.lab import Lab, Settings
+
+    folder = make_imagenet(tmp_path / "in", n=6)
+
+    def first_image():
+        lab = Lab(Settings(models=["repvgg_a0"], imagenet=folder, calib_images=2, cache_dir=tmp_path / "cache"))
+        return lab.inputs(lab.zoo["repvgg_a0"])[0][0]
+
+    before = first_image()
+    [path] = [p for p in (folder / "val").iterdir() if p.name.endswith("00000003.JPEG")]
+    Image.new("RGB", (60, 50), (250, 10, 10)).save(path, "JPEG")
+    assert not np.allclose(first_image(), before)
+    assert not (tmp_path / "cache" / "inputs").exists()
