@@ -216,6 +216,7 @@ fp16_onnx_mb | num | MB | | fp16 file size
 calibration | text | | method | calibration method (minmax, percentile, entropy, user)
 mode | text | | | how int8 was judged: labelled (top-1 drop) or noise-floor (agreement)
 judged_on | text | | | the figures the verdict rests on
+agreement_not_judged | text | | | why top-1 agreement is reported, not judged (too few distinct fp32 top-1 classes)
 int8_judged_as | text | | | which execution of the int8 file was judged (kernels or QDQ float simulation)
 int8_format | text | | | QDQ or QOperator
 int8_source | text | | | where the int8 file came from

@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 
+from harness import figures as figure_contract
 from harness.compare import CheckFailure, Inconclusive, binomial_halfwidth
 from harness.data import ImageSet, Sample
 from harness.quant import checks as qc
@@ -95,6 +96,9 @@ def test_few_classes_judges_on_cosine_and_reports_agreement_only():
                                   _one_class(_perturb(fp32, 0.3, 2)))
     figs = qc.judge_label_free(sound, subject="int8 test", where="synthetic")
     assert figs["judged_on"].startswith("cosine") and figs["fp32_distinct_top1"] == 1
+    # what the suite records on this pass (hrnet_w32/w40/w44, repvgg_b3g4 on the full tier) is declared
+    figure_contract.validate(figs, strict=True)
+    figure_contract.validate(e.value.figures, strict=True)
 
 
 def test_fp32_that_ignores_its_input_is_inconclusive_and_failing():
