@@ -213,7 +213,7 @@ def model_costs(cards: Sequence[Card], durations: Mapping[str, float]) -> tuple[
             continue
         g = proxies[c.id]
         # a family's own rate where one of it is measured: seconds per GMAC differ by family
-        # (measured, fixtures/durations/README.md: ResNeSt 60, RepVGG 56-86, HRNet 63-140, which has
+        # (measured, fixtures/durations/README.md: ResNeSt 53-60, RepVGG 51-86, HRNet 63-140, which has
         # the most activations per MAC for calibration to histogram)
         kin = [r for m, r in rates.items() if family[c.id] is not None and family[m] == family[c.id]]
         if g and kin:
