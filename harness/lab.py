@@ -233,9 +233,7 @@ class Lab:
 
         Undecodable images are dropped and reported in ``data_problems``.
         """
-        samples = self.images(split).samples[:limit] if limit else self.images(split).samples
-
-        def decode() -> tuple[torch.Tensor, list[data_mod.Sample]]:
+        def decode(samples: list[data_mod.Sample]) -> tuple[torch.Tensor, list[data_mod.Sample]]:
             if not samples and self._split_problem is not None:
                 raise self._split_problem  # not "the model predicts one class" on 0 images
             imgs, kept, problems = data_mod.load_images(samples)
@@ -243,12 +241,13 @@ class Lab:
             return reference_batch(imgs, card.preprocess), kept
 
         def build() -> tuple[torch.Tensor, list[data_mod.Sample]]:
+            samples = self.images(split).samples[:limit] if limit else self.images(split).samples
             if self.uses_real_data:  # a folder's files can change under the same names: decoded each session
-                return decode()
+                return decode(samples)
             position = {id(s): i for i, s in enumerate(samples)}
 
             def arrays() -> dict[str, np.ndarray]:
-                x, kept = decode()
+                x, kept = decode(samples)
                 return {"x": x.numpy(), "kept": np.array([position[id(s)] for s in kept], np.int64)}
 
             got = self.cache.arrays("inputs", self.embedded_inputs_key(card, split, limit), arrays)
@@ -265,7 +264,8 @@ class Lab:
 
         images = self.images(split)
         return {"images": images.digest(), "count": len(images.samples), "split": split, "limit": limit,
-                "preprocess": repr(card.preprocess), "code": INPUTS_CODE_DIGEST,
+                "preprocess": repr(card.preprocess), "code": self.memo("code_digest", INPUTS_CODE_FILES, _inputs_code_digest,
+                                                                       lambda _: 100),
                 "versions": {lib: version(lib) for lib in ("numpy", "pillow", "scikit-image", "torchvision")},
                 "torch": torch.__version__.split("+")[0]}
 
@@ -413,10 +413,13 @@ def cached_torch_logits(model: torch.nn.Module, x: np.ndarray | torch.Tensor, la
     return lab.cache.arrays("reference-logits", key, lambda: {"logits": torch_logits(model, xt, batch_size)})["logits"]
 
 
-# Part of the key of the embedded images' cached tensors: the source of the code that makes them
+# Part of the key of the embedded images' cached tensors: the digest of the code that makes them
 # (a change to how an image is synthesised, decoded or preprocessed is a new entry)
-INPUTS_CODE_DIGEST = hashlib.sha256(b"".join(
-    (Path(__file__).parent / name).read_bytes() for name in ("data.py", "transforms.py"))).hexdigest()[:16]
+INPUTS_CODE_FILES = ("data.py", "transforms.py")
+
+
+def _inputs_code_digest() -> str:
+    return hashlib.sha256(b"".join((Path(__file__).parent / n).read_bytes() for n in INPUTS_CODE_FILES)).hexdigest()[:16]
 
 # Part of the key of every number the lab caches on disk from a reference: a change to how it is
 # computed (torch_logits' batching, the inputs' preprocessing code) must bump it
