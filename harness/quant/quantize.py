@@ -17,6 +17,9 @@ helper) use. Choices, each measured on this project's machines:
 - Percentile histograms are merged on numpy's uniform-bin path (ORT's merge sorts every
   pass); the ranges are bit-identical to ORT's (tests/test_quant_calibration.py) at
   about half the calibration time.
+- Histograms of values (Percentile with asymmetric ranges, Entropy) are counted by
+  ``histogram.histogram``: numpy's equal-bin counts in one compiled pass, ~1.6x faster than
+  ``np.histogram``, which was ~70% of a calibration pass; same counts, so the same files.
 - One calibration pass for every method (``calibrate_methods``): ORT runs the model over the
   calibration images once and each method's collector (MinMax, Percentile, Entropy) gets the
   same tensors; the ranges are cached (``int8-ranges``) and each method's file is written from
@@ -45,6 +48,7 @@ import numpy as np
 from ..cache import array_digest, memoised
 from ..errors import InputError
 from ..onnxfile import INPUT_NAME
+from .histogram import histogram
 
 METHODS = ("minmax", "percentile", "entropy")
 # Smoke tier on the embedded set: every other image of the 200-image calibration split.
@@ -385,12 +389,33 @@ def _collect_value_prepared(collector, tensor: str, flat: np.ndarray, min_value,
         return
     threshold = np.array(max(abs(min_value), abs(max_value)), dtype=flat.dtype)
     if tensor in collector.histogram_dict:
-        collector.histogram_dict[tensor] = collector.merge_histogram(
+        collector.histogram_dict[tensor] = _merge_histogram(
             collector.histogram_dict[tensor], flat, min_value, max_value, threshold)
     else:
         # 0-d arrays as the range, as ORT passes them (the same float32 edges)
-        hist, hist_edges = np.histogram(flat, collector.num_bins, range=cast(Any, (-threshold, threshold)))
+        hist, hist_edges = histogram(flat, collector.num_bins, (-threshold, threshold))
         collector.histogram_dict[tensor] = (hist, hist_edges, min_value, max_value, threshold)
+
+
+def _merge_histogram(old_histogram: tuple, data, new_min, new_max, new_threshold) -> tuple:
+    """ORT's ``HistogramCollector.merge_histogram``, line for line, on ``histogram`` (numpy's
+    counts, compiled): a wider pass re-bins on the old stride, extended by whole bins each side."""
+    old_hist, old_hist_edges, old_min, old_max, old_threshold = old_histogram
+    if new_threshold <= old_threshold:
+        new_hist, _ = histogram(data, len(old_hist), (-old_threshold, old_threshold))
+        return new_hist + old_hist, old_hist_edges, min(old_min, new_min), max(old_max, new_max), old_threshold
+    if old_threshold == 0:
+        hist, hist_edges = histogram(data, len(old_hist), (-new_threshold, new_threshold))
+        hist += old_hist
+    else:
+        old_num_bins = len(old_hist)
+        old_stride = 2 * old_threshold / old_num_bins
+        half_increased_bins = int((new_threshold - old_threshold) // old_stride + 1)
+        new_num_bins = old_num_bins + 2 * half_increased_bins
+        new_threshold = half_increased_bins * old_stride + old_threshold
+        hist, hist_edges = histogram(data, new_num_bins, (-new_threshold, new_threshold))
+        hist[half_increased_bins: new_num_bins - half_increased_bins] += old_hist
+    return hist, hist_edges, min(old_min, new_min), max(old_max, new_max), new_threshold
 
 
 class _FanOut:
