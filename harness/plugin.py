@@ -589,7 +589,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     lab = lab_of(config)
     ids = set(lab.zoo)
-    rank = model_rank(lab.cards, config.getoption("--durations-file"))
+    rank = model_rank(lab.cards, config.getoption("--durations-file"), list(lab.zoo.values()))
 
     class ModelScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -607,13 +607,13 @@ def pytest_xdist_make_scheduler(config, log):
     return ModelScheduling(config, log)
 
 
-def model_rank(cards, durations_file: str | None) -> dict[str, int]:
+def model_rank(cards, durations_file: str | None, every_card=()) -> dict[str, int]:
     """Model id -> 0 for the most expensive of ``cards`` (recorded seconds, else the FLOPs
     estimate of harness/shards.py), 1 for the next; {} when no durations file is readable."""
     from .shards import durations_path, load_durations, model_costs
 
     try:
-        costs, _ = model_costs(cards, load_durations(durations_path(durations_file)))
+        costs, _ = model_costs(cards, load_durations(durations_path(durations_file)), every_card)
     except (OSError, ValueError, ZooconformError):
         return {}
     return {m: i for i, m in enumerate(sorted(costs, key=lambda m: (-costs[m].seconds, m)))}

@@ -188,10 +188,16 @@ def round_robin(ids: Iterable[str], count: int) -> Plan:
     return Plan(count, "round-robin", [ordered[i::count] for i in range(count)], [0.0] * count)
 
 
-def model_costs(cards: Sequence[Card], durations: Mapping[str, float]) -> tuple[dict[str, Cost], float]:
-    """Each card's cost (recorded, else estimated) and the recorded seconds of tests of no model."""
+def model_costs(cards: Sequence[Card], durations: Mapping[str, float],
+                every_card: Sequence[Card] = ()) -> tuple[dict[str, Cost], float]:
+    """Each card's cost (recorded, else estimated) and the recorded seconds of tests of no model.
+
+    ``every_card``: the zoo's cards, whose measured seconds per GMAC estimate the unmeasured of
+    ``cards`` (a selection of only unmeasured models has no rate of its own: without them its
+    models all cost nothing, and the scheduler handed them out by name, resnest269 last)."""
     ids = [c.id for c in cards]
     known = set(ids)
+    peers = [c for c in every_card if c.id not in known]
     summed: dict[str, float] = {}
     tests: dict[str, int] = {}
     other = 0.0
@@ -204,9 +210,15 @@ def model_costs(cards: Sequence[Card], durations: Mapping[str, float]) -> tuple[
             summed[model] = summed.get(model, 0.0) + seconds
             tests[model] = tests.get(model, 0) + 1
     costs = {m: Cost(s, f"measured ({tests[m]} test{'' if tests[m] == 1 else 's'})") for m, s in summed.items()}
-    proxies = {c.id: cost_proxy(c) for c in cards}
-    family = {c.id: getattr(c, "family", None) for c in cards}
-    rates = {m: costs[m].seconds / g for m, g in proxies.items() if m in costs and g}
+    proxies = {c.id: cost_proxy(c) for c in (*cards, *peers)}
+    family = {c.id: getattr(c, "family", None) for c in (*cards, *peers)}
+    peer_seconds: dict[str, float] = {}
+    for nodeid, seconds in durations.items():
+        model = model_of(nodeid, every_id | {c.id for c in peers})
+        if model is not None and model not in known:
+            peer_seconds[model] = peer_seconds.get(model, 0.0) + seconds
+    measured = {**{m: c.seconds for m, c in costs.items()}, **{m: s for m, s in peer_seconds.items() if m in proxies}}
+    rates = {m: measured[m] / g for m, g in proxies.items() if m in measured and g}
     rate = statistics.median(rates.values()) if rates else None
     for c in cards:
         if c.id in costs:

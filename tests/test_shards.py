@@ -125,6 +125,26 @@ def test_an_unmeasured_model_is_estimated_at_its_family_s_measured_rate():
     assert costs["resnest269"].how.endswith("(median of the measured resnest models)")
 
 
+def test_a_selection_of_only_unmeasured_models_is_ranked_at_the_zoo_s_rates():
+    """``--models resnest269,hrnet_w64,repvgg_b3,hrnet_w48`` (none measured): the rates come from
+    the zoo's measured models, so the scheduler starts resnest269 first. Estimated from the
+    selection alone, every cost was missing and the models went out by name, resnest269 last
+    (one worker then ran it alone for over an hour)."""
+    from harness.plugin import model_rank
+
+    d = durations(resnest50=300, repvgg_a0=70, hrnet_w18_small_v1=200)
+    chosen = cards("hrnet_w48", "hrnet_w64", "repvgg_b3", "resnest269")
+    alone, _ = shards.model_costs(chosen, d)
+    assert alone == {}  # what the scheduler had before: no cost at all
+    costs, _ = shards.model_costs(chosen, d, list(ZOO.values()))
+    assert set(costs) == set(ids(chosen)) and all(c.how.startswith("estimated:") for c in costs.values())
+    assert costs["resnest269"].seconds == pytest.approx(shards.cost_proxy(ZOO["resnest269"]) * 300
+                                                       / shards.cost_proxy(ZOO["resnest50"]))
+    rank = {m: i for i, m in enumerate(sorted(costs, key=lambda m: (-costs[m].seconds, m)))}
+    assert min(rank, key=rank.get) == "resnest269"
+    assert model_rank(chosen, None, list(ZOO.values()))["resnest269"] == 0  # the shipped durations file
+
+
 def test_tests_of_no_model_load_shard_one():
     d = {**durations(repvgg_a0=50, repvgg_a1=50), "suites/test_runtimes.py::test_det[ort]": 45.0}
     p = shards.plan(cards("repvgg_a0", "repvgg_a1"), 2, d)
