@@ -202,6 +202,35 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
     model.eval()
 
 
+def batchnorm_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of every BatchNorm (affine weights and running statistics): all that
+    ``randomise_bn`` and ``recalibrate_bn`` change of the seeded architecture."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for k, v in m.state_dict().items():
+                out[f"{name}.{k}" if name else k] = v.detach().contiguous().clone()
+    return out
+
+
+def load_batchnorm_tensors(model: nn.Module, tensors_file: Path, record_file: Path) -> str | None:
+    """Put ``batchnorm_tensors`` from ``tensors_file`` into the freshly seeded ``model``; None when
+    the whole state then has the digest ``record_file`` holds, else what differs (a message)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tensors_file))
+    if set(tensors) != set(batchnorm_tensors(model)):
+        return f"holds other BatchNorm tensors than {type(model).__name__}'s ({len(tensors)} stored)"
+    model.load_state_dict(tensors, strict=False)
+    want = json.loads(record_file.read_text())["state_digest"]
+    got = state_digest(model)
+    if got != want:
+        return f"gives state digest {got}, not the {want} it was built with (the seeded init differs here)"
+    return None
+
+
 def build_reference(card: ModelCard, checkpoint: Path | str | None = None,
                     calib: torch.Tensor | None = None, batch_size: int = 32) -> nn.Module:
     """The reference model in eval mode: checkpoint weights as given, else recalibrated init."""

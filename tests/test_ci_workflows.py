@@ -182,6 +182,50 @@ def test_the_checks_name_a_missing_shard_a_merge_that_does_not_wait_and_a_bad_op
     assert any("--plan 4` but nightly-shard.parallel is 5" in p for p in gitlab_problems(bad))
 
 
+# --- the references carried from night to night ------------------------------------------------
+
+CARRIED = {"reference", "reference-logits", "fp64-floor"}  # overhead only: never the work under test
+
+
+def carried_kinds(paths: list[str]) -> list[str]:
+    return [p.split(".zooconform-cache/", 1)[1].strip("/") for p in paths if ".zooconform-cache/" in p]
+
+
+def carry_problems(kinds: list[str], where: str) -> list[str]:
+    """The cache kinds a nightly shard restores: the seeded references, their logits and floors,
+    each a kind the harness writes (harness/phases.py CACHE_PHASES), and no artifact under test
+    (an export or int8 file carried over would not be tonight's toolchain's)."""
+    from harness.phases import CACHE_PHASES
+
+    out = [f"{where}: .zooconform-cache/{k} is no cache kind the harness writes ({sorted(CACHE_PHASES)})"
+           for k in kinds if k not in CACHE_PHASES]
+    out += [f"{where}: carries .zooconform-cache/{k}, an artifact under test, from an earlier night"
+            for k in kinds if k in CACHE_PHASES and k not in CARRIED]
+    if "reference" not in kinds:
+        out.append(f"{where}: the seeded references are not carried (every night recalibrates every BatchNorm)")
+    return out
+
+
+def github_carried(doc: dict) -> list[str]:
+    steps = doc["jobs"]["shard"]["steps"]
+    caches = [s for s in steps if str(s.get("uses", "")).startswith("actions/cache")]
+    return carried_kinds([line for s in caches for line in str(s["with"]["path"]).splitlines()])
+
+
+def gitlab_carried(doc: dict) -> list[str]:
+    caches = doc["nightly-shard"]["cache"]
+    return carried_kinds([p for c in (caches if isinstance(caches, list) else [caches]) for p in c.get("paths", [])])
+
+
+def test_nightly_shards_carry_the_seeded_references_and_nothing_under_test():
+    assert carry_problems(github_carried(load(NIGHTLY)), "nightly.yml") == []
+    assert carry_problems(gitlab_carried(load(GITLAB)), ".gitlab-ci.yml") == []
+    # planted: a typo, an int8 file carried over, and the references dropped
+    assert any("no cache kind" in p for p in carry_problems(["reference", "refrence-logits"], "x"))
+    assert any("artifact under test" in p for p in carry_problems(["reference", "int8"], "x"))
+    assert any("not carried" in p for p in carry_problems(["fp64-floor"], "x"))
+
+
 # --- the linters --------------------------------------------------------------------------------
 
 def lint(argv: list[str]) -> subprocess.CompletedProcess:

@@ -466,3 +466,91 @@ def test_an_imagenet_folder_s_images_are_decoded_each_session(tmp_path):
     Image.new("RGB", (60, 50), (250, 10, 10)).save(path, "JPEG")
     assert not np.allclose(first_image(), before)
     assert not (tmp_path / "cache" / "inputs").exists()
+
+
+# --- the seeded references: BatchNorm tensors and the state's digest ---------------------------
+
+@pytest.fixture
+def few_calibration_images(monkeypatch):
+    """References recalibrated on 16 embedded images, not 200: the same code path in a second
+    (the tests below build three)."""
+    from harness import lab
+
+    monkeypatch.setattr(lab, "DEFAULT_CALIB_IMAGES", 16)
+
+
+def _reference_lab(tmp_path):
+    from harness.lab import Lab, Settings
+
+    return Lab(Settings(models=["repvgg_a0"], cache_dir=tmp_path / "cache"))
+
+
+def _same_state(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch_equal(sa[k], sb[k]) for k in sa)
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_a_reference_is_kept_as_its_batchnorm_tensors_and_loads_without_recalibrating(tmp_path, monkeypatch,
+                                                                                       few_calibration_images):
+    """The entry holds the BatchNorm tensors (a few % of the state: a full tier's references went
+    from ~5 GB to a few MB) and the whole state's digest; the next session re-creates the seeded
+    architecture, puts them in and gets the same model, with no recalibration."""
+    from harness import models as models_mod
+
+    first_lab = _reference_lab(tmp_path)
+    card = first_lab.cards[0]
+    first = first_lab.reference(card)
+    folder = next((tmp_path / "cache" / "reference").glob("*/batchnorm.safetensors")).parent
+    state_bytes = sum(v.numel() * v.element_size() for v in first.state_dict().values())
+    stored = (folder / "batchnorm.safetensors").stat().st_size
+    assert stored < 0.05 * state_bytes, f"{stored} bytes stored for a state of {state_bytes}"
+    assert not list(folder.glob("state*"))
+
+    def no_recalibration(*a, **k):
+        raise AssertionError("recalibrated again: the cached BatchNorm tensors were not used")
+
+    monkeypatch.setattr(models_mod, "recalibrate_bn", no_recalibration)
+    again = _reference_lab(tmp_path).reference(card)
+    assert _same_state(first, again)
+
+
+def test_a_reference_whose_seeded_init_differs_here_is_rebuilt_with_a_note(tmp_path, monkeypatch, few_calibration_images):
+    """An entry made where the seeded init came out otherwise (another host's kernels; planted here
+    by nudging one conv weight of the re-created architecture) does not give the model it was built
+    from: its digest says so, and the entry is rebuilt on this host instead of used."""
+    import torch
+
+    from harness import models as models_mod
+
+    card = _reference_lab(tmp_path).cards[0]
+    _reference_lab(tmp_path).reference(card)
+    real = models_mod.create_architecture
+
+    def other_host(c):
+        model = real(c)
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if p.dim() == 4).view(-1)[0] += 1e-3
+        return model
+
+    monkeypatch.setattr(models_mod, "create_architecture", other_host)
+    calls = count_calls(monkeypatch, models_mod, "recalibrate_bn")
+    lab = _reference_lab(tmp_path)
+    model = lab.reference(card)
+    assert calls == [1], "the entry was used although its digest differs"
+    assert len(lab.cache.notes) == 1 and "state digest" in lab.cache.notes[0] and "seeded init" in lab.cache.notes[0]
+    nudged = other_host(card)  # the model is this host's init, recalibrated here
+    conv = [n for n, p in nudged.named_parameters() if p.dim() == 4][0]
+    assert torch.equal(dict(model.named_parameters())[conv], dict(nudged.named_parameters())[conv])
+    assert models_mod.load_batchnorm_tensors(real(card), *_entry_files(tmp_path)) is not None
+    assert models_mod.load_batchnorm_tensors(other_host(card), *_entry_files(tmp_path)) is None
+
+
+def _entry_files(tmp_path):
+    folder = next((tmp_path / "cache" / "reference").glob("*/batchnorm.safetensors")).parent
+    return folder / "batchnorm.safetensors", folder / "reference.json"
