@@ -347,3 +347,93 @@ def test_the_layer_report_is_read_from_disk_by_the_next_session_and_a_changed_fi
     assert built == [1, 1] and other.tensors != first.tensors
     qc.layer_report_for(FakeLab(tmp_path, inputs=calib[8:16]), card, subject, recorder())
     assert built == [1, 1, 1], "other images were served the first images' report"
+
+
+def test_layer_report_runs_one_graph_of_scalar_sums_in_pair_order_and_gives_ort_s_sqnr(tiny, monkeypatch):
+    """The report must not hold every tensor of every image (ORT's collect_activations does: a
+    resnest269 worker went past 19 GB): one comparison graph whose outputs are scalars only,
+    its nodes listed pair by pair so each tensor dies after its sums, fed one batch at a time,
+    and the same figures as ORT's debug tooling computes over the whole set at once."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from harness.quant.qdq_report import FLOAT_PREFIX, qdq_pairs
+    from harness.runtimes import ort as rt
+
+    folder, fp32, pre, calib = tiny
+    int8 = qz.quantize_file(fp32, folder / "streamed.onnx", calib, qz.QuantOptions(method="minmax"),
+                            preprocessed=pre).path
+    x = calib[:6]
+    fed, returned, graphs = [], [], []
+    real_session = rt.session
+
+    def watching_session(path, *a, **kw):
+        sess = real_session(path, *a, **kw)
+        graphs.append(onnx.load(str(path)))
+
+        class Watched:
+            def __getattr__(self, name):
+                return getattr(sess, name)
+
+            def run(self, names, feed):
+                fed.extend(len(v) for v in feed.values())
+                out = sess.run(names, feed)
+                returned.extend(np.shape(v) for v in out)
+                return out
+        return Watched()
+
+    monkeypatch.setattr(rt, "session", watching_session)
+    rep = qc.layer_report(pre, int8, x, batch=2)
+    monkeypatch.undo()
+
+    acts, _ = qdq_pairs(onnx.load(str(int8)))
+    assert len(graphs) == 1 and fed == [2, 2, 2] and set(returned) == {()}  # scalars only, two images a run
+    listed = [n.name for n in graphs[0].graph.node]
+    first_sum = next(i for i, n in enumerate(listed) if n.startswith("zc.signal/"))
+    last_float = max(i for i, n in enumerate(listed) if n.startswith(FLOAT_PREFIX))
+    assert first_sum < last_float  # the first pair's sums come before the float graph's end
+
+    aug_q, aug_f = folder / "oracle.q.onnx", folder / "oracle.f.onnx"
+    modify_model_output_intermediate_tensors(str(int8), str(aug_q))
+    modify_model_output_intermediate_tensors(str(pre), str(aug_f))
+    q = collect_activations(str(aug_q), qz.ArrayCalibrationReader(x, batch=6))
+    f = collect_activations(str(aug_f), qz.ArrayCalibrationReader(x, batch=6))
+    measured = {t.name: t for t in rep.activations()}
+    # ORT folds a Relu into an asymmetric pair: its own error is against relu(input)
+    float_op = {o: n.op_type for n in onnx.load(str(pre)).graph.node for o in n.output}
+    int8_op = {o: n.op_type for n in onnx.load(str(int8)).graph.node for o in n.output}
+    folded = {n for n, op in float_op.items() if op == "Relu" and int8_op.get(n) != "Relu"}
+    assert folded & set(measured) and len(measured) == len(acts)
+    for name, post, _ in acts:
+        reference = [np.maximum(a, 0) for a in q[name]] if name in folded else q[name]
+        assert measured[name].local_db == pytest.approx(compute_signal_to_quantization_noice_ratio(reference, q[post]),
+                                                        abs=1e-6), name
+        float_name = name.removesuffix("_QuantizeLinear_Input") if name not in f else name
+        assert measured[name].xmodel_db == pytest.approx(
+            compute_signal_to_quantization_noice_ratio(f[float_name], q[post]), abs=1e-6), name
+    assert rep.unmatched == 0
+    logits_f = rt.run(rt.session(pre, optimization="none"), x)
+    logits_q = rt.run(rt.session(int8, optimization="none"), x)
+    assert rep.logits_db == pytest.approx(compute_signal_to_quantization_noice_ratio(logits_f, logits_q), abs=1e-6)
+
+
+def test_layer_report_of_a_float_model_at_another_opset_keeps_local_sqnr_and_says_why_no_accumulated(tiny):
+    """One graph cannot hold two opsets of one domain: the float model then stays out of the
+    comparison graph, the pairs' own SQNR and the logits' are still measured, and a note says why
+    the accumulated SQNR is missing."""
+    from onnx import version_converter
+
+    folder, fp32, pre, calib = tiny
+    int8 = qz.quantize_file(fp32, folder / "opset.int8.onnx", calib, qz.QuantOptions(method="minmax"),
+                            preprocessed=pre).path
+    older = folder / "tiny.pre.opset16.onnx"
+    onnx.save(version_converter.convert_version(onnx.load(str(pre)), 16), str(older))
+    x = calib[:4]
+    same, other = qc.layer_report(pre, int8, x), qc.layer_report(older, int8, x)
+    assert [round(t.local_db, 6) for t in other.activations()] == [round(t.local_db, 6) for t in same.activations()]
+    assert all(t.xmodel_db is None for t in other.activations()) and other.unmatched == len(other.activations())
+    assert other.logits_db == pytest.approx(same.logits_db, abs=1e-6)
+    assert any("opset 16" in n and "opset 17" in n for n in other.notes), other.notes

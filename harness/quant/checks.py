@@ -898,7 +898,7 @@ def calibration_images_taken(lab) -> int:
 # --- the layer report (harness/quant/qdq_report.py builds it) -----------------------
 
 # Part of every cached layer report's key: a change to what the report measures must bump it
-LAYER_REPORT_VERSION = 1
+LAYER_REPORT_VERSION = 2  # 2: sums in one comparison graph (logits from the float simulation)
 
 
 def layer_report_for(lab, card, subject: Subject, record) -> LayerReport:

@@ -7,6 +7,7 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,14 +174,15 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
 
     ``float_path`` must be the float model the int8 one was made from (tensor names kept):
     for zooconform's models the ``quant_pre_process`` output.
-    """
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_signal_to_quantization_noice_ratio,
-        modify_model_output_intermediate_tensors,
-    )
 
-    from .quantize import ArrayCalibrationReader, _quiet
+    The sums are taken inside one comparison graph (:func:`comparison_graph`) that returns
+    scalars only, so memory stays that of running the two models: collecting every tensor of
+    both graphs (ORT's ``collect_activations``) took a resnest269 worker past 19 GB.
+    Both run as float simulations (ORT_DISABLE_ALL), as the int8 verdict does.
+    """
+    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
+
+    from .quantize import _quiet
 
     int8_model = onnxfile.load_checked(int8_path)
     acts, weights = qdq_pairs(int8_model)
@@ -191,29 +193,13 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
             order[o] = i
     n_nodes = max(len(float_model.graph.node), 1)
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="zc-qdq-") as tmp, _quiet():
-        aug_q, aug_f = Path(tmp) / "int8.aug.onnx", Path(tmp) / "float.aug.onnx"
-        modify_model_output_intermediate_tensors(str(int8_path), str(aug_q))
-        modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
-        q_name, f_name = onnxfile.input_name_of(int8_model, int8_path), onnxfile.input_name_of(float_model, float_path)
-        q_acts = collect_activations(str(aug_q), ArrayCalibrationReader(x, batch=batch, input_name=q_name))
-        f_acts = collect_activations(str(aug_f), ArrayCalibrationReader(x, batch=batch, input_name=f_name))
-    # outputs of the models themselves (not saved by the augmentation): run both once
-    out_f = rt.run(rt.session(float_path, optimization="basic"), x)
-    out_q = rt.run(rt.session(int8_path, optimization="basic"), x)
-
-    def sums(a, b):
-        a = np.concatenate([np.asarray(v, np.float64).ravel() for v in a])
-        b = np.concatenate([np.asarray(v, np.float64).ravel() for v in b])
-        return float(np.sum(a * a)), float(np.sum((a - b) ** 2))
-
-    # ORT drops a Relu whose output is asymmetrically quantized: the pair then takes the
-    # conv output and its zero point at the range's bottom *is* the ReLU. Its own error is
-    # measured against relu(input), or every such pair would read ~3 dB.
     float_op = {o: n.op_type for n in float_model.graph.node for o in n.output}
     producer_name = {o: n.name for n in float_model.graph.node for o in n.output}
     int8_op = {o: n.op_type for n in int8_model.graph.node for o in n.output}
 
+    # ORT drops a Relu whose output is asymmetrically quantized: the pair then takes the
+    # conv output and its zero point at the range's bottom *is* the ReLU. Its own error is
+    # measured against relu(input), or every such pair would read ~3 dB.
     # A foreign int8 file (other tool, other float graph) may not share our tensor names:
     # there a pair whose zero point sits at the bottom of its type's range, fed by a node
     # other than Relu, is taken to be a folded ReLU.
@@ -232,22 +218,34 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
         value = numpy_helper.to_array(zp)
         return value.size == 1 and int(value.ravel()[0]) == int(np.iinfo(value.dtype).min)
 
-    def pair_input(name, arrays):
-        return [np.maximum(a, 0) for a in arrays] if folds_relu(name) else arrays
+    pairs = [(pre, post) for pre, post, _ in acts]
+    graph, sums = comparison_graph(float_model, int8_model, pairs, {pre for pre, _ in pairs if folds_relu(pre)},
+                                   float_path=float_path, int8_path=int8_path)
+    if not graph.float_included:
+        notes.append(graph.float_excluded)
+    totals = dict.fromkeys(sums, 0.0)
+    with tempfile.TemporaryDirectory(prefix="zc-qdq-") as tmp, _quiet():
+        session = rt.session(graph.save(Path(tmp)), optimization="none", in_listed_order=True)
+        graph.model = None  # ORT holds its own copy
+        names = [o.name for o in session.get_outputs()]
+        for start in range(0, len(x), batch):
+            xb = np.ascontiguousarray(x[start:start + batch], dtype=np.float32)
+            for name, value in zip(names, session.run(names, {graph.input_name: xb}), strict=True):
+                totals[name] += float(value)
+        del session
+        logits_db = sqnr_db(*(totals[n] for n in sums.logits)) if sums.logits else _logits_apart(float_path, int8_path, x)
 
     tensors: list[TensorError] = []
     unmatched = 0
-    for pre, post, scale in acts:
-        if pre not in q_acts or post not in q_acts:
+    for (pre, _post, scale), local, accumulated in zip(acts, sums.local, sums.accumulated, strict=True):
+        if local is None:
             continue
-        local = sqnr_db(*sums(pair_input(pre, q_acts[pre]), q_acts[post]))
-        xmodel = None
-        if pre in f_acts:
-            xmodel = sqnr_db(*sums(f_acts[pre], q_acts[post]))
-        else:
-            unmatched += 1
-        depth = order.get(pre, -1) + 1
-        tensors.append(TensorError(pre, "activation", depth / n_nodes, local, xmodel, scale, producer_name.get(pre, "")))
+        xmodel = sqnr_db(*(totals[n] for n in accumulated)) if accumulated else None
+        unmatched += xmodel is None
+        float_name = graph.float_name_of(pre)
+        depth = order.get(float_name, -1) + 1
+        tensors.append(TensorError(pre, "activation", depth / n_nodes, sqnr_db(*(totals[n] for n in local)), xmodel,
+                                   scale, producer_name.get(float_name, "")))
     consumer: dict[str, tuple[int, str]] = {}
     for i, node in enumerate(float_model.graph.node):
         for name in node.input:
@@ -255,5 +253,208 @@ def layer_report(float_path: Path, int8_path: Path, x: np.ndarray, batch: int = 
     for name, db, scale in weight_errors(float_model, int8_model, weights, compute_signal_to_quantization_noice_ratio):
         i, node_name = consumer.get(name, (-1, ""))
         tensors.append(TensorError(name, "weight", (i + 1) / n_nodes, db, None, scale, node_name))
-    logits_db = sqnr_db(*sums([out_f], [out_q]))
     return LayerReport(tensors, len(x), logits_db, unmatched, notes)
+
+
+def _logits_apart(float_path: Path, int8_path: Path, x: np.ndarray) -> float:
+    """Logits SQNR from two plain runs, for a float graph the comparison graph cannot hold."""
+    out_f = rt.run(rt.session(float_path, optimization="none"), x)
+    out_q = rt.run(rt.session(int8_path, optimization="none"), x)
+    f, q = np.asarray(out_f, np.float64), np.asarray(out_q, np.float64)
+    return sqnr_db(float(np.sum(f * f)), float(np.sum((f - q) ** 2)))
+
+
+# --- the comparison graph ---------------------------------------------------------------------
+
+FLOAT_PREFIX = "zc.float/"   # the float graph's names inside the comparison graph
+# ORT renames a quantized graph output's producer tensor to '<output>_QuantizeLinear_Input'
+GRAPH_OUTPUT_SUFFIX = "_QuantizeLinear_Input"
+# protobuf's limit: a bigger graph keeps its weights in an external-data file next to it
+_PROTO_LIMIT = 2**31 - 2**20
+
+
+@dataclass
+class SumNames:
+    """Output names of the comparison graph, each a float64 scalar: per pair, (signal, noise) of
+    its own error (``local``) and of the error against the float model (``accumulated``; None
+    without a float counterpart); ``logits`` the same for the models' outputs (None when the
+    float graph is not included)."""
+    local: list[tuple[str, str] | None]
+    accumulated: list[tuple[str, str] | None]
+    logits: tuple[str, str] | None
+
+    def __iter__(self):
+        for pair in [*self.local, *self.accumulated, self.logits]:
+            if pair:
+                yield from pair
+
+
+@dataclass
+class ComparisonGraph:
+    model: Any                  # onnx.ModelProto; None once a session holds it
+    input_name: str
+    float_included: bool
+    float_excluded: str = ""    # why not, when not
+    float_names: dict = field(default_factory=dict)  # int8 tensor -> float tensor, where they differ
+
+    def float_name_of(self, int8_name: str) -> str:
+        return self.float_names.get(int8_name, int8_name)
+
+    def save(self, folder: Path) -> Path:
+        import onnx
+
+        path = folder / "comparison.onnx"
+        external = self.model.ByteSize() > _PROTO_LIMIT
+        onnx.save(self.model, str(path), save_as_external_data=external,
+                  location="comparison.onnx.data" if external else None)
+        return path
+
+
+def _float_graph_unfit(float_model, int8_model) -> str:
+    """Why the float graph cannot share a graph with the int8 one ('' when it can)."""
+    q_opsets = {o.domain or "ai.onnx": o.version for o in int8_model.opset_import}
+    for o in float_model.opset_import:
+        domain = o.domain or "ai.onnx"
+        if domain in q_opsets and q_opsets[domain] != o.version:
+            return (f"accumulated SQNR not measured: the float model imports {domain} opset {o.version}, the int8 "
+                    f"file opset {q_opsets[domain]} (one graph cannot hold both)")
+    if any(a.type in (5, 10) for n in float_model.graph.node for a in n.attribute):  # GRAPH, GRAPHS
+        return "accumulated SQNR not measured: the float model has subgraphs (If/Loop/Scan)"
+    return ""
+
+
+def comparison_graph(float_model, int8_model, pairs: list[tuple[str, str]], relu_folded: set[str], *,
+                     float_path: Path, int8_path: Path) -> tuple[ComparisonGraph, SumNames]:
+    """One graph holding the int8 model, the float model (its names prefixed) on the same input,
+    and per QDQ pair the float64 sums of squares that its SQNR needs; its only outputs are those
+    scalars.
+
+    The nodes are listed pair by pair, each pair's float and int8 producers just before its
+    sums, and run in that order (``in_listed_order``): a tensor lives until its last sum, as in
+    running each model alone, instead of every tensor until the end."""
+    from onnx import TensorProto, helper
+
+    q_in, f_in = onnxfile.input_name_of(int8_model, int8_path), onnxfile.input_name_of(float_model, float_path)
+    unfit = _float_graph_unfit(float_model, int8_model)
+    q_made = {o for n in int8_model.graph.node for o in n.output}
+    f_made = {o for n in float_model.graph.node for o in n.output}
+
+    def f_renamed(name: str) -> str:
+        return q_in if name == f_in else (FLOAT_PREFIX + name if name else name)
+
+    nodes = list(int8_model.graph.node)
+    initializers = list(int8_model.graph.initializer)
+    float_names: dict[str, str] = {}
+    if not unfit:
+        for node in float_model.graph.node:
+            copy = type(node)()
+            copy.CopyFrom(node)
+            copy.input[:] = [f_renamed(i) for i in node.input]
+            copy.output[:] = [f_renamed(o) for o in node.output]
+            copy.name = FLOAT_PREFIX + node.name
+            nodes.append(copy)
+        for init in float_model.graph.initializer:
+            copy = type(init)()
+            copy.CopyFrom(init)
+            copy.name = FLOAT_PREFIX + init.name
+            initializers.append(copy)
+        for pre, _ in pairs:
+            if pre not in f_made and pre.endswith(GRAPH_OUTPUT_SUFFIX) and pre[:-len(GRAPH_OUTPUT_SUFFIX)] in f_made:
+                float_names[pre] = pre[:-len(GRAPH_OUTPUT_SUFFIX)]
+
+    extra: list = []
+    as_double: dict[str, str] = {}
+
+    def double(name: str) -> str:
+        if name not in as_double:
+            as_double[name] = f"zc.f64/{len(as_double)}"
+            extra.append(helper.make_node("Cast", [name], [as_double[name]], to=TensorProto.DOUBLE,
+                                          name=as_double[name]))
+        return as_double[name]
+
+    outputs: list[str] = []
+
+    def sums_of(reference: str, measured: str) -> tuple[str, str]:
+        k = len(outputs) // 2
+        ref = double(reference)
+        diff = f"zc.diff/{k}"
+        extra.append(helper.make_node("Sub", [ref, double(measured)], [diff], name=diff))
+        for name, of in ((f"zc.signal/{k}", ref), (f"zc.noise/{k}", diff)):
+            extra.append(helper.make_node("ReduceSumSquare", [of], [name], keepdims=0, name=name))
+            outputs.append(name)
+        return outputs[-2], outputs[-1]
+
+    # each pair's sums are appended right after the nodes they need (see ordering below)
+    groups: list[tuple[int, int]] = []  # the extra nodes [first, end) of each pair's sums
+    local: list[tuple[str, str] | None] = []
+    accumulated: list[tuple[str, str] | None] = []
+    for pre, post in pairs:
+        if not ((pre in q_made or pre == q_in) and post in q_made):
+            local.append(None)
+            accumulated.append(None)
+            continue
+        first = len(extra)
+        reference = pre
+        if pre in relu_folded:
+            reference = f"zc.relu/{len(local)}"
+            extra.append(helper.make_node("Relu", [pre], [reference], name=reference))
+        local.append(sums_of(reference, post))
+        float_pre = float_names.get(pre, pre)
+        if not unfit and (float_pre in f_made or pre == q_in):
+            accumulated.append(sums_of(q_in if pre == q_in else FLOAT_PREFIX + float_pre, post))
+        else:
+            accumulated.append(None)
+        groups.append((first, len(extra)))
+    logits = None
+    if not unfit:
+        first = len(extra)
+        logits = sums_of(f_renamed(float_model.graph.output[0].name), int8_model.graph.output[0].name)
+        groups.append((first, len(extra)))
+
+    model = helper.make_model(
+        helper.make_graph(_listed_pair_by_pair(nodes, extra, groups), "zooconform_layer_report",
+                          [i for i in int8_model.graph.input if i.name == q_in],
+                          [helper.make_tensor_value_info(n, TensorProto.DOUBLE, []) for n in outputs],
+                          initializers),
+        opset_imports=_merged_opsets(float_model, int8_model, unfit))
+    model.ir_version = max(int8_model.ir_version, 0 if unfit else float_model.ir_version)
+    return (ComparisonGraph(model, q_in, not unfit, unfit, float_names),
+            SumNames(local, accumulated, logits))
+
+
+def _merged_opsets(float_model, int8_model, unfit: str) -> list:
+    merged = {o.domain: o for o in int8_model.opset_import}
+    if not unfit:
+        for o in float_model.opset_import:
+            merged.setdefault(o.domain, o)
+    return list(merged.values())
+
+
+def _listed_pair_by_pair(nodes: list, extra: list, groups: list[tuple[int, int]]) -> list:
+    """``nodes`` (both models) and ``extra`` (the sums) in one topological order: for each group of
+    sums, the not yet listed producers of its inputs (depth first), then the group; then whatever
+    is left. Iterative: a 269-layer graph is deeper than Python's recursion limit."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    made_by_extra = {o for n in extra for o in n.output}
+    listed: list = []
+    done = [False] * len(nodes)
+
+    def list_producers_of(tensors) -> None:
+        stack = [(producer[t], False) for t in tensors if t in producer]
+        while stack:
+            i, expanded = stack.pop()
+            if done[i]:
+                continue
+            if expanded:
+                done[i] = True
+                listed.append(nodes[i])
+                continue
+            stack.append((i, True))
+            stack.extend((producer[t], False) for t in nodes[i].input if t in producer and not done[producer[t]])
+
+    for first, end in groups:
+        group = extra[first:end]
+        list_producers_of([t for n in group for t in n.input if t not in made_by_extra])
+        listed.extend(group)
+    list_producers_of([o for n in nodes for o in n.output])
+    return listed

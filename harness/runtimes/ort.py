@@ -50,8 +50,11 @@ def providers(prefer_gpu: bool = False) -> list[str]:
 
 def session(path: Path | str, threads: int | None = None, provider: str = CPU_EP,
             optimization: str = "all", spinning: bool = True, disabled_optimizers: Sequence[str] = (),
-            provider_options: dict[str, Any] | None = None) -> Any:
+            provider_options: dict[str, Any] | None = None, in_listed_order: bool = False) -> Any:
     """An InferenceSession for a checked file. ``threads``: intra-op threads (None = ORT default).
+    ``in_listed_order`` (float simulations only, ``optimization="none"``): run the nodes in the
+    order the file lists them (ORT's priority-based order, all priorities equal, picks the lowest
+    index among the ready nodes), so a graph written to free its tensors early does.
     ``spinning=False``: idle intra-op threads sleep instead of spin-waiting for work.
     ``optimization="none"`` runs a QDQ int8 file as a float simulation (Q/DQ and float ops, no
     integer kernels); ``disabled_optimizers``: ORT graph transformers to leave out."""
@@ -70,6 +73,15 @@ def session(path: Path | str, threads: int | None = None, provider: str = CPU_EP
     }[optimization]
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if in_listed_order:
+        if optimization != "none":
+            raise ValueError("in_listed_order needs optimization='none': fusions rewrite the listed graph")
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        # ORT's QDQ pass gives every consumer of a DequantizeLinear its own copy even at
+        # ORT_DISABLE_ALL, appended at the end of the list: a chain waiting on such a copy ran
+        # last, and a resnest269 comparison graph held 1.8 GB instead of 0.09 GB. The copies
+        # compute the same values; without fusions nothing else of the pass applies.
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.log_severity_level = 3
     eps: list[Any] = [(provider, dict(provider_options)) if provider_options else provider]
     if provider != CPU_EP:
