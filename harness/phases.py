@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -90,6 +91,8 @@ class PhaseLog:
     # called as each phase starts: an xdist worker takes the CPUs another worker has left
     # (harness/plugin.py), so a long test's later phases run on them, not only the next test
     on_start: Callable[[], None] | None = field(default=None, repr=False)
+    # the process's peak resident memory in MB (a test gives its own)
+    peak_mb: Callable[[], float | None] = field(default=lambda: process_peak_mb(), repr=False)
     _fd: int | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -105,6 +108,7 @@ class PhaseLog:
         frame = _Frame(model)
         if self.on_start is not None:
             self.on_start()
+        peak_before = self.peak_mb()
         start = time.monotonic()
         self._emit({"ev": "start", "id": ident, "phase": phase, "model": model, "t": time.time()})
         stack.append(frame)
@@ -115,8 +119,12 @@ class PhaseLog:
             seconds = time.monotonic() - start
             if parent is not None:
                 parent.children_s += seconds
-            self._emit({"ev": "end", "id": ident, "phase": phase, "model": model, "t": time.time(),
-                        "s": round(seconds, 4), "self_s": round(max(0.0, seconds - frame.children_s), 4)})
+            end = {"ev": "end", "id": ident, "phase": phase, "model": model, "t": time.time(),
+                   "s": round(seconds, 4), "self_s": round(max(0.0, seconds - frame.children_s), 4)}
+            peak_after = self.peak_mb()
+            if peak_after is not None and peak_before is not None and peak_after > peak_before:
+                end["peak_mb"] = round(peak_after)  # this phase set the process's highest memory so far
+            self._emit(end)
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self._lock:
@@ -136,6 +144,16 @@ class PhaseLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def process_peak_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def in_phase(lab: Any, phase: str) -> AbstractContextManager[Any]:
@@ -208,14 +226,22 @@ def _label(e: dict[str, Any]) -> str:
 
 def profile(events: Iterable[dict[str, Any]], busy_s: float | None = None) -> dict[str, Any]:
     """Self seconds per model and phase from the end events; ``busy_s``: the summed durations of
-    every test (setup + call + teardown), for the overhead ratio and the unattributed rest."""
+    every test (setup + call + teardown), for the overhead ratio and the unattributed rest.
+    ``memory``: per model, the highest peak resident memory of its process that one of its phases
+    set, and which phase (a model that never raised its process's peak, e.g. a small one after a
+    large one on the same -j worker, has no entry): what a runner must hold for it."""
     by_model: dict[str, dict[str, float]] = {}
     totals: dict[str, float] = {}
+    memory: dict[str, dict[str, Any]] = {}
     for e in events:
         if e.get("ev") != "end" or e.get("phase") not in PHASES:
             continue
         seconds = float(e.get("self_s", e.get("s", 0.0)))
         model = e.get("model") or "(all models)"
+        # the highest process peak a model's phases set; an outer phase ends after the inner one
+        # that set the same peak, so ">" keeps the inner (the one that did it)
+        if e.get("peak_mb") is not None and float(e["peak_mb"]) > float(memory.get(model, {}).get("peak_mb", 0)):
+            memory[model] = {"peak_mb": round(float(e["peak_mb"])), "phase": e["phase"]}
         by_model.setdefault(model, {})
         by_model[model][e["phase"]] = by_model[model].get(e["phase"], 0.0) + seconds
         totals[e["phase"]] = totals.get(e["phase"], 0.0) + seconds
@@ -229,6 +255,8 @@ def profile(events: Iterable[dict[str, Any]], busy_s: float | None = None) -> di
         "accounted_s": round(accounted, 2),
         "essential_phases": sorted(ESSENTIAL),
     }
+    if memory:
+        out["memory"] = dict(sorted(memory.items()))
     if busy_s is not None:
         out["tests_s"] = round(busy_s, 2)
         out["unattributed_s"] = round(max(0.0, busy_s - accounted), 2)
@@ -244,6 +272,9 @@ def merge_profiles(profiles: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
     for prof in profiles:
         for model, phases in ((prof or {}).get("by_model") or {}).items():
             events += [{"ev": "end", "phase": p, "model": model, "self_s": s} for p, s in phases.items()]
+        for model, peak in ((prof or {}).get("memory") or {}).items():
+            events.append({"ev": "end", "phase": peak["phase"], "model": model, "self_s": 0.0,
+                           "peak_mb": peak["peak_mb"]})
         if (prof or {}).get("tests_s") is not None:
             tests_s, any_tests = tests_s + float(prof["tests_s"]), True  # type: ignore[index]
     return profile(events, busy_s=tests_s if any_tests else None)

@@ -209,19 +209,29 @@ def phases_section(doc: dict[str, Any]) -> str:
         kind, mark = ("work under test", "") if p in essential else ("suite overhead", " *")
         return f'<th title="{kind}">{esc(p)}{mark}</th>'
 
+    memory: dict[str, dict[str, Any]] = prof.get("memory") or {}
+
+    def peak(model: str) -> str:
+        m = memory.get(model)
+        return f'<td title="set in {esc(m["phase"])}">{esc(m["peak_mb"])}</td>' if m else f"<td>{DASH}</td>"
+
     rows = []
     for model, ph in sorted(by_model.items(), key=lambda kv: -sum(kv[1].values())):
         cells = "".join(f"<td>{esc(round(ph[p], 1)) if p in ph else DASH}</td>" for p in cols)
-        rows.append(f"<tr><td>{esc(model)}</td>{cells}<td>{esc(round(sum(ph.values()), 1))}</td></tr>")
+        rows.append(f"<tr><td>{esc(model)}</td>{cells}<td>{esc(round(sum(ph.values()), 1))}</td>{peak(model)}</tr>")
+    highest = max((m["peak_mb"] for m in memory.values()), default=None)
     rows.append("<tr><td><b>all</b></td>" + "".join(f"<td><b>{esc(round(totals[p], 1))}</b></td>" for p in cols)
-                + f"<td><b>{esc(prof.get('accounted_s'))}</b></td></tr>")
+                + f"<td><b>{esc(prof.get('accounted_s'))}</b></td>"
+                + f"<td><b>{esc(highest) if highest is not None else DASH}</b></td></tr>")
     ratio = prof.get("overhead_ratio")
     line = (f"tests {prof.get('tests_s')} s in all; work under test ({', '.join(sorted(essential))}) "
             f"{prof.get('essential_s')} s; not in any phase {prof.get('unattributed_s')} s; overhead ratio "
             f"{ratio if ratio is not None else DASH} (tests / work under test; goal \u2264 {OVERHEAD_GOAL}). "
-            "* suite overhead: references, floors, diagnoses.")
+            "* suite overhead: references, floors, diagnoses. peak MB: the highest resident memory of the "
+            "test process that one of the model's phases set (what a runner must hold for it; "
+            "– when it never raised its worker's peak).")
     return ('<h2 id="phases">Where the time went</h2>'
-            "<table><tr><th>model</th>" + "".join(head(p) for p in cols) + "<th>total s</th></tr>"
+            "<table><tr><th>model</th>" + "".join(head(p) for p in cols) + "<th>total s</th><th>peak MB</th></tr>"
             + "".join(rows) + f'</table><p class="small">{esc(line)}</p>')
 
 

@@ -114,6 +114,12 @@ def results_schema() -> dict[str, Any]:
                     "tests_s": {"type": "number", "minimum": 0},
                     "unattributed_s": {"type": "number", "minimum": 0},
                     "overhead_ratio": {"type": ["number", "null"], "minimum": 0},
+                    "memory": {"type": "object", "description": "per model, the highest peak resident memory "
+                               "(MB) of its process that one of its phases set, and that phase",
+                               "additionalProperties": {
+                                   "type": "object", "required": ["peak_mb", "phase"], "additionalProperties": False,
+                                   "properties": {"peak_mb": {"type": "number", "minimum": 0},
+                                                  "phase": {"enum": sorted(PHASES)}}}},
                 },
                 "additionalProperties": False,
             },

@@ -33,6 +33,9 @@ def one_screen(doc: dict[str, Any], width: int = 100) -> list[str]:
         top = ", ".join(f"{p} {s:.0f} s" for p, s in list(prof["totals"].items())[:5])
         ratio = prof.get("overhead_ratio")
         lines.append(f"time: {top}; overhead ratio {ratio if ratio is not None else '-'} (tests / work under test)")
+    if prof.get("memory"):  # the memory a runner must hold: the highest process peak and who set it
+        model, peak = max(prof["memory"].items(), key=lambda kv: kv[1]["peak_mb"])
+        lines.append(f"memory: peak {peak['peak_mb']} MB of one test process, set by {model} ({peak['phase']})")
     for note in doc.get("notes") or []:
         lines.append(f"  {note}")
     failing = failing_tests(doc) + [t for t in doc["tests"] if t["outcome"] == "inconclusive" and not t.get("failing")]
