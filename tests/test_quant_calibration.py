@@ -437,3 +437,20 @@ def test_layer_report_of_a_float_model_at_another_opset_keeps_local_sqnr_and_say
     assert all(t.xmodel_db is None for t in other.activations()) and other.unmatched == len(other.activations())
     assert other.logits_db == pytest.approx(same.logits_db, abs=1e-6)
     assert any("opset 16" in n and "opset 17" in n for n in other.notes), other.notes
+
+
+def test_layer_report_takes_a_float_model_whose_nodes_have_no_names(tiny):
+    """onnxsim and other tools leave node names empty: the comparison graph must not turn them
+    into one duplicated name (ORT refuses such a graph)."""
+    folder, fp32, pre, calib = tiny
+    int8 = qz.quantize_file(fp32, folder / "unnamed.int8.onnx", calib, qz.QuantOptions(method="minmax"),
+                            preprocessed=pre).path
+    model = onnx.load(str(pre))
+    for node in model.graph.node:
+        node.name = ""
+    unnamed = folder / "tiny.pre.unnamed.onnx"
+    onnx.save(model, str(unnamed))
+    x = calib[:4]
+    named, bare = qc.layer_report(pre, int8, x), qc.layer_report(unnamed, int8, x)
+    assert [(t.name, round(t.local_db, 6), round(t.xmodel_db or 0, 6)) for t in bare.activations()] == \
+        [(t.name, round(t.local_db, 6), round(t.xmodel_db or 0, 6)) for t in named.activations()]

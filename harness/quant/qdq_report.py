@@ -346,12 +346,12 @@ def comparison_graph(float_model, int8_model, pairs: list[tuple[str, str]], relu
     initializers = list(int8_model.graph.initializer)
     float_names: dict[str, str] = {}
     if not unfit:
-        for node in float_model.graph.node:
+        for index, node in enumerate(float_model.graph.node):
             copy = type(node)()
             copy.CopyFrom(node)
             copy.input[:] = [f_renamed(i) for i in node.input]
             copy.output[:] = [f_renamed(o) for o in node.output]
-            copy.name = FLOAT_PREFIX + node.name
+            copy.name = FLOAT_PREFIX + (node.name or f"#{index}")  # onnxsim and others leave names empty
             nodes.append(copy)
         for init in float_model.graph.initializer:
             copy = type(init)()
