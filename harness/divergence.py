@@ -207,9 +207,9 @@ def _float_outputs(model_proto) -> set[str]:
 def run_with_intermediates(model_proto, names: list[str], x: np.ndarray, threads: int | None = None
                            ) -> dict[str, np.ndarray]:
     """Run ``model_proto`` on ``x`` returning the named intermediate values too."""
-    import onnx
     from onnx import helper
 
+    from . import onnxfile
     from .runtimes.ort import session
 
     m = copy.deepcopy(model_proto)
@@ -218,9 +218,7 @@ def run_with_intermediates(model_proto, names: list[str], x: np.ndarray, threads
         if n not in have:
             m.graph.output.append(helper.ValueInfoProto(name=n))
     with tempfile.TemporaryDirectory(prefix="zc-div-") as d:
-        path = Path(d) / "probe.onnx"
-        big = m.ByteSize() > 1_800_000_000 if hasattr(m, "ByteSize") else False
-        onnx.save_model(m, str(path), save_as_external_data=big, location="probe.data" if big else None)
+        path = onnxfile.save_model(m, Path(d) / "probe.onnx")
         sess = session(path, threads=threads)
         feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
         outs = sess.run(None, feed)

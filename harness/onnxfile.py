@@ -76,6 +76,28 @@ def load_checked(path: Path | str):
         raise InputError(path, f"cannot load ONNX ({type(e).__name__}: {str(e)[:200]})", fix="re-export the model") from None
 
 
+# protobuf's 2 GB limit, with room: a bigger model keeps its weights in an external-data file
+EXTERNAL_DATA_ABOVE_BYTES = 1_800_000_000
+
+
+def save_model(model, path: Path | str) -> Path:
+    """``onnx.save_model`` of an in-memory model to ``path``; over :data:`EXTERNAL_DATA_ABOVE_BYTES`
+    its weights go to ``<file name>.data`` beside it (the folder stays self-contained). ``model``
+    is left as it was: onnx moves the weights of the proto it saves out to external references,
+    so a big model is saved from a copy."""
+    import onnx
+
+    path = Path(path)
+    big = model.ByteSize() > EXTERNAL_DATA_ABOVE_BYTES
+    if big:
+        saved = onnx.ModelProto()
+        saved.CopyFrom(model)
+        onnx.save_model(saved, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
 def input_name_of(model, path: Path | str) -> str:
     """The name of ``model``'s first real input (not an initializer): exporters differ (timm's
     ``onnx_export`` writes ``input0``, ours ``input``), so a user's file is fed by its own name."""

@@ -79,6 +79,16 @@ class _Frame:
     children_s: float = 0.0  # seconds of the phases nested in this one: not its self time
 
 
+def process_peak_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
 @dataclass
 class PhaseLog:
     """``with log("export", "resnest50"): ...``. ``sink``: the JSON-lines file (None: in memory only)."""
@@ -92,7 +102,7 @@ class PhaseLog:
     # (harness/plugin.py), so a long test's later phases run on them, not only the next test
     on_start: Callable[[], None] | None = field(default=None, repr=False)
     # the process's peak resident memory in MB (a test gives its own)
-    peak_mb: Callable[[], float | None] = field(default=lambda: process_peak_mb(), repr=False)
+    peak_mb: Callable[[], float | None] = field(default=process_peak_mb, repr=False)
     _fd: int | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -144,16 +154,6 @@ class PhaseLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def process_peak_mb() -> float | None:
-    """This process's peak resident memory so far, in MB (None where ``resource`` is missing)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def in_phase(lab: Any, phase: str) -> AbstractContextManager[Any]:

@@ -199,6 +199,28 @@ def test_every_onnx_load_in_the_harness_goes_through_the_guard():
     assert offenders == []
 
 
+def test_a_model_saved_over_the_size_limit_keeps_its_weights_beside_it_and_passes_the_guard(tmp_path, monkeypatch):
+    """onnxfile.save_model (fp16 runs, divergence probes, the layer report's comparison graph):
+    over the limit the weights go to '<file>.data' in the same folder, which the guard accepts."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.full((1, 3, 16, 16), 2.0, np.float32)  # over onnx's 1 KB threshold for external tensors
+    w = numpy_helper.from_array(weights, "w")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 16, 16]) for n in ("input", "logits")]
+    model = helper.make_model(helper.make_graph([helper.make_node("Mul", ["input", "w"], ["logits"])], "g",
+                                                io[:1], io[1:], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(onnxfile, "EXTERNAL_DATA_ABOVE_BYTES", 0)
+    path = onnxfile.save_model(model, tmp_path / "probe.onnx")
+    assert onnxfile.external_data_files(path) == [(tmp_path / "probe.onnx.data").resolve()]
+    weight = onnxfile.load_checked(path).graph.initializer[0]
+    assert np.array_equal(numpy_helper.to_array(weight), weights)
+    assert numpy_helper.to_array(model.graph.initializer[0]).shape == weights.shape  # the caller's proto kept its weights
+    monkeypatch.undo()
+    small = onnxfile.save_model(model, tmp_path / "small.onnx")
+    assert onnxfile.external_data_files(small) == [] and onnx.load(str(small)).graph.initializer[0].raw_data
+
+
 @pytest.mark.parametrize("case", ["directory", "empty", "missing"])
 def test_onnx_paths_that_are_not_files_say_what_they_are(tmp_path, case):
     path = tmp_path / "m.onnx"

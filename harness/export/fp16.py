@@ -74,9 +74,7 @@ def run(model: Path | onnx.ModelProto, x: np.ndarray, *, threads: int | None = N
     rspec = runtimes.spec(runtime)
     with tempfile.TemporaryDirectory(prefix="zc-fp16-") as d:
         if isinstance(model, onnx.ModelProto):
-            path = Path(d) / "model.onnx"
-            big = model.ByteSize() > 1_800_000_000
-            onnx.save_model(model, str(path), save_as_external_data=big, location="model.data" if big else None)
+            path = onnxfile.save_model(model, Path(d) / "model.onnx")
         else:
             path = Path(model)
         sess = rspec.prepare(path, threads)

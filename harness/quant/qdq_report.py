@@ -269,8 +269,6 @@ def _logits_apart(float_path: Path, int8_path: Path, x: np.ndarray) -> float:
 FLOAT_PREFIX = "zc.float/"   # the float graph's names inside the comparison graph
 # ORT renames a quantized graph output's producer tensor to '<output>_QuantizeLinear_Input'
 GRAPH_OUTPUT_SUFFIX = "_QuantizeLinear_Input"
-# protobuf's limit: a bigger graph keeps its weights in an external-data file next to it
-_PROTO_LIMIT = 2**31 - 2**20
 
 
 @dataclass
@@ -293,21 +291,18 @@ class SumNames:
 class ComparisonGraph:
     model: Any                  # onnx.ModelProto; None once a session holds it
     input_name: str
-    float_included: bool
-    float_excluded: str = ""    # why not, when not
+    float_excluded: str = ""    # why the float model is not in it ("" when it is)
     float_names: dict = field(default_factory=dict)  # int8 tensor -> float tensor, where they differ
 
     def float_name_of(self, int8_name: str) -> str:
         return self.float_names.get(int8_name, int8_name)
 
-    def save(self, folder: Path) -> Path:
-        import onnx
+    @property
+    def float_included(self) -> bool:
+        return not self.float_excluded
 
-        path = folder / "comparison.onnx"
-        external = self.model.ByteSize() > _PROTO_LIMIT
-        onnx.save(self.model, str(path), save_as_external_data=external,
-                  location="comparison.onnx.data" if external else None)
-        return path
+    def save(self, folder: Path) -> Path:
+        return onnxfile.save_model(self.model, folder / "comparison.onnx")
 
 
 def _float_graph_unfit(float_model, int8_model) -> str:
@@ -418,7 +413,7 @@ def comparison_graph(float_model, int8_model, pairs: list[tuple[str, str]], relu
                           initializers),
         opset_imports=_merged_opsets(float_model, int8_model, unfit))
     model.ir_version = max(int8_model.ir_version, 0 if unfit else float_model.ir_version)
-    return (ComparisonGraph(model, q_in, not unfit, unfit, float_names),
+    return (ComparisonGraph(model, q_in, unfit, float_names),
             SumNames(local, accumulated, logits))
 
 
