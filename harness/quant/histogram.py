@@ -6,7 +6,8 @@ images: 10.8 of 15.2 s, cProfile). numpy's equal-bin path makes ~15 passes over 
 (range mask, subtract, divide, multiply, cast, two edge gathers and corrections, bincount).
 ``histogram`` does the same arithmetic per element in one numba-compiled loop:
 
-- the same float32 operations in the same order: ``((x - first) / (last - first)) * n``,
+- the same float32 operations in the same order (per element; the elements are counted into
+  four interleaved histograms, whose sum is the count): ``((x - first) / (last - first)) * n``,
   truncated, then numpy's corrections against the same ``linspace`` edges (a value within
   rounding of an edge lands where numpy puts it). numba compiles without fast-math, so no
   operation is fused or reordered;
@@ -36,22 +37,49 @@ def _compile() -> Any:
     # xdist worker loads it instead of compiling (~0.5 s) again
     @numba.njit(cache=True, nogil=True, fastmath=False)
     def counts(data, first, last, edges, n_bins):  # pragma: no cover - compiled
-        hist = np.zeros(n_bins, dtype=np.intp)
+        # Two loops per chunk of 1024: the index arithmetic on its own, which LLVM vectorises
+        # (the same IEEE float32 operations per element, so the same values: no fast-math), then
+        # numpy's corrections and the counting. The counts go to four interleaved histograms,
+        # summed at the end: a ReLU's zeros all land in one bin, and one histogram made each
+        # increment wait for the previous one's store. Unsigned indices: numba adds no
+        # negative-index wraparound to them. Measured on resnest50's shared calibration pass (200
+        # images at 224 px, 341 tensors, Percentile + Entropy histograms): 69.6 s -> 42.0 s in
+        # here, the whole pass 98.7 s -> 66.9 s (cProfile; x86-avx512-vnni, 2 cores).
+        lanes = 4
+        width = n_bins + 1
+        hist = np.zeros(lanes * width, dtype=np.intp)
         denom = np.float32(last - first)
         scale = np.float32(n_bins)
-        for x in data:
-            if not (x >= first and x <= last):  # outside the range, or NaN
-                continue
-            i = int(np.float32(np.float32(x - first) / denom) * scale)
-            if i == n_bins:
-                i -= 1
-            # numpy's two corrections; the second cannot apply after the first (x < edges[i])
-            if x < edges[i]:
-                i -= 1
-            elif i != n_bins - 1 and x >= edges[i + 1]:
-                i += 1
-            hist[i] += 1
-        return hist
+        chunk = 1024
+        f = np.empty(chunk, dtype=np.float32)
+        n = data.size
+        top = np.uint64(n_bins - 1)
+        bins = np.uint64(n_bins)
+        one = np.uint64(1)
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            for j in range(m):  # outside the range, or NaN: -1, never counted
+                x = data[start + j]
+                f[j] = (np.float32(np.float32(x - first) / denom) * scale if (x >= first and x <= last)
+                        else np.float32(-1.0))
+            for j in range(m):
+                fj = f[j]
+                if fj < 0:
+                    continue
+                x = data[start + j]
+                i = np.uint64(fj)
+                if i == bins:
+                    i = top
+                # numpy's two corrections; the second cannot apply after the first (x < edges[i])
+                if x < edges[i]:
+                    i -= one
+                elif i != top and x >= edges[i + one]:
+                    i += one
+                hist[np.uint64(j & 3) * np.uint64(width) + i] += 1
+        out = hist[:n_bins].copy()
+        for k in range(1, lanes):
+            out += hist[k * width:k * width + n_bins]
+        return out
 
     return counts
 
