@@ -344,6 +344,7 @@ stop_interval_ms | list | ms | | the median's interval at the per-look level whe
 stop_blocks_interval | list | 1 | | the block ratios' interval at the per-look level when the comparison stopped early
 calls_total | int | count | | recorded calls over all attempts of an absolute measurement
 blocks_total | int | count | | blocks per side over all attempts of an interleaved comparison
+block_calls | list | count | | calls per block and side of a comparison: [unrecorded, recorded] ([0, 1]: long calls)
 images_per_s | num | images/s | | throughput
 throughput_budget_ips | num | images/s | | throughput budget
 throughput_budget_recorded_ips | num | images/s | | throughput budget before rescaling

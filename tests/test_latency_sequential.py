@@ -321,3 +321,65 @@ def test_a_measurement_nothing_will_judge_stops_at_its_first_quiet_look():
     contended = SimulatedMachine(work_s=0.010, noise=0.01, seed=4, neighbours=2.0)
     busy = timing.measure(contended.model(), PLAN, clocks=contended.clocks, name="sim", record_only=True)
     assert busy.stop.reason != "recorded"  # a contended look never stops it
+
+
+# --- long calls: fewer calls, same verdicts -------------------------------------------------
+
+LONG_S = PLAN.long_call_s * 3  # a large model's call (resnest269 fp32 batch 8: ~9 s); x0.5 still long
+
+
+@pytest.mark.parametrize("num, verdict", [(0.5, "pass"), (1.3, "fail")])
+def test_long_calls_on_every_side_are_single_call_blocks_with_the_same_verdict(num, verdict):
+    """Both sides' calls take a second or more: two warm-up calls each, blocks of one recorded
+    call and no unrecorded one, and a planted 1.3x slowdown still fails early, naming the ratio."""
+    machine = SimulatedMachine(work_s=LONG_S, noise=0.03, seed=5)
+    run, r = interleaved(machine, num, 1.0)
+    assert run.block_calls == (0, 1) and all(len(b) == 1 for b in run.blocks["num"] + run.blocks["den"])
+    assert machine.calls == 2 * timing.LONG_CALL_WARMUP + 2 * run.stop.samples
+    assert run.stop.reason == "decided" and run.stop.samples == PLAN.stop_min_blocks
+    rec = Recorder()
+    if verdict == "pass":
+        lc.judge_ratio(r, 1.0, "int8_over_fp32_max", rec, what="int8 / fp32", where="a vs b", cause="c")
+        return
+    with pytest.raises(CheckFailure) as e:
+        lc.judge_ratio(r, 1.0, "int8_over_fp32_max", rec, what="int8 / fp32", where="a vs b", cause="not fused")
+    assert "int8 / fp32" in str(e.value) and "not fused" in str(e.value) and f"{r.wall:.3f}" in str(e.value)
+
+
+def test_one_short_side_keeps_the_full_blocks(monkeypatch):
+    """A long side against a short one keeps one unrecorded and per_block recorded calls a block:
+    measured on resnest50, the short side ran 5-7% faster after one long call than after four."""
+    machine = SimulatedMachine(work_s=LONG_S, noise=0.03, seed=5)
+    run = timing.measure_interleaved({"num": machine.model(1.0), "den": machine.model(0.05)}, PLAN,
+                                     clocks=machine.clocks, target=timing.RatioTarget("num", "den", 1.0, 8, 1))
+    assert run.block_calls == (1, PLAN.per_block)
+    assert all(len(b) == PLAN.per_block for b in run.blocks["num"] + run.blocks["den"])
+    monkeypatch.setattr(lc, "onnx_work", lambda path, lab=None: (None, 0))
+    sides = {"num": lc.Side(Path("a.onnx"), 8, "a"), "den": lc.Side(Path("b.onnx"), 1, "b")}
+    figures = lc.side_figures(run, sides, None)
+    figure_contract.validate(figures, strict=True)
+    assert figures["block_calls"] == [1, PLAN.per_block]
+
+
+def test_a_long_absolute_call_is_warmed_up_twice_and_short_ones_as_planned():
+    for work_s, warm in ((LONG_S, timing.LONG_CALL_WARMUP), (0.01, PLAN.warmup)):
+        machine = SimulatedMachine(work_s=work_s, noise=0.0)
+        m = measure(machine, budget_ms=work_s * 2e3)
+        assert machine.calls == warm + len(m.attempt.calls), work_s
+
+
+def test_a_pedantic_first_attempt_warms_a_long_call_up_twice():
+    """pytest-benchmark's pedantic mode calls warmup + rounds times; for a long call the calls the
+    skipped warm-ups leave over are recorded (up to the sequential rule's stop) or no-ops."""
+    machine = SimulatedMachine(work_s=LONG_S, noise=0.0)
+    made = []
+
+    def pedantic(fn, warmup, rounds):
+        for _ in range(warmup + rounds):
+            before = machine.calls
+            fn()
+            made.append(machine.calls - before)
+
+    m = timing.measure(machine.model(), PLAN, clocks=machine.clocks, first_runner=pedantic, target_s=LONG_S * 2)
+    assert len(m.attempt.calls) == PLAN.stop_min_calls  # decided at the first look
+    assert machine.calls == timing.LONG_CALL_WARMUP + PLAN.stop_min_calls and sum(made) == machine.calls

@@ -469,6 +469,7 @@ def side_figures(run: timing.Interleaved, sides: dict[str, Side], peak: timing.P
     out["attempt_noise"] = ["; ".join(n) or None for n in run.attempt_noise[:-1]] or None
     out["remeasure"] = run.remeasure
     out["blocks_total"] = run.blocks_total
+    out["block_calls"] = list(run.block_calls) if run.block_calls else None
     if run.stop is not None:
         out.update(run.stop.figures(interval_name="stop_blocks_interval"))
     return out

@@ -164,6 +164,10 @@ class Plan:
     stop_look_every_blocks: int = 1
     stop_precision: float = 0.05
     stop_level: float = 0.95
+    # a call at least this long (seconds, as timed in the warm-up) is warmed up by 2 calls, not
+    # ``warmup``; an interleaved comparison whose sides are all that long has blocks of one
+    # recorded call, no unrecorded one before it (:func:`warm_up`, :meth:`calls_per_block`)
+    long_call_s: float = 1.0
 
     @property
     def allowed_delay_share(self) -> float:
@@ -174,11 +178,27 @@ class Plan:
     def with_threads(self, threads: int | None) -> Plan:
         return replace(self, threads=threads)
 
+    def calls_per_block(self, call_s: Sequence[float]) -> tuple[int, int]:
+        """(unrecorded, recorded) calls of each block of an interleaved comparison whose sides'
+        calls take ``call_s`` seconds: (1, ``per_block``), or (0, 1) when every side's call is
+        long. The unrecorded call lets caches and threads settle after the other side's block,
+        the block's median of ``per_block`` ignores one outlier; a call of a second or more
+        streams its weights from memory each time (nothing for a settle call to warm) and
+        averages the VM's sub-second speed shifts itself, and four of them a block made a large
+        model's comparison cost minutes a side. Measured (resnest50 fp32, 2 threads, quiet):
+        b32 against itself, 1.0 s calls: ratio 0.965 in full blocks, 0.968 in single-call ones,
+        91 s vs 29 s. With only one side long (b32 against b4 at 0.12 s), the short side ran
+        5-7% faster after one long call than after four, and the per-image ratio moved from
+        1.01-1.06 to 1.06-1.12: so such a pair keeps the full blocks."""
+        if call_s and all(s >= self.long_call_s for s in call_s):
+            return 0, 1
+        return 1, self.per_block
+
 
 PLAN_KEYS = ("warmup", "rounds", "blocks", "per_block", "max_attempts", "settle_s", "max_delay_share",
              "min_cpu_ratio", "min_clean_share", "max_cv", "max_neighbour_share", "ci_level",
              "stop_min_calls", "stop_look_every", "stop_min_blocks", "stop_look_every_blocks", "stop_precision",
-             "stop_level")
+             "stop_level", "long_call_s")
 _INT_KEYS = ("warmup", "rounds", "blocks", "per_block", "max_attempts", "stop_min_calls", "stop_look_every",
              "stop_min_blocks", "stop_look_every_blocks")
 
@@ -218,6 +238,24 @@ class Call:
         if plan.threads is None:
             return True  # nothing to judge by (GPU work without schedstat)
         return self.cpu_ratio >= plan.min_cpu_ratio * plan.threads
+
+
+LONG_CALL_WARMUP = 2  # warm-up calls of a long call (Plan.long_call_s): the first allocates, the second runs as later ones
+
+
+def warm_up(fn: Callable[[], Any], plan: Plan, clocks: Clocks) -> float:
+    """``plan.warmup`` unrecorded calls of ``fn``, or :data:`LONG_CALL_WARMUP` once one took
+    ``plan.long_call_s`` or more; returns the last one's wall seconds (what the blocks of an
+    interleaved comparison are sized by). ORT plans its memory and wakes its threads in the
+    first call; after it, a call of a second or more has nothing left to warm."""
+    last = 0.0
+    for i in range(plan.warmup):
+        w0 = clocks.wall()
+        fn()
+        last = clocks.wall() - w0
+        if i + 1 >= LONG_CALL_WARMUP and last >= plan.long_call_s:
+            break
+    return last
 
 
 def timed_call(fn: Callable[[], Any], clocks: Clocks) -> Call:
@@ -825,19 +863,21 @@ def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks
             if i == 0 and first_runner is not None:
                 neighbours = Neighbours(clocks)
                 seq = Sequential(plan, target_s, neighbours, record_only)
-                warm = [plan.warmup]
+                warm = [plan.warmup, 0]  # warm-up calls left, made
 
                 def instrumented(seq: Sequential = seq, warm: list[int] = warm) -> None:  # this attempt's
-                    if warm[0] > 0:  # pedantic's warm-up calls
-                        warm[0] -= 1
+                    if warm[0] > 0:  # pedantic's warm-up calls (fewer for a long call: warm_up's rule)
+                        w0 = clocks.wall()
                         fn()
+                        warm[1] += 1
+                        long_call = clocks.wall() - w0 >= plan.long_call_s
+                        warm[0] = 0 if long_call and warm[1] >= LONG_CALL_WARMUP else warm[0] - 1
                     elif not seq.done:
                         seq.add(timed_call(fn, clocks))
 
                 first_runner(instrumented, plan.warmup, plan.rounds)
             else:
-                for _ in range(plan.warmup):
-                    fn()
+                warm_up(fn, plan, clocks)
                 neighbours = Neighbours(clocks)
                 seq = Sequential(plan, target_s, neighbours, record_only)
                 for _ in range(plan.rounds):
@@ -867,6 +907,7 @@ class Interleaved:
     remeasure: str | None = None  # why re-measuring stopped early
     stop: Stop | None = None  # how the sequential rule ended this attempt (samples: blocks per side)
     blocks_total: int = 0  # blocks per side over all attempts
+    block_calls: tuple[int, int] | None = None  # (unrecorded, recorded) calls per block and side: Plan.calls_per_block
 
     def attempt_of(self, name: str) -> Attempt:
         return Attempt([c for b in self.blocks[name] for c in b], self.plan, self.neighbour_share)
@@ -940,7 +981,8 @@ class Ratio:
 def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, clocks: Clocks = REAL_CLOCKS,
                         target: RatioTarget | None = None) -> Interleaved:
     """Warm each call up, then up to ``plan.blocks`` rounds of blocks in alternating order (A B,
-    B A, ...); each block is one unrecorded call and ``plan.per_block`` recorded ones. With a
+    B A, ...); each block is one unrecorded call and ``plan.per_block`` recorded ones (long calls
+    on every side: one recorded, :meth:`Plan.calls_per_block`). With a
     ``target``, the blocks stop early by the sequential rule (:func:`_look_ratio`). Re-measured
     (up to ``plan.max_attempts``) while not quiet, unless the target says a contended attempt is
     clearly within its limit (:meth:`RatioTarget.clearly_within`); the least contended attempt is kept."""
@@ -954,9 +996,7 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, cloc
     tries = Attempts(plan, clocks)
     settled: str | None = None
     for attempt in tries:
-        for fn in calls.values():
-            for _ in range(plan.warmup):
-                fn()
+        settle_calls, recorded = plan.calls_per_block([warm_up(fn, plan, clocks) for fn in calls.values()])
         blocks: dict[str, list[list[Call]]] = {n: [] for n in names}
         neighbours = Neighbours(clocks)
         looks = skipped = 0
@@ -966,8 +1006,9 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, cloc
         with no_gc():
             for k in range(plan.blocks):
                 for n in (names if k % 2 == 0 else names[::-1]):
-                    calls[n]()  # the other session's threads settle here
-                    blocks[n].append([timed_call(calls[n], clocks) for _ in range(plan.per_block)])
+                    for _ in range(settle_calls):
+                        calls[n]()  # the other session's threads and caches settle here
+                    blocks[n].append([timed_call(calls[n], clocks) for _ in range(recorded)])
                 if k + 1 not in schedule:
                     continue
                 looks += 1
@@ -982,7 +1023,7 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], plan: Plan, *, cloc
                 elif got is not None:
                     reason, interval = got, (lo, hi)
                     break
-        run = Interleaved(plan, names, blocks, neighbours.share(), attempt + 1)
+        run = Interleaved(plan, names, blocks, neighbours.share(), attempt + 1, block_calls=(settle_calls, recorded))
         used = len(blocks[names[0]])
         blocks_total += used
         run.stop = Stop(reason or "max", used, plan.blocks, looks, level, interval[0], interval[1],
