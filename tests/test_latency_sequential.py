@@ -383,3 +383,17 @@ def test_a_pedantic_first_attempt_warms_a_long_call_up_twice():
     m = timing.measure(machine.model(), PLAN, clocks=machine.clocks, first_runner=pedantic, target_s=LONG_S * 2)
     assert len(m.attempt.calls) == PLAN.stop_min_calls  # decided at the first look
     assert machine.calls == timing.LONG_CALL_WARMUP + PLAN.stop_min_calls and sum(made) == machine.calls
+
+
+def test_a_long_noisy_attempt_is_not_re_measured_and_says_why():
+    """An attempt of remeasure_max_s or more is kept as it is: it outlasted a burst. A short one
+    is re-measured as before (the smoke tier's noisy ratios settle that way)."""
+    for work_s, attempts in ((0.01, PLAN.max_attempts), (PLAN.remeasure_max_s / 20, 1)):
+        machine = SimulatedMachine(work_s=work_s, busy=0.5)  # contended all along: every attempt noisy
+        run = timing.measure_interleaved({"num": machine.model(1.0), "den": machine.model(1.0)}, PLAN,
+                                         clocks=machine.clocks)
+        assert run.attempts == attempts and not run.quiet, work_s
+        if attempts == 1:
+            assert run.remeasure.startswith("not re-measured: the attempt took") and "remeasure_max_s" in run.remeasure
+        m = measure(SimulatedMachine(work_s=work_s, busy=0.5))
+        assert len(m.attempts) == attempts, work_s

@@ -168,6 +168,8 @@ class Plan:
     # ``warmup``; an interleaved comparison whose sides are all that long has blocks of one
     # recorded call, no unrecorded one before it (:func:`warm_up`, :meth:`calls_per_block`)
     long_call_s: float = 1.0
+    # an attempt that took this long (seconds) is not re-measured (:class:`Attempts`)
+    remeasure_max_s: float = 60.0
 
     @property
     def allowed_delay_share(self) -> float:
@@ -198,7 +200,7 @@ class Plan:
 PLAN_KEYS = ("warmup", "rounds", "blocks", "per_block", "max_attempts", "settle_s", "max_delay_share",
              "min_cpu_ratio", "min_clean_share", "max_cv", "max_neighbour_share", "ci_level",
              "stop_min_calls", "stop_look_every", "stop_min_blocks", "stop_look_every_blocks", "stop_precision",
-             "stop_level", "long_call_s")
+             "stop_level", "long_call_s", "remeasure_max_s")
 _INT_KEYS = ("warmup", "rounds", "blocks", "per_block", "max_attempts", "stop_min_calls", "stop_look_every",
              "stop_min_blocks", "stop_look_every_blocks")
 
@@ -717,18 +719,32 @@ def settle(plan: Plan, clocks: Clocks) -> str | None:
 class Attempts:
     """``for i in Attempts(plan, clocks)``: attempt numbers 0.. up to ``plan.max_attempts``, with
     a :func:`settle` pause before each re-measurement; ``stopped`` says why the loop ended early
-    (None: it did not). The caller breaks out once an attempt is quiet."""
+    (None: it did not). The caller breaks out once an attempt is quiet.
+
+    An attempt that took ``plan.remeasure_max_s`` or longer is not repeated: re-measuring waits
+    out a neighbour's burst, and such an attempt outlasted any burst, so the next one meets the
+    same machine at the same cost. In the full tier, hrnet_w64's, hrnet_w48's and resnest269's
+    batching ratios were measured 3 times each (68-200 s an attempt), every attempt noisy for
+    the same reason (spread cv 0.13-0.14 from the VM's speed shifts), all inconclusive."""
 
     def __init__(self, plan: Plan, clocks: Clocks):
         self.plan, self.clocks = plan, clocks
         self.stopped: str | None = None
 
     def __iter__(self):
+        started = self.clocks.wall()
         for i in range(max(1, self.plan.max_attempts)):
             if i:
+                took = self.clocks.wall() - started
+                if took >= self.plan.remeasure_max_s:
+                    self.stopped = (f"not re-measured: the attempt took {took:.0f} s, [latency] remeasure_max_s = "
+                                    f"{self.plan.remeasure_max_s:g} s (a burst it could wait out would have ended "
+                                    f"within it)")
+                    return
                 self.stopped = settle(self.plan, self.clocks)
                 if self.stopped:
                     return
+                started = self.clocks.wall()
             yield i
 
 
