@@ -273,3 +273,17 @@ def test_peak_is_the_best_of_its_rounds_when_the_host_slows_one(monkeypatch):
     peak = timing.machine_peak(2, matrix=64, calls=4, clocks=clocks, rounds=3)
     assert peak.gflops == pytest.approx(2 * 64 ** 3 / 0.1 / 1e9)
     assert "best of 3 rounds" in peak.note
+
+
+def test_a_long_call_fills_the_throughput_window_with_fewer_calls():
+    """A large model's throughput window is sized by time: as many calls as fill window_s at the
+    warm-up's call time (at least 3), two warm-up calls; a short call keeps every planned call."""
+    plan = timing.plan_from_tolerances(2)
+    for work_s, want_calls, want_warm in ((0.010, 10, plan.warmup), (4.0, timing.CONCURRENT_MIN_CALLS, 2)):
+        machine = SimulatedMachine(work_s=work_s, threads=1)
+        c = timing.measure_concurrent([machine.model(), machine.model()], 10, plan, items_per_call=8,
+                                      clocks=machine.clocks, window_s=8.0)
+        assert c.calls == want_calls and c.figures()["calls_per_instance"] == want_calls
+        assert machine.calls == 2 * (want_warm + want_calls)
+        assert c.items_per_s == pytest.approx(2 * want_calls * 8 / c.wall_s)
+    assert timing.window_calls(10, 8.0, 1.5) == 6 and timing.window_calls(10, None, 9.0) == 10

@@ -658,7 +658,8 @@ def measure_throughput(card: ModelCard, lab: LabLike, record: Record, *, instanc
     sessions = [session_for(lab, card, path, rspec, "fp32", intra) for _ in range(n)]
     calls = int(tolerance(SECTION, "throughput_calls"))
     c = timing.measure_concurrent([call_of(s, x) for s in sessions], calls, plan_for(n * intra),
-                                  items_per_call=batch, clocks=clocks)
+                                  items_per_call=batch, clocks=clocks,
+                                  window_s=tolerance(SECTION, "throughput_window_s"))
     macs, _ = onnx_work(path, lab)
     figures = {"latency_kind": "throughput", "model": card.id, "precision": "fp32", "runtime": rspec.id,
                "file": str(path), "artifact": what, "intra_op_threads": intra, "processes": 1, **c.figures()}

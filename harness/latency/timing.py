@@ -1155,52 +1155,76 @@ class Concurrent:
         }.items()}
 
 
+CONCURRENT_MIN_CALLS = 3  # calls per instance in a throughput window sized by window_s, at least
+
+
+def window_calls(calls: int, window_s: float | None, call_s: float) -> int:
+    """Calls per instance of a throughput window: ``calls``, or fewer when each takes ``call_s``
+    and ``window_s`` is filled sooner (at least :data:`CONCURRENT_MIN_CALLS`)."""
+    if window_s is None or call_s <= 0:
+        return calls
+    return min(calls, max(CONCURRENT_MIN_CALLS, math.ceil(window_s / call_s)))
+
+
 def measure_concurrent(fns: Sequence[Callable[[], Any]], calls: int, plan: Plan, *, items_per_call: int = 1,
-                       clocks: Clocks = REAL_CLOCKS) -> Concurrent:
+                       clocks: Clocks = REAL_CLOCKS, window_s: float | None = None) -> Concurrent:
     """Throughput of ``len(fns)`` instances running at once (the seeds' benchmark tool: instances
     x processes x batch; here instances are threads of one process, each with its own
-    session: ONNX Runtime releases the GIL while it runs). Each instance warms up, all
-    start together, the window ends when the last finishes. Re-measured while not quiet;
-    the best-throughput attempt of the least contended kind is kept."""
+    session: ONNX Runtime releases the GIL while it runs). Each instance warms up (:func:`warm_up`),
+    all start together, the window ends when the last finishes. ``calls`` per instance, or as
+    many as fill ``window_s`` at the slowest instance's last warm-up call (:func:`window_calls`).
+    Re-measured while not quiet; the best-throughput attempt of the least contended kind is kept."""
     import threading
 
     kept: Concurrent | None = None
     seen: list[float] = []
     tries = Attempts(plan, clocks)
     for _attempt in tries:
+        warmed = threading.Barrier(len(fns) + 1)
         start = threading.Barrier(len(fns) + 1)
         per_call: list[list[float]] = [[] for _ in fns]
         errors: list[BaseException] = []
+        warm_s = [0.0 for _ in fns]
+        planned = [calls]
 
         def work(i: int, start: threading.Barrier = start, per_call: list[list[float]] = per_call,
-                 errors: list[BaseException] = errors) -> None:  # this attempt's, bound now
+                 errors: list[BaseException] = errors, warmed: threading.Barrier = warmed,
+                 warm_s: list[float] = warm_s, planned: list[int] = planned) -> None:  # this attempt's, bound now
             try:
-                for _ in range(plan.warmup):
-                    fns[i]()
-                start.wait()
-                for _ in range(calls):
+                warm_s[i] = warm_up(fns[i], plan, clocks)
+                warmed.wait()
+                start.wait()  # the caller has set planned[0] between the two
+                for _ in range(planned[0]):
                     t0 = clocks.wall()
                     fns[i]()
                     per_call[i].append(clocks.wall() - t0)
             except BaseException as e:  # reported below, in the caller's thread
                 errors.append(e)
+                warmed.abort()
                 start.abort()
 
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(fns))]
         for t in threads:
             t.start()
+        w0 = c0 = 0.0
+        d0: float | None = None
+        neighbours = Neighbours(clocks)
         try:
+            warmed.wait()
+            planned[0] = window_calls(calls, window_s, max(warm_s))
+            # the window opens before the instances are let go: read after, it could miss calls
+            # that already ran (a simulated machine's calls take no real time)
+            w0, c0, d0 = clocks.wall(), clocks.cpu(), clocks.run_delay()
+            neighbours = Neighbours(clocks)
             start.wait()
         except threading.BrokenBarrierError:
             pass
-        w0, c0, d0 = clocks.wall(), clocks.cpu(), clocks.run_delay()
-        neighbours = Neighbours(clocks)
         for t in threads:
             t.join()
         w1, c1, d1 = clocks.wall(), clocks.cpu(), clocks.run_delay()
         if errors:
             raise errors[0]
-        run = Concurrent(plan, len(fns), calls, items_per_call, w1 - w0, c1 - c0,
+        run = Concurrent(plan, len(fns), planned[0], items_per_call, w1 - w0, c1 - c0,
                          max(0.0, d1 - d0) if d0 is not None and d1 is not None else None,
                          neighbours.share(), [x for xs in per_call for x in xs])
         seen.append(run.items_per_s)
