@@ -245,18 +245,23 @@ class Call:
 LONG_CALL_WARMUP = 2  # warm-up calls of a long call (Plan.long_call_s): the first allocates, the second runs as later ones
 
 
+def warmed_up(made: int, last_s: float, plan: Plan) -> bool:
+    """Whether ``made`` warm-up calls, the last of ``last_s`` seconds, are enough: ``plan.warmup``,
+    or :data:`LONG_CALL_WARMUP` once one took ``plan.long_call_s`` or more. ORT plans its memory
+    and wakes its threads in the first call; after it, a call of a second or more has nothing
+    left to warm."""
+    return made >= plan.warmup or (made >= LONG_CALL_WARMUP and last_s >= plan.long_call_s)
+
+
 def warm_up(fn: Callable[[], Any], plan: Plan, clocks: Clocks) -> float:
-    """``plan.warmup`` unrecorded calls of ``fn``, or :data:`LONG_CALL_WARMUP` once one took
-    ``plan.long_call_s`` or more; returns the last one's wall seconds (what the blocks of an
-    interleaved comparison are sized by). ORT plans its memory and wakes its threads in the
-    first call; after it, a call of a second or more has nothing left to warm."""
-    last = 0.0
-    for i in range(plan.warmup):
+    """Unrecorded calls of ``fn`` until :func:`warmed_up`; returns the last one's wall seconds
+    (what the blocks of an interleaved comparison and a throughput window are sized by)."""
+    made, last = 0, 0.0
+    while not warmed_up(made, last, plan):
         w0 = clocks.wall()
         fn()
         last = clocks.wall() - w0
-        if i + 1 >= LONG_CALL_WARMUP and last >= plan.long_call_s:
-            break
+        made += 1
     return last
 
 
@@ -879,15 +884,13 @@ def measure(fn: Callable[[], Any], plan: Plan, *, name: str = "", clocks: Clocks
             if i == 0 and first_runner is not None:
                 neighbours = Neighbours(clocks)
                 seq = Sequential(plan, target_s, neighbours, record_only)
-                warm = [plan.warmup, 0]  # warm-up calls left, made
+                warm: list[float] = [0, 0.0]  # warm-up calls made, the last one's seconds
 
-                def instrumented(seq: Sequential = seq, warm: list[int] = warm) -> None:  # this attempt's
-                    if warm[0] > 0:  # pedantic's warm-up calls (fewer for a long call: warm_up's rule)
+                def instrumented(seq: Sequential = seq, warm: list[float] = warm) -> None:  # this attempt's
+                    if not warmed_up(int(warm[0]), warm[1], plan):  # pedantic's warm-up calls, by warm_up's rule
                         w0 = clocks.wall()
                         fn()
-                        warm[1] += 1
-                        long_call = clocks.wall() - w0 >= plan.long_call_s
-                        warm[0] = 0 if long_call and warm[1] >= LONG_CALL_WARMUP else warm[0] - 1
+                        warm[0], warm[1] = warm[0] + 1, clocks.wall() - w0
                     elif not seq.done:
                         seq.add(timed_call(fn, clocks))
 
@@ -1206,16 +1209,16 @@ def measure_concurrent(fns: Sequence[Callable[[], Any]], calls: int, plan: Plan,
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(fns))]
         for t in threads:
             t.start()
-        w0 = c0 = 0.0
-        d0: float | None = None
-        neighbours = Neighbours(clocks)
         try:
             warmed.wait()
-            planned[0] = window_calls(calls, window_s, max(warm_s))
-            # the window opens before the instances are let go: read after, it could miss calls
-            # that already ran (a simulated machine's calls take no real time)
-            w0, c0, d0 = clocks.wall(), clocks.cpu(), clocks.run_delay()
-            neighbours = Neighbours(clocks)
+        except threading.BrokenBarrierError:  # an instance failed: raised below, after the join
+            pass
+        planned[0] = window_calls(calls, window_s, max(warm_s))
+        # the window opens before the instances are let go: read after, it could miss calls
+        # that already ran (a simulated machine's calls take no real time)
+        w0, c0, d0 = clocks.wall(), clocks.cpu(), clocks.run_delay()
+        neighbours = Neighbours(clocks)
+        try:
             start.wait()
         except threading.BrokenBarrierError:
             pass
