@@ -7,7 +7,8 @@ ratios measured interleaved in the same run (int8 / fp32, batch 8 per image / ba
 RepVGG deploy / training form, the manifest's ONNX / the suite's export; limits per host
 class where [latency.by_host_class] sets one); throughput of
 concurrent sessions at batch 8; CUDA / TensorRT when this onnxruntime has them. A
-measurement the machine's load spoils is "inconclusive: contention", never a fail. A CPU
+measurement the machine's load spoils is "inconclusive: contention", never a fail; a quiet
+ratio over its limit whose interval still reaches it is "inconclusive: borderline". A CPU
 profile recorded on another host class, or at peaks outside the tolerance, makes the
 absolute budgets "not applicable" (figures recorded; ``--rescale-budgets`` judges them
 scaled by the peak ratio).

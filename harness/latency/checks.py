@@ -23,7 +23,9 @@ GMACs per image (counted on the ONNX graph) and achieved GFLOP/s against the mac
 measured fp32 peak (roofline ratio).
 
 Verdicts on a noisy machine (see the timing module): a quiet measurement is judged on its
-median. A contended one can still *pass* an absolute budget (contention only adds time, so
+median; a quiet ratio over its limit fails only when the block ratios' interval of the median
+(``ci_level``) is over it too, else it is "inconclusive: borderline" (the limit is within this
+run's reach). A contended one can still *pass* an absolute budget (contention only adds time, so
 an inflated figure within budget is within budget) but never fail it: it is
 "inconclusive: contention" (``Inconclusive(failing=False)``), its own outcome. A contended
 ratio fails only when the block ratios' 95% interval of the median (``ci_level``: every block
@@ -488,10 +490,22 @@ def judge_ratio(r: timing.Ratio, limit: float | Limit, limit_key: str, record, *
            ratio_limit_host_class=lim.host_class, ratio_limit_per_class=lim.per_class)
     where = f"{where}; fixtures/tolerances.toml {lim.key}, {lim.names()}"
     if r.quiet:
+        spread = (f"block ratios' {r.coverage:.0%} interval {r.wall_low:.3f}-{r.wall_high:.3f} over {r.blocks} blocks, "
+                  f"CPU-time ratio {r.cpu:.3f}")
+        if r.wall > limit >= r.wall_low:
+            # borderline: over the limit, but the interval of the median block ratio reaches it, so
+            # another run on this host could judge it within. Failing on the point figure made the
+            # verdict a coin toss on a host where the true ratio sits near the limit (CI, 2026-12-03,
+            # an x86-avx512-vnni host at 337 GFLOP/s: hrnet_w18_small_v1 b8/b1 1.006, interval
+            # 0.904-1.196 over 9 blocks; 0.877-0.928 in six runs on another host of the class).
+            # A fail must be over the limit at ci_level, as a contended one must be with its margin.
+            raise Inconclusive(
+                f"borderline: {what} = {r.wall:.3f} vs limit {limit:g} [{where}]: over the limit, but the {spread} "
+                f"reaches it, so this run cannot tell whether the ratio is over; a fail needs the whole interval over "
+                f"the limit. Re-measure alone on a quiet machine (pytest suites -m latency_ratio --threads N)",
+                {"verdict": "inconclusive: borderline"}, failing=False)
         record(verdict="quiet: judged on the ratio of medians")
-        check(r.wall <= limit, what, f"{r.wall:.3f}", f"<= {limit:g}", where,
-              cause=f"{cause} (block ratios' {r.coverage:.0%} interval {r.wall_low:.3f}-{r.wall_high:.3f} over "
-                    f"{r.blocks} blocks, CPU-time ratio {r.cpu:.3f})")
+        check(r.wall <= limit, what, f"{r.wall:.3f}", f"<= {limit:g}", where, cause=f"{cause} ({spread})")
         return
     noise = "; ".join(r.noise + ([note] if note else []))
     # a neighbour competing for caches and memory inflates the side with the larger working set,
