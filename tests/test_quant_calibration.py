@@ -183,14 +183,14 @@ def test_ort_entropy_in_one_pass_is_minmax(tiny):
 
 # --- one calibration pass shared by the methods (issue 19) ---------------------------------------
 
-def _shared_files(folder, fp32, pre, calib, options: list, tag: str) -> dict:
+def _shared_files(folder, fp32, pre, calib, options: list, tag: str, threads: int = 1) -> dict:
     """Each method's int8 file quantized from ranges of ONE shared calibration pass."""
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     n, stride, batch = qz.calibration_plan(len(calib), qz.activation_bytes_per_image(pre), options[0])
     reader = qz.ArrayCalibrationReader(calib[:n], batch=batch)
     with qz._quiet():
-        ranges = qz.calibrate_methods(pre, reader, stride, options, folder)
+        ranges = qz.calibrate_methods(pre, reader, stride, options, folder, threads=threads)
     out = {}
     for o in options:
         path = folder / f"{tag}-ranges-{o.method}.json"
@@ -200,22 +200,28 @@ def _shared_files(folder, fp32, pre, calib, options: list, tag: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_one_shared_pass_writes_each_method_s_own_int8_file_byte_for_byte(tiny, symmetric):
+@pytest.mark.parametrize(("symmetric", "threads", "budget_mb", "batch"),
+                         [(False, 1, 1, 10), (True, 1, 1, 10), (False, 2, 2, 3), (True, 2, 2, 3)])
+def test_one_shared_pass_writes_each_method_s_own_int8_file_byte_for_byte(tiny, symmetric, threads, budget_mb, batch):
     """MinMax, Percentile and Entropy from one pass over the images give, byte for byte, the
     files quantize_static writes calibrating each method itself (its own calibrator and pass;
-    strided, so the merges across passes are compared too)."""
+    strided, so the merges across passes are compared too). Also with the pass's tensors counted
+    on 2 threads, and with 2 batches per pass (each batch's values counted where they lie, not
+    stacked as ORT stacks them)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     folder, fp32, pre, calib = tiny
-    options = [qz.QuantOptions(method=m, stride_budget_mb=1, symmetric_ranges=symmetric) for m in qz.METHODS]
-    shared = _shared_files(folder, fp32, pre, calib, options, f"shared-{symmetric}")
+    options = [qz.QuantOptions(method=m, stride_budget_mb=budget_mb, symmetric_ranges=symmetric, batch=batch)
+               for m in qz.METHODS]
+    tag = f"{symmetric}-{threads}-{budget_mb}-{batch}"
+    shared = _shared_files(folder, fp32, pre, calib, options, f"shared-{tag}", threads=threads)
     n, stride, batch = qz.calibration_plan(len(calib), qz.activation_bytes_per_image(pre), options[0])
     assert stride < n  # several strided passes
+    assert budget_mb == 1 or stride >= 2 * batch  # several batches per pass
     own = {}
     for method, cm in (("minmax", CalibrationMethod.MinMax), ("percentile", CalibrationMethod.Percentile),
                        ("entropy", CalibrationMethod.Entropy)):
-        own[method] = folder / f"own-{method}-{symmetric}.onnx"
+        own[method] = folder / f"own-{method}-{tag}.onnx"
         reader = qz.ArrayCalibrationReader(calib[:n], batch=batch)
         extra = {"CalibStridedMinMax": stride, "CalibTensorRangeSymmetric": symmetric}
         if method == "percentile":
@@ -243,6 +249,51 @@ def test_the_byte_comparison_sees_another_method_s_ranges(tiny):
     wrong = qz.quantize_file(fp32, folder / "swap-wrong.onnx", calib, options[0], preprocessed=pre, ranges=swapped)
     assert wrong.path.read_bytes() != shared["minmax"].read_bytes()
     assert any(k.endswith("_scale") for k in _differing(_qparams(wrong.path), _qparams(shared["minmax"])))
+
+
+def test_the_pass_counted_on_two_threads_is_the_one_thread_pass_tensor_for_tensor_and_in_order(tiny, monkeypatch):
+    """The threaded pass really runs tensors on two threads, and gives every method the same
+    ranges as one thread, in the model's order (threads finish tensors in any order)."""
+    import threading
+    import time
+
+    folder, fp32, pre, calib = tiny
+    options = [qz.QuantOptions(method=m, stride_budget_mb=2, batch=3) for m in qz.METHODS]
+    n, stride, batch = qz.calibration_plan(len(calib), qz.activation_bytes_per_image(pre), options[0])
+    seen: set[str] = set()
+    real = qz._FanOut._collect_tensor
+    first_tensor = None
+
+    def first_of(self, name_to_arr):
+        nonlocal first_tensor
+        first_tensor = first_tensor or next(iter(name_to_arr))
+        return real_collect(self, name_to_arr)
+
+    real_collect = qz._FanOut.collect
+    monkeypatch.setattr(qz._FanOut, "collect", first_of)
+
+    def recorded(self, item):
+        seen.add(threading.current_thread().name)
+        if item[0] == first_tensor and threading.current_thread().name.startswith("zc-calib"):
+            time.sleep(0.05)  # the model's first tensor finishes last: the order must be put back
+        return real(self, item)
+
+    monkeypatch.setattr(qz._FanOut, "_collect_tensor", recorded)
+
+    def ranges(threads: int) -> dict:
+        with qz._quiet():
+            out = qz.calibrate_methods(pre, qz.ArrayCalibrationReader(calib[:n], batch=batch), stride, options,
+                                       folder, threads=threads)
+        return {m: [(k, np.asarray(v.range_value).tolist()) for k, v in td.data.items()] for m, td in out.items()}
+
+    one = ranges(1)
+    assert seen == {threading.current_thread().name}
+    seen.clear()
+    two = ranges(2)
+    assert len({name for name in seen if name.startswith("zc-calib")}) == 2, f"threads used: {sorted(seen)}"
+    for m in qz.METHODS:
+        assert [k for k, _ in two[m]] == [k for k, _ in one[m]], f"{m}: tensors in another order on 2 threads"
+        assert two[m] == one[m], f"{m}: ranges differ on 2 threads"
 
 
 class _StubLab:

@@ -96,3 +96,22 @@ def test_a_kernel_off_by_one_bin_would_be_seen(monkeypatch):
     data = _edge_heavy(rng, 2048, threshold)
     assert not np.array_equal(hg.histogram(data, 2048, (-threshold, threshold))[0],
                               np.histogram(data, 2048, range=(-threshold, threshold))[0])
+
+
+@pytest.mark.parametrize("n_bins", [128, 2048])
+def test_parts_count_as_the_joined_array_and_odd_parts_go_to_numpy(n_bins, monkeypatch):
+    """A pass's batches are counted where they lie: the sum is np.histogram of the joined
+    values, with empty batches among them; parts the kernel does not take (float64) join first."""
+    rng = np.random.default_rng(n_bins)
+    threshold = np.array(2.5, np.float32)
+    parts = [_edge_heavy(rng, n_bins, threshold) for _ in range(3)] + [np.empty(0, np.float32)]
+    want, want_edges = np.histogram(np.concatenate(parts), n_bins, range=(-threshold, threshold))
+    got, got_edges = hg.histogram_of_parts(parts, n_bins, (-threshold, threshold))
+    assert np.array_equal(got_edges, want_edges)
+    assert np.array_equal(got, want), f"counts differ in bins {np.flatnonzero(got != want)[:5].tolist()}"
+    calls = []
+    real = np.histogram
+    monkeypatch.setattr(hg.np, "histogram", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mixed = [parts[0], parts[1].astype(np.float64)]
+    got, _ = hg.histogram_of_parts(mixed, n_bins, (-threshold, threshold))
+    assert calls and np.array_equal(got, real(np.concatenate(mixed), n_bins, range=(-threshold, threshold))[0])
