@@ -95,17 +95,6 @@ def _float32_value(v: Any) -> bool:
     return isinstance(v, np.ndarray | np.generic) and v.dtype == np.float32 and np.ndim(v) == 0
 
 
-def _reproducible(a: Any, bins: Any, range: tuple[Any, Any]) -> bool:  # noqa: A002
-    """Whether the kernel gives numpy's counts for these arguments (see the module)."""
-    return (isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype == np.float32 and a.size > 0
-            and isinstance(bins, int | np.integer) and len(range) == 2 and all(_float32_value(v) for v in range))
-
-
-def _float32_edges(bins: Any, range: tuple[Any, Any]) -> np.ndarray:  # noqa: A002
-    """numpy's own edges (its range checks, the widening of an empty range, linspace in float32)."""
-    return np.histogram_bin_edges(np.empty(0, dtype=np.float32), int(bins), range=range)
-
-
 def histogram(a: np.ndarray, bins: int, range: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
     """``np.histogram(a, bins, range=range)``: the same counts and edges (see the module)."""
     if isinstance(a, np.ndarray) and a.ndim == 1:
@@ -121,12 +110,15 @@ def histogram_of_parts(parts: Sequence[np.ndarray], bins: int,
     once more before counting (1 ns a value, as much as the index arithmetic). Where the
     kernel does not reproduce numpy, numpy's own call on the joined parts."""
     kernel = _kernel()
-    filled = [p for p in parts if isinstance(p, np.ndarray) and p.size > 0]
-    # empty parts add nothing, but only 1-d float32 ones join to the same array
+    # only 1-d float32 parts join to the array the kernel reproduces; empty ones add nothing
     same_kind = all(isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype == np.float32 for p in parts)
-    if kernel is None or not filled or not same_kind or not _reproducible(filled[0], bins, range):
+    filled = [p for p in parts if p.size > 0] if same_kind else []
+    exact = (kernel is not None and bool(filled) and isinstance(bins, int | np.integer) and len(range) == 2
+             and all(_float32_value(v) for v in range))
+    if not exact:
         return np.histogram(np.concatenate(parts), bins, range=range)
-    edges = _float32_edges(bins, range)
+    # numpy's own edges (its range checks, the widening of an empty range, linspace in float32)
+    edges = np.histogram_bin_edges(filled[0][:0], int(bins), range=range)
     if edges.dtype != np.float32:
         return np.histogram(np.concatenate(parts), bins, range=range)
     # the first and last edge are the range as numpy uses it (linspace keeps both ends exactly)
