@@ -171,6 +171,12 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def threads_for(lab: Any) -> int:
+    """The threads a session computes on: ``--threads`` or an xdist worker's share (the lab's
+    settings), else every CPU this process may use (as ORT's and torch's defaults do)."""
+    return lab.settings.threads or usable_cpus()
+
+
 def xdist_share_of_cpus(environ: dict[str, str] | None = None) -> int | None:
     """Threads for one of N pytest-xdist workers: the usable CPUs split N ways (at least 1);
     None outside xdist. Measured on 2 cores, two workers at 2 threads each (torch and ORT

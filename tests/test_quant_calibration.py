@@ -305,7 +305,7 @@ class _StubLab:
         from harness.cache import ArtifactCache, Memo
 
         self.cache, self.memos = ArtifactCache(root), Memo()
-        self.settings = SimpleNamespace(extra={"calibration_methods": methods} if methods else {})
+        self.settings = SimpleNamespace(threads=None, extra={"calibration_methods": methods} if methods else {})
 
     def memo(self, kind, key, build, size_of=None, valid=None):
         return self.memos.get(kind, key, build, size_of, valid)

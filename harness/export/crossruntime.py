@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compare import CheckFailure, cosine_rows, message, rel_max_error, top1_agreement
-from ..host import usable_cpus
+from ..host import threads_for
 from ..phases import in_phase
 from ..tolerances import tolerance
 
@@ -153,7 +153,7 @@ def check_deterministic(card, lab, record, spec, *, path=None, label: str | None
 
     path, label, model, x = _subject(lab, card, path, label)
     xn = x.numpy()
-    n = threads or lab.settings.threads or usable_cpus()
+    n = threads or threads_for(lab)
     with in_phase(lab, "evaluation"):
         first = spec.prepare(path, n, model=model)
         o1 = first.run_batched(xn, 8)

@@ -50,7 +50,7 @@ import numpy as np
 from .. import runtimes
 from ..cache import memoised
 from ..compare import CheckFailure, Inconclusive, check, message
-from ..host import usable_cpus
+from ..host import threads_for, usable_cpus
 from ..tolerances import Limit, tolerance
 from ..zoo import ModelCard
 from . import timing
@@ -68,10 +68,6 @@ DISTINCT_IMAGES = 8  # real images per batch; larger batches repeat them
 
 
 # --- settings -----------------------------------------------------------------------------
-
-def threads_for(lab) -> int:
-    return lab.settings.threads or usable_cpus()
-
 
 def plan_for(threads: int | None, **override: Any) -> timing.Plan:
     return timing.plan_from_tolerances(threads, SECTION, **{"cpus": usable_cpus(), **override})

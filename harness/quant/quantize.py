@@ -21,7 +21,7 @@ helper) use. Choices, each measured on this project's machines:
   ``histogram.histogram_of_parts``: numpy's equal-bin counts in one compiled pass, 3.4-4.4x faster
   than ``np.histogram``, which was ~70% of a calibration pass; same counts, so the same files.
   Each batch is counted where ORT left it (ORT stacks and flattens them: two copies), and a
-  pass's tensors are counted on ``calibration_threads`` threads (``_FanOut``).
+  pass's tensors are counted on the session's threads (``host.threads_for``, ``_FanOut``).
 - One calibration pass for every method (``calibrate_methods``): ORT runs the model over the
   calibration images once and each method's collector (MinMax, Percentile, Entropy) gets the
   same tensors; the ranges are cached (``int8-ranges``) and each method's file is written from
@@ -717,13 +717,14 @@ def shared_ranges(lab, fp32: Path, pre: Path, inputs, calib_id: dict, options: Q
         if len(x) == 0:
             raise ValueError("no calibration images")
         n, stride, batch = calibration_plan(len(x), activation_bytes_per_image(pre), options)
+        from ..host import threads_for
         from ..onnxfile import graph_input_name
 
         reader = ArrayCalibrationReader(x[:n], batch=batch, input_name=graph_input_name(pre))
         t0 = time.perf_counter()
         with _quiet(), tempfile.TemporaryDirectory(prefix="zc-calib-") as tmp:
             ranges = calibrate_methods(pre, reader, stride, [replace(options, method=m) for m in methods], Path(tmp),
-                                       threads=calibration_threads(lab))
+                                       threads=threads_for(lab))
         seconds = time.perf_counter() - t0
         for m, data in ranges.items():
             save_tensors_data(data, folder / f"ranges-{m}.json")
@@ -732,15 +733,6 @@ def shared_ranges(lab, fp32: Path, pre: Path, inputs, calib_id: dict, options: Q
 
     folder = lab.cache.entry("int8-ranges", key, build)
     return folder / f"ranges-{options.method}.json", json.loads((folder / "pass.json").read_text())
-
-
-def calibration_threads(lab) -> int:
-    """Threads that count a calibration pass's histograms: the session's (``--threads``, an xdist
-    worker's share), else every CPU this process may use, as ORT's own session does."""
-    from ..host import usable_cpus
-
-    threads = getattr(getattr(lab, "settings", None), "threads", None)
-    return threads if isinstance(threads, int) and threads > 0 else usable_cpus()
 
 
 def calibration_samples(lab) -> list:
