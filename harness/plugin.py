@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1109,8 +1110,10 @@ class _Watchdog:
     cache entries; call: the check), so a reader knows the run is alive and where the time goes.
     On the controller: under xdist the workers' test starts arrive here too."""
 
-    def __init__(self, terminal, first: float = 30.0, every: float = 60.0, phases: Path | None = None):
+    def __init__(self, terminal, first: float = 30.0, every: float = 60.0, phases: Path | None = None,
+                 say: Callable[[str], None] | None = None):
         self.terminal = terminal
+        self.say = say or _TerminalLines(terminal, None)
         self.first, self.every = first, every
         # the phase log (harness/phases.py), written by this process and the xdist workers:
         # model · phase · elapsed for every step over ~5 s
@@ -1156,13 +1159,76 @@ class _Watchdog:
         while not self._stop.wait(2.0):
             for line in self.phase_lines() + self.due(time.monotonic()):
                 try:
-                    self.terminal.ensure_newline()
-                    self.terminal.write_line(line, yellow=True)
+                    self.say(line)
                 except Exception:  # the terminal went away (end of run): stop talking
                     return
 
     def stop(self) -> None:
+        """Quiet from now on (idempotent), after the 'done in' lines of the steps that ended since
+        the last look (the run's last step ends just before this); the thread ends before the
+        descriptor it writes to closes."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=5.0)
+        if self.thread.is_alive():
+            return
+        try:
+            for line in self.phase_lines():
+                self.say(line)
+        except Exception:  # the terminal went away: nothing more to say
+            pass
+        close = getattr(self.say, "close", None)
+        if close is not None:
+            close()
+
+
+class _TerminalLines:
+    """The watchdog's lines, written past pytest's output capture. While a test runs, pytest
+    points file descriptor 1 at a temporary file (``--capture=fd``, the default) and keeps what
+    the test printed: a line written through the terminal reporter then went to that file, never
+    to the screen, so a serial run was silent through a 489 s BatchNorm recalibration. The lines
+    go to ``fd``, a duplicate of the terminal's descriptor taken while capture was off; pytest
+    flushes its own output before each test, so nothing of it is pending behind them. Without a
+    descriptor (an xdist worker, a stream with none) they go through the terminal reporter."""
+
+    def __init__(self, terminal, fd: int | None):
+        self.terminal, self.fd = terminal, fd
+        self.width_after_mine: int | None = None  # pytest's idea of its open line when we last wrote
+
+    def __call__(self, line: str) -> None:
+        if self.fd is None:
+            self.terminal.ensure_newline()
+            self.terminal.write_line(line, yellow=True)
+            return
+        # a line of its own: after pytest's open line ("suites/test_quant.py .."), not after one
+        # of ours (pytest has written nothing since: its width is what it was then); what pytest
+        # writes next starts on the following line
+        tw = self.terminal._tw
+        width = tw.width_of_current_line
+        lead = "\n" if width and width != self.width_after_mine else ""
+        os.write(self.fd, (lead + tw.markup(line, yellow=True) + "\n").encode(errors="replace"))
+        self.width_after_mine = width
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def _terminal_descriptor(config: pytest.Config, terminal) -> int | None:
+    """A duplicate of the terminal reporter's file descriptor, taken with pytest's capture
+    suspended (it is, between tests; the context makes sure), or None where it has none."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    try:
+        fileno = terminal._tw._file.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (io.StringIO)
+        return None
+    if capture is None:
+        return os.dup(fileno)
+    with capture.global_and_fixture_disabled():
+        return os.dup(fileno)
 
 
 _watchdog_key = pytest.StashKey[_Watchdog]()
@@ -1209,7 +1275,8 @@ def _start_watchdog(config: pytest.Config) -> None:
     if (terminal is None or hasattr(config, "workerinput") or config.getoption("collectonly")
             or _collector_key not in config.stash or _watchdog_key in config.stash):
         return
-    watchdog = _Watchdog(terminal, phases=phases_path(config))
+    watchdog = _Watchdog(terminal, phases=phases_path(config),
+                         say=_TerminalLines(terminal, _terminal_descriptor(config, terminal)))
     config.stash[_watchdog_key] = watchdog
     config.pluginmanager.register(_ProgressHooks(watchdog), "zooconform-progress")
 
@@ -1233,6 +1300,10 @@ class _ProgressHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item) -> None:
         self.watchdog.phase(item.nodeid, "teardown")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        self.watchdog.stop()  # every test has ended: a line now would land inside the summary
 
     def pytest_runtest_logreport(self, report) -> None:
         # under xdist the controller learns the phases from the worker's reports: setup is over

@@ -202,6 +202,35 @@ def test_a_long_test_gets_a_progress_line():
     assert w.due(t0 + 500) == []
 
 
+LONG_STEP_SUITE = '''
+import time
+from harness.phases import in_phase
+
+def test_a_long_step(model_card, lab):
+    with in_phase(lab, "evaluation"):
+        time.sleep(float(__import__("os").environ["ZC_STEP_S"]))
+'''
+
+
+@pytest.mark.parametrize("jobs", [None, "2"], ids=["serial", "xdist"])
+def test_a_long_step_is_announced_while_it_runs(tmp_path, jobs):
+    """The progress lines reach the terminal while the step runs, serial runs included: there
+    pytest captures file descriptor 1 during each test, and the lines written through the terminal
+    reporter went to the capture file (a serial full-tier shard printed nothing through a 489 s
+    BatchNorm recalibration). 'done in' alone is not enough: it was printed after the test."""
+    d = suite_dir(tmp_path, LONG_STEP_SUITE)
+    r = zooconform("run", "--suites", d, "--models", "repvgg_a0", "--report-dir", tmp_path / "reports",
+                   "--cache-dir", tmp_path / "cache", "--no-history", *(["-j", jobs] if jobs else []),
+                   env={**os.environ, "ZC_STEP_S": "8"})
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert re.search(r"zooconform: repvgg_a0 · evaluation · [5-8] s \.\.\.", r.stdout), r.stdout[-3000:]
+    assert "zooconform: repvgg_a0 · evaluation · done in 8" in r.stdout, r.stdout[-3000:]
+    # each line stands alone: no file prefix or result character glued to it
+    for line in r.stdout.splitlines():
+        if "· evaluation ·" in line:
+            assert re.fullmatch(r"zooconform: repvgg_a0 · evaluation · (\d+ s \.\.\.|done in [\d.]+ s)", line), line
+
+
 EXPORT_SUITE = '''
 import os
 
