@@ -1190,8 +1190,10 @@ class _TerminalLines:
     the test printed: a line written through the terminal reporter then went to that file, never
     to the screen, so a serial run was silent through a 489 s BatchNorm recalibration. The lines
     go to ``fd``, a duplicate of the terminal's descriptor taken while capture was off; pytest
-    flushes its own output before each test, so nothing of it is pending behind them. Without a
-    descriptor (an xdist worker, a stream with none) they go through the terminal reporter."""
+    flushes its own output before each test, so nothing of it is pending behind them. A terminal
+    stream without a descriptor (io.StringIO) gets them through the terminal reporter. One
+    process writes them: a serial run's, or the xdist controller (which runs no test, so
+    captures nothing)."""
 
     def __init__(self, terminal, fd: int | None):
         self.terminal, self.fd = terminal, fd
