@@ -203,12 +203,13 @@ def test_a_long_test_gets_a_progress_line():
 
 
 LONG_STEP_SUITE = '''
+import os
 import time
 from harness.phases import in_phase
 
 def test_a_long_step(model_card, lab):
     with in_phase(lab, "evaluation"):
-        time.sleep(float(__import__("os").environ["ZC_STEP_S"]))
+        time.sleep(float(os.environ["ZC_STEP_S"]))
 '''
 
 
