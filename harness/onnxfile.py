@@ -117,3 +117,50 @@ def load_checked_header(path: Path | str):
     """The graph without its external weights (names and shapes only), after the external-data
     check, which reads exactly that."""
     return check_external_data(Path(path))
+
+
+def peak_activation_bytes_per_image(path: Path | str) -> int:
+    """The most bytes of intermediate tensors alive at once for one image when the graph runs
+    node by node in its stored (topological) order, each tensor freed after its last reader:
+    what a runtime's memory planner must hold per image of a batch, weights apart.
+
+    Only tensors computed from the image count: a QDQ file's dequantized weights are the same
+    for any batch (a fixed cost, as the weights are). Shapes come from ONNX shape inference;
+    symbolic dimensions (the batch) count as 1 and a tensor whose shape is not inferred counts 0.
+    """
+    import numpy as np
+    import onnx
+
+    model = load_checked_header(path)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an uninferable graph counts the shapes it already holds
+        pass
+    graph = model.graph
+    sizes: dict[str, int] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape") or tt.elem_type == onnx.TensorProto.UNDEFINED:
+            continue
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+        sizes[vi.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
+    weights = {t.name for t in graph.initializer}
+    last_read = {name: step for step, node in enumerate(graph.node) for name in node.input}
+    kept = {o.name for o in graph.output}
+    inputs = [i.name for i in graph.input if i.name not in weights]
+    per_image = set(inputs)  # tensors computed from the image
+    for node in graph.node:
+        if per_image.intersection(node.input):
+            per_image.update(n for n in node.output if n)
+    sizes = {name: size for name, size in sizes.items() if name in per_image}
+    live = sum(sizes.get(name, 0) for name in inputs)
+    peak = live
+    for step, node in enumerate(graph.node):
+        live += sum(sizes.get(name, 0) for name in node.output if name)
+        peak = max(peak, live)
+        # after the node: its inputs read for the last time and its outputs nobody reads
+        done = {n for n in node.input if n and n not in weights and last_read.get(n) == step}
+        done |= {n for n in node.output if n and n not in last_read}
+        live -= sum(sizes.get(name, 0) for name in done - kept)
+    return peak

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import onnxfile, runtimes
-from ..cache import array_digest
+from ..cache import array_digest, memoised
 from ..compare import (
     CheckFailure,
     Inconclusive,
@@ -76,7 +76,14 @@ if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import
 
 SECTION = "quant"
 IMAGENET_VAL_IMAGES = 50_000
+# Images per eval block: the unit the eval set is read in and the noise floor seeded by (block
+# i draws seed i), whatever batch a runtime is fed, so a model's run batch moves no figure
 EVAL_BATCH = 50
+# Peak activations (graph estimate) one eval call may hold: resnest269's 416 px evaluation at
+# 50 images a call took its process to 10.8 GB. ORT grows by 1.0-1.7x the estimate an image
+# (resnest200, 320 px: fp32 26 MB for 25 estimated, QDQ simulation 31 MB for 19), and 10 to 20
+# images a call run within 5% of 50's speed (resnest200 4% slower, resnest50's simulation 5% faster)
+EVAL_MEMORY_BUDGET_MB = 512
 FLOOR_DISTANCE_MIN = 1e-9  # below: fp32 does not respond to input noise at all
 KERNEL_IMAGES = 200  # images for the kernels-vs-simulation check (its cost is two int8 runs)
 REPORT_IMAGES = 4  # images for the per-tensor report: activations of every tensor are held
@@ -332,6 +339,18 @@ def _eval_batches(lab, card):
             yield x[i:i + EVAL_BATCH], (labels[i:i + EVAL_BATCH] if labels is not None else None)
 
 
+def eval_run_batch(lab, path: Path) -> int:
+    """Images per runtime call when ``path`` runs on the eval set: as many as the file's peak
+    activations per image (:func:`harness.onnxfile.peak_activation_bytes_per_image`) fit in
+    :data:`EVAL_MEMORY_BUDGET_MB`, at most a block. The rows do not depend on it (ORT's CPU
+    kernels compute each image alone); memory does, by the batch."""
+    def build() -> int:
+        per_image = max(onnxfile.peak_activation_bytes_per_image(path), 1)
+        return int(max(1, min(EVAL_BATCH, EVAL_MEMORY_BUDGET_MB * 2**20 // per_image)))
+
+    return memoised(lab, "quant.eval_run_batch", qmod.cached_file_digest(path, lab), build, lambda _: 100)
+
+
 def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
     """fp32 logits (and noisy-input logits for the floor) on the eval set, once per session."""
     key = (qmod.cached_file_digest(fp32_path, lab), card.id, lab.images("eval").digest(), with_noise)
@@ -340,12 +359,13 @@ def fp32_run(lab, card, fp32_path: Path, with_noise: bool) -> EvalRun:
 
     def compute() -> dict[str, np.ndarray]:
         sess = runtimes.spec(None).prepare(fp32_path, lab.settings.threads)  # fp32 through ORT: the units
+        run_batch = eval_run_batch(lab, fp32_path)
         outs, noisy, labels = [], [], []
         t0 = time.perf_counter()
         for i, (x, y) in enumerate(_eval_batches(lab, card)):
-            outs.append(sess.run_batched(x))
+            outs.append(sess.run_batched(x, run_batch))
             if with_noise:
-                noisy.append(sess.run_batched(grey_level_noise(x, card.preprocess.std, levels, seed=i)))
+                noisy.append(sess.run_batched(grey_level_noise(x, card.preprocess.std, levels, seed=i), run_batch))
             if y is not None:
                 labels.append(y)
         arrays = {"fp32": np.concatenate(outs), "seconds": np.array(time.perf_counter() - t0)}
@@ -379,7 +399,7 @@ def eval_cache_key(lab, card, path: Path, runtime, **how) -> dict | None:
         return None
     return {"model": card.id, "file": qmod.cached_file_digest(path, lab), "images": lab.images("eval").digest(),
             "count": len(lab.images("eval").samples), "runtime": runtimes.spec(runtime).id,
-            **qmod.runtime_numerics_key(lab), "batch": EVAL_BATCH, "code": EVAL_LOGITS_VERSION, **how}
+            **qmod.runtime_numerics_key(lab), "batch": eval_run_batch(lab, path), "code": EVAL_LOGITS_VERSION, **how}
 
 
 def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=None,
@@ -391,7 +411,7 @@ def int8_logits(lab, card, int8_path: Path, optimization: str = "all", run_int8=
            runtimes.spec(runtime).id)
 
     def compute() -> dict[str, np.ndarray]:
-        run = run_int8 or _default_run_int8(lab.settings.threads, runtime)
+        run = run_int8 or _default_run_int8(lab.settings.threads, runtime, lab)
         t0 = time.perf_counter()
         out = np.concatenate([run(int8_path, optimization, x) for x, _ in _eval_batches(lab, card)])
         return {"int8": out, "seconds": np.array(time.perf_counter() - t0)}
@@ -794,13 +814,15 @@ def _kernel_inputs(lab, card, fp32_path: Path) -> tuple[np.ndarray, np.ndarray, 
     x = np.concatenate(xs)[:KERNEL_IMAGES]
     sess = runtimes.spec(None).prepare(fp32_path, lab.settings.threads)  # fp32 through ORT: the units
     levels = int(tolerance(SECTION, "noise_grey_levels"))
-    return x, sess.run_batched(x, EVAL_BATCH), sess.run_batched(grey_level_noise(x, card.preprocess.std, levels),
-                                                                EVAL_BATCH)
+    run_batch = eval_run_batch(lab, fp32_path)
+    return x, sess.run_batched(x, run_batch), sess.run_batched(grey_level_noise(x, card.preprocess.std, levels),
+                                                               run_batch)
 
 
-def _default_run_int8(threads, runtime=None):
+def _default_run_int8(threads, runtime=None, lab=None):
     """``run(path, optimization, x)``: ``"none"`` is ORT's QDQ float simulation (the model, the same
-    for every runtime); ``"all"`` is ``runtime``'s (default ort) int8 execution of the file."""
+    for every runtime); ``"all"`` is ``runtime``'s (default ort) int8 execution of the file. Each
+    file runs :func:`eval_run_batch` images per call."""
     sessions: dict = {}
     rspec = runtimes.spec(runtime)
 
@@ -808,10 +830,12 @@ def _default_run_int8(threads, runtime=None):
         key = (str(path), optimization)
         if key not in sessions:
             if optimization == "all":
-                sessions[key] = rspec.prepare(path, threads, file_precision="int8")
+                session = rspec.prepare(path, threads, file_precision="int8")
             else:
-                sessions[key] = ortrt.OrtRuntime("ort").prepare(path, threads, "int8", optimization=optimization)
-        return sessions[key].run_batched(x, EVAL_BATCH)
+                session = ortrt.OrtRuntime("ort").prepare(path, threads, "int8", optimization=optimization)
+            sessions[key] = (session, eval_run_batch(lab, Path(path)))
+        session, run_batch = sessions[key]
+        return session.run_batched(x, run_batch)
 
     return run
 
@@ -840,7 +864,7 @@ def check_int8_kernels_match_simulation(card, lab: LabLike, record: Record, meth
     x, fp32, noisy = _kernel_inputs(lab, card, subject.fp32)
     # the embedded eval split with the default runner: verdict (a)'s runs (memo and disk cache)
     reuse_eval_runs = run_int8 is None and not lab.uses_real_data
-    run_int8 = run_int8 or _default_run_int8(lab.settings.threads, rspec)
+    run_int8 = run_int8 or _default_run_int8(lab.settings.threads, rspec, lab)
     if reuse_eval_runs:
         n = len(x)
         m = kernel_figures(fp32, noisy, int8_logits(lab, card, subject.int8, "none", runtime=rspec)[0][:n],
