@@ -80,7 +80,8 @@ IMAGENET_VAL_IMAGES = 50_000
 # i draws seed i), whatever batch a runtime is fed, so a model's run batch moves no figure
 EVAL_BATCH = 50
 # Peak activations (graph estimate) one eval call may hold: resnest269's 416 px evaluation at
-# 50 images a call took its process to 10.8 GB. ORT grows by 1.0-1.7x the estimate an image
+# 50 images a call took its process to 10.8 GB; its fp32 file alone peaks at 4.7 GB at 50 a
+# call, 1.9 GB at 12 (its run batch here, 3% faster). ORT grows by 1.0-1.7x the estimate an image
 # (resnest200, 320 px: fp32 26 MB for 25 estimated, QDQ simulation 31 MB for 19), and 10 to 20
 # images a call run within 5% of 50's speed (resnest200 4% slower, resnest50's simulation 5% faster)
 EVAL_MEMORY_BUDGET_MB = 512
