@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
 from harness.figures import validate
 from harness.testing import Recorder
 
@@ -49,3 +53,29 @@ def suite_dir(tmp_path: Path, source: str) -> Path:
     d.mkdir()
     (d / "test_mine.py").write_text(source)
     return d
+
+
+def conv_classifier(path: Path, size: int, widths: tuple[int, int] = (16, 32), fc_scale: float = 6,
+                    batch_dim: str | None = "batch", graph_name: str = "g") -> Path:
+    """A small seeded ONNX classifier on [batch, 3, size, size]: two 3x3 convolutions
+    (3 -> widths[0] -> widths[1] channels) with ReLU, global pooling and a 10-way MatMul whose
+    weights are divided by ``fc_scale`` (logits of a realistic spread). Same arguments, same bytes."""
+    rng = np.random.default_rng(0)
+
+    def conv(name, cin, cout):
+        return numpy_helper.from_array((rng.normal(size=(cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32), name)
+
+    first, second = widths
+    inits = [conv("w1", 3, first), conv("w2", first, second),
+             numpy_helper.from_array((rng.normal(size=(second, 10)) / fc_scale).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    graph = helper.make_graph(nodes, graph_name,
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_dim, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch_dim, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from _kit import conv_classifier
+from onnx import TensorProto, helper
 
 from harness import onnxfile
 from harness.data import ImageSet, Sample
@@ -47,24 +48,8 @@ def test_the_peak_counts_what_is_alive_at_once_not_every_tensor(tmp_path):
     assert onnxfile.peak_activation_bytes_per_image(skip) == 3 * IMAGE_BYTES
 
 
-def _conv_net(path: Path, size: int) -> Path:
-    """Two 3x3 convolutions (3 -> 16 -> 32 channels), pooling and a 10-way MatMul."""
-    rng = np.random.default_rng(0)
-
-    def conv(name, cin, cout):
-        return numpy_helper.from_array((rng.normal(size=(cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32), name)
-
-    inits = [conv("w1", 3, 16), conv("w2", 16, 32),
-             numpy_helper.from_array((rng.normal(size=(32, 10)) / 6).astype(np.float32), "fc")]
-    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
-    return _save(nodes, path, inits, size=size, out_shape=["batch", 10])
-
-
 def test_a_bigger_image_gets_a_smaller_run_batch_within_one_block(tmp_path, monkeypatch):
-    small, big = _conv_net(tmp_path / "s.onnx", 16), _conv_net(tmp_path / "b.onnx", 32)
+    small, big = conv_classifier(tmp_path / "s.onnx", 16), conv_classifier(tmp_path / "b.onnx", 32)
     per_small, per_big = (onnxfile.peak_activation_bytes_per_image(p) for p in (small, big))
     # the peak: the second Relu's input and output at once (32 + 32 channels); the pooled tail is
     # freed by then, so a 4x image is exactly 4x
@@ -88,7 +73,7 @@ def _eval_lab(x: torch.Tensor) -> FakeLab:
 
 def test_the_logits_and_the_noise_floor_are_the_same_at_any_run_batch(tmp_path, monkeypatch):
     """120 images: blocks of 50, 50, 20; a run batch of 7 cuts each block unevenly."""
-    fp32 = _conv_net(tmp_path / "net.onnx", 32)
+    fp32 = conv_classifier(tmp_path / "net.onnx", 32)
     card = types.SimpleNamespace(id="net", preprocess=types.SimpleNamespace(std=(0.229, 0.224, 0.225)))
     x = torch.from_numpy(np.random.default_rng(3).normal(size=(120, 3, 32, 32)).astype(np.float32))
     runs, original_run = {}, OrtSession.run
@@ -110,7 +95,7 @@ def test_the_int8_simulation_and_kernels_give_the_same_rows_at_any_run_batch(tmp
 
     from harness.quant.quantize import ArrayCalibrationReader
 
-    fp32 = _conv_net(tmp_path / "net.onnx", 32)
+    fp32 = conv_classifier(tmp_path / "net.onnx", 32)
     x = np.random.default_rng(4).normal(size=(60, 3, 32, 32)).astype(np.float32)
     int8 = tmp_path / "net.int8.onnx"
     quantize_static(str(fp32), str(int8), ArrayCalibrationReader(x[:20], batch=10), quant_format=QuantFormat.QDQ)

@@ -11,12 +11,9 @@ CI installs qemu-user (.ci/run); without it these tests skip and say how to get 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _kit import conv_classifier
 
 from harness import emulate
 from harness.host import cpu_facts, u8s8_may_saturate
@@ -30,25 +27,6 @@ HASWELL = emulate.CPU_MODELS["Haswell"]
 IMAGES = 16
 
 
-def _tiny_net(path: Path) -> None:
-    rng = np.random.default_rng(0)
-
-    def conv(name, cin, cout):
-        return numpy_helper.from_array((rng.normal(size=(cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32), name)
-
-    inits = [conv("w1", 3, 32), conv("w2", 32, 64),
-             numpy_helper.from_array((rng.normal(size=(64, 10)) / 8).astype(np.float32), "fc")]
-    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """fp32, int8 with full-range weights (quantize_static's default), int8 with reduce_range."""
@@ -56,7 +34,7 @@ def files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("hosts")
     fp32 = folder / "tiny.onnx"
-    _tiny_net(fp32)
+    conv_classifier(fp32, 32, widths=(32, 64), fc_scale=8, batch_dim=None, graph_name="tiny")
     x = np.random.default_rng(1).uniform(-2, 2, size=(32, 3, 32, 32)).astype(np.float32)
 
     class Reader(CalibrationDataReader):
