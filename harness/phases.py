@@ -11,6 +11,13 @@ workers write into the controller's file (one ``write`` of one short line per ev
   seconds are its own, not its parent's) go into results.json ``phases`` and the HTML report,
   with the suite's overhead ratio: the time of all tests over the time spent on the work under
   test (export, quantization and inference of the artifacts under test).
+
+Memory: each end event carries the phase's high-water resident memory (``high_mb``: the most
+the process held while the phase ran, nested phases included; sampled from /proc every
+``RSS_SAMPLE_EVERY_S`` by one thread per process, and exact where the phase raised the process's
+peak) and, where it did raise that peak, ``peak_mb``. The kernel's own per-process high-water
+(VmHWM) could be reset per phase through /proc/self/clear_refs, but that would also reset what
+``/usr/bin/time`` and a CI's rusage report as the run's maximum: sampling leaves them alone.
 """
 from __future__ import annotations
 
@@ -71,12 +78,21 @@ CACHE_PHASES: dict[str, str] = {
 ESSENTIAL = frozenset(name for name, (_, essential) in PHASES.items() if essential)
 PROGRESS_AFTER_S = 5.0  # a phase shorter than this is not announced
 PROGRESS_EVERY_S = 30.0  # a running phase is re-announced this often
+# how often the resident memory of a process with an open phase is read: the arrays that set a
+# phase's high-water (activations of a batch, a calibration pass) live for seconds; a spike
+# shorter than this can be missed unless it raised the process's peak (read exactly)
+RSS_SAMPLE_EVERY_S = 0.02
+# phases during which the sampler stays asleep: a latency measurement's threads own the cores,
+# and its memory (a loaded session) is no news
+UNSAMPLED_PHASES = frozenset({"timing", "machine peak"})
 
 
-@dataclass
+@dataclass(eq=False)  # open frames are told apart by identity
 class _Frame:
     model: str | None
+    phase: str = ""
     children_s: float = 0.0  # seconds of the phases nested in this one: not its self time
+    high_mb: float | None = None  # the most resident memory seen while it runs (MB)
 
 
 def process_peak_mb() -> float | None:
@@ -87,6 +103,58 @@ def process_peak_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def process_rss_mb() -> float | None:
+    """This process's resident memory now, in MB (Linux's /proc/self/statm; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_BYTES / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Sampler:
+    """One daemon thread per process: every ``RSS_SAMPLE_EVERY_S`` it folds the resident memory
+    into each open phase of the logs that have one, and it sleeps on an event while none has
+    (a run's many labs and fake labs share it: no thread per log, no wake-ups when idle)."""
+
+    def __init__(self) -> None:
+        self._logs: dict[int, PhaseLog] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def opened(self, log: PhaseLog) -> None:
+        with self._lock:
+            self._logs[id(log)] = log
+            self._wake.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="zooconform-rss-sampler", daemon=True)
+                self._thread.start()
+
+    def idle(self, log: PhaseLog) -> None:
+        with self._lock:
+            if not log.has_open_phases():  # another thread may have opened one since
+                self._logs.pop(id(log), None)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(RSS_SAMPLE_EVERY_S)
+            with self._lock:  # cleared under the lock that opened() sets it under: no lost wake-up
+                logs = list(self._logs.values())
+                if not logs:
+                    self._wake.clear()
+            for log in logs:
+                if not log.timing():
+                    log.sample()
+
+
+_SAMPLER = _Sampler()
 
 
 @dataclass
@@ -103,6 +171,12 @@ class PhaseLog:
     on_start: Callable[[], None] | None = field(default=None, repr=False)
     # the process's peak resident memory in MB (a test gives its own)
     peak_mb: Callable[[], float | None] = field(default=process_peak_mb, repr=False)
+    # the process's resident memory now, in MB: each phase's high-water (a test gives its own)
+    rss_mb: Callable[[], float | None] = field(default=process_rss_mb, repr=False)
+    # whether the process's sampler thread reads ``rss_mb`` while a phase is open (a test that
+    # feeds its own values calls ``sample`` itself); off, only a phase's start and end are read
+    sampled: bool = True
+    _open: list[_Frame] = field(default_factory=list, repr=False)  # every thread's open phases
     _fd: int | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -115,13 +189,18 @@ class PhaseLog:
         ident = f"{os.getpid()}-{next(self._ids)}"
         if model is None:
             model = parent.model if parent is not None else self.current_model
-        frame = _Frame(model)
+        frame = _Frame(model, phase, high_mb=self.rss_mb())
         if self.on_start is not None:
             self.on_start()
         peak_before = self.peak_mb()
         start = time.monotonic()
         self._emit({"ev": "start", "id": ident, "phase": phase, "model": model, "t": time.time()})
         stack.append(frame)
+        with self._lock:
+            self._open.append(frame)
+            first = len(self._open) == 1
+        if first and self.sampled:
+            _SAMPLER.opened(self)
         try:
             yield
         finally:
@@ -132,9 +211,45 @@ class PhaseLog:
             end = {"ev": "end", "id": ident, "phase": phase, "model": model, "t": time.time(),
                    "s": round(seconds, 4), "self_s": round(max(0.0, seconds - frame.children_s), 4)}
             peak_after = self.peak_mb()
-            if peak_after is not None and peak_before is not None and peak_after > peak_before:
-                end["peak_mb"] = round(peak_after)  # this phase set the process's highest memory so far
+            raised = peak_after is not None and peak_before is not None and peak_after > peak_before
+            self._close(frame, parent, peak_after if raised else None)
+            if raised:
+                end["peak_mb"] = round(peak_after)  # type: ignore[arg-type]  # set the process's highest so far
+            if frame.high_mb is not None:
+                end["high_mb"] = round(frame.high_mb)
             self._emit(end)
+
+    def has_open_phases(self) -> bool:
+        return bool(self._open)
+
+    def timing(self) -> bool:
+        """Whether the phase opened last is one the sampler must not disturb (``UNSAMPLED_PHASES``):
+        a latency check's call is "timing", but the builds it starts inside are sampled."""
+        opened = list(self._open)
+        return bool(opened) and opened[-1].phase in UNSAMPLED_PHASES
+
+    def sample(self) -> None:
+        """Fold the resident memory now into every open phase's high-water (the sampler's step)."""
+        rss = self.rss_mb()
+        if rss is None:
+            return
+        with self._lock:
+            for frame in self._open:
+                frame.high_mb = rss if frame.high_mb is None else max(frame.high_mb, rss)
+
+    def _close(self, frame: _Frame, parent: _Frame | None, peak: float | None) -> None:
+        """The frame's last reading (now; the process's peak if the phase raised it: that peak
+        was reached while it ran), handed on to the phase it is nested in."""
+        self.sample()
+        with self._lock:
+            self._open.remove(frame)
+            empty = not self._open
+            readings = [v for v in (frame.high_mb, peak) if v is not None]
+            frame.high_mb = max(readings) if readings else None
+            if parent is not None and frame.high_mb is not None:
+                parent.high_mb = frame.high_mb if parent.high_mb is None else max(parent.high_mb, frame.high_mb)
+        if empty and self.sampled:
+            _SAMPLER.idle(self)
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self._lock:
@@ -228,8 +343,10 @@ def profile(events: Iterable[dict[str, Any]], busy_s: float | None = None) -> di
     """Self seconds per model and phase from the end events; ``busy_s``: the summed durations of
     every test (setup + call + teardown), for the overhead ratio and the unattributed rest.
     ``memory``: per model, the highest peak resident memory of its process that one of its phases
-    set, and which phase (a model that never raised its process's peak, e.g. a small one after a
-    large one on the same -j worker, has no entry): what a runner must hold for it."""
+    set and which phase (``peak_mb``, ``phase``: absent for a model that never raised its process's
+    peak, e.g. a small one after a large one on the same -j worker), and ``phases``: each phase's
+    high-water, the most the process held while that phase ran for the model (nested phases
+    included): what a runner must hold for it, and which phase to make smaller."""
     by_model: dict[str, dict[str, float]] = {}
     totals: dict[str, float] = {}
     memory: dict[str, dict[str, Any]] = {}
@@ -241,7 +358,10 @@ def profile(events: Iterable[dict[str, Any]], busy_s: float | None = None) -> di
         # the highest process peak a model's phases set; an outer phase ends after the inner one
         # that set the same peak, so ">" keeps the inner (the one that did it)
         if e.get("peak_mb") is not None and float(e["peak_mb"]) > float(memory.get(model, {}).get("peak_mb", 0)):
-            memory[model] = {"peak_mb": round(float(e["peak_mb"])), "phase": e["phase"]}
+            memory.setdefault(model, {}).update(peak_mb=round(float(e["peak_mb"])), phase=e["phase"])
+        if e.get("high_mb") is not None:
+            highs = memory.setdefault(model, {}).setdefault("phases", {})
+            highs[e["phase"]] = max(highs.get(e["phase"], 0), round(float(e["high_mb"])))
         by_model.setdefault(model, {})
         by_model[model][e["phase"]] = by_model[model].get(e["phase"], 0.0) + seconds
         totals[e["phase"]] = totals.get(e["phase"], 0.0) + seconds
@@ -255,6 +375,9 @@ def profile(events: Iterable[dict[str, Any]], busy_s: float | None = None) -> di
         "accounted_s": round(accounted, 2),
         "essential_phases": sorted(ESSENTIAL),
     }
+    for entry in memory.values():
+        if "phases" in entry:  # highest first, like the totals
+            entry["phases"] = dict(sorted(entry["phases"].items(), key=lambda kv: (-kv[1], kv[0])))
     if memory:
         out["memory"] = dict(sorted(memory.items()))
     if busy_s is not None:
@@ -273,8 +396,11 @@ def merge_profiles(profiles: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
         for model, phases in ((prof or {}).get("by_model") or {}).items():
             events += [{"ev": "end", "phase": p, "model": model, "self_s": s} for p, s in phases.items()]
         for model, peak in ((prof or {}).get("memory") or {}).items():
-            events.append({"ev": "end", "phase": peak["phase"], "model": model, "self_s": 0.0,
-                           "peak_mb": peak["peak_mb"]})
+            if peak.get("peak_mb") is not None:
+                events.append({"ev": "end", "phase": peak["phase"], "model": model, "self_s": 0.0,
+                               "peak_mb": peak["peak_mb"]})
+            events += [{"ev": "end", "phase": p, "model": model, "self_s": 0.0, "high_mb": mb}
+                       for p, mb in (peak.get("phases") or {}).items()]
         if (prof or {}).get("tests_s") is not None:
             tests_s, any_tests = tests_s + float(prof["tests_s"]), True  # type: ignore[index]
     return profile(events, busy_s=tests_s if any_tests else None)

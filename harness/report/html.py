@@ -212,14 +212,18 @@ def phases_section(doc: dict[str, Any]) -> str:
     memory: dict[str, dict[str, Any]] = prof.get("memory") or {}
 
     def peak(model: str) -> str:
-        m = memory.get(model)
-        return f'<td title="set in {esc(m["phase"])}">{esc(m["peak_mb"])}</td>' if m else f"<td>{DASH}</td>"
+        m = memory.get(model) or {}
+        said = [f"set in {m['phase']}"] if m.get("peak_mb") is not None else []
+        if m.get("phases"):
+            said.append("high-water MB by phase: " + ", ".join(f"{p} {mb}" for p, mb in m["phases"].items()))
+        title = f' title="{esc("; ".join(said))}"' if said else ""
+        return f"<td{title}>{esc(m['peak_mb']) if m.get('peak_mb') is not None else DASH}</td>"
 
     rows = []
     for model, ph in sorted(by_model.items(), key=lambda kv: -sum(kv[1].values())):
         cells = "".join(f"<td>{esc(round(ph[p], 1)) if p in ph else DASH}</td>" for p in cols)
         rows.append(f"<tr><td>{esc(model)}</td>{cells}<td>{esc(round(sum(ph.values()), 1))}</td>{peak(model)}</tr>")
-    highest = max((m["peak_mb"] for m in memory.values()), default=None)
+    highest = max((m["peak_mb"] for m in memory.values() if m.get("peak_mb") is not None), default=None)
     rows.append("<tr><td><b>all</b></td>" + "".join(f"<td><b>{esc(round(totals[p], 1))}</b></td>" for p in cols)
                 + f"<td><b>{esc(prof.get('accounted_s'))}</b></td>"
                 + f"<td><b>{esc(highest) if highest is not None else DASH}</b></td></tr>")
@@ -229,7 +233,7 @@ def phases_section(doc: dict[str, Any]) -> str:
             f"{ratio if ratio is not None else DASH} (tests / work under test; goal \u2264 {OVERHEAD_GOAL}). "
             "* suite overhead: references, floors, diagnoses. peak MB: the highest resident memory of the "
             "test process that one of the model's phases set (what a runner must hold for it; "
-            "– when it never raised its worker's peak).")
+            "– when it never raised its worker's peak); its title gives each phase's high-water.")
     return ('<h2 id="phases">Where the time went</h2>'
             "<table><tr><th>model</th>" + "".join(head(p) for p in cols) + "<th>total s</th><th>peak MB</th></tr>"
             + "".join(rows) + f'</table><p class="small">{esc(line)}</p>')

@@ -115,11 +115,16 @@ def results_schema() -> dict[str, Any]:
                     "unattributed_s": {"type": "number", "minimum": 0},
                     "overhead_ratio": {"type": ["number", "null"], "minimum": 0},
                     "memory": {"type": "object", "description": "per model, the highest peak resident memory "
-                               "(MB) of its process that one of its phases set, and that phase",
+                               "(MB) of its process that one of its phases set, and that phase; and each "
+                               "phase's high-water (MB held by the process while it ran)",
                                "additionalProperties": {
-                                   "type": "object", "required": ["peak_mb", "phase"], "additionalProperties": False,
+                                   "type": "object", "additionalProperties": False,
+                                   "dependentRequired": {"peak_mb": ["phase"], "phase": ["peak_mb"]},
                                    "properties": {"peak_mb": {"type": "number", "minimum": 0},
-                                                  "phase": {"enum": sorted(PHASES)}}}},
+                                                  "phase": {"enum": sorted(PHASES)},
+                                                  "phases": {"type": "object", "propertyNames": {"enum": sorted(PHASES)},
+                                                             "additionalProperties": {"type": "number",
+                                                                                      "minimum": 0}}}}},
                 },
                 "additionalProperties": False,
             },

@@ -34,8 +34,12 @@ def one_screen(doc: dict[str, Any], width: int = 100) -> list[str]:
         ratio = prof.get("overhead_ratio")
         lines.append(f"time: {top}; overhead ratio {ratio if ratio is not None else '-'} (tests / work under test)")
     if prof.get("memory"):  # the memory a runner must hold: the highest process peak and who set it
-        model, peak = max(prof["memory"].items(), key=lambda kv: kv[1]["peak_mb"])
-        lines.append(f"memory: peak {peak['peak_mb']} MB of one test process, set by {model} ({peak['phase']})")
+        peaks = [(m, e) for m, e in prof["memory"].items() if e.get("peak_mb") is not None]
+        if peaks:
+            model, peak = max(peaks, key=lambda kv: kv[1]["peak_mb"])
+            highs = ", ".join(f"{p} {mb}" for p, mb in list((peak.get("phases") or {}).items())[:4])
+            lines.append(f"memory: peak {peak['peak_mb']} MB of one test process, set by {model} ({peak['phase']})"
+                         + (f"; its high-water MB by phase: {highs}" if highs else ""))
     for note in doc.get("notes") or []:
         lines.append(f"  {note}")
     failing = failing_tests(doc) + [t for t in doc["tests"] if t["outcome"] == "inconclusive" and not t.get("failing")]
