@@ -119,6 +119,20 @@ def load_checked_header(path: Path | str):
     return check_external_data(Path(path))
 
 
+def value_info_bytes(vi) -> int | None:
+    """Bytes of one image's tensor ``vi`` (a ValueInfoProto): symbolic dimensions (the batch) count
+    as 1; None when its shape or element type is not known."""
+    import numpy as np
+    import onnx
+
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape") or tt.elem_type == onnx.TensorProto.UNDEFINED:
+        return None
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+    return int(np.prod(dims, dtype=np.int64)) * itemsize
+
+
 def peak_activation_bytes_per_image(path: Path | str) -> int:
     """The most bytes of intermediate tensors alive at once for one image when the graph runs
     node by node in its stored (topological) order, each tensor freed after its last reader:
@@ -128,7 +142,6 @@ def peak_activation_bytes_per_image(path: Path | str) -> int:
     for any batch (a fixed cost, as the weights are). Shapes come from ONNX shape inference;
     symbolic dimensions (the batch) count as 1 and a tensor whose shape is not inferred counts 0.
     """
-    import numpy as np
     import onnx
 
     model = load_checked_header(path)
@@ -137,14 +150,8 @@ def peak_activation_bytes_per_image(path: Path | str) -> int:
     except Exception:  # noqa: BLE001 - an uninferable graph counts the shapes it already holds
         pass
     graph = model.graph
-    sizes: dict[str, int] = {}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape") or tt.elem_type == onnx.TensorProto.UNDEFINED:
-            continue
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
-        sizes[vi.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
+    sizes = {vi.name: size for vi in [*graph.input, *graph.value_info, *graph.output]
+             if (size := value_info_bytes(vi)) is not None}
     weights = {t.name for t in graph.initializer}
     last_read = {name: step for step, node in enumerate(graph.node) for name in node.input}
     kept = {o.name for o in graph.output}

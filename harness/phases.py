@@ -150,7 +150,7 @@ class _Sampler:
                 if not logs:
                     self._wake.clear()
             for log in logs:
-                if not log.timing():
+                if not log.sampler_paused():
                     log.sample()
 
 
@@ -211,10 +211,11 @@ class PhaseLog:
             end = {"ev": "end", "id": ident, "phase": phase, "model": model, "t": time.time(),
                    "s": round(seconds, 4), "self_s": round(max(0.0, seconds - frame.children_s), 4)}
             peak_after = self.peak_mb()
-            raised = peak_after is not None and peak_before is not None and peak_after > peak_before
-            self._close(frame, parent, peak_after if raised else None)
-            if raised:
-                end["peak_mb"] = round(peak_after)  # type: ignore[arg-type]  # set the process's highest so far
+            raised_to = (peak_after if peak_after is not None and peak_before is not None and peak_after > peak_before
+                         else None)
+            self._close(frame, parent, raised_to)
+            if raised_to is not None:
+                end["peak_mb"] = round(raised_to)  # this phase set the process's highest memory so far
             if frame.high_mb is not None:
                 end["high_mb"] = round(frame.high_mb)
             self._emit(end)
@@ -222,7 +223,7 @@ class PhaseLog:
     def has_open_phases(self) -> bool:
         return bool(self._open)
 
-    def timing(self) -> bool:
+    def sampler_paused(self) -> bool:
         """Whether the phase opened last is one the sampler must not disturb (``UNSAMPLED_PHASES``):
         a latency check's call is "timing", but the builds it starts inside are sampled."""
         opened = list(self._open)

@@ -279,13 +279,13 @@ def test_the_sampler_leaves_a_latency_measurement_alone():
     """Its reads would take a core from the timed threads: while a timing phase is open it sleeps."""
     log = PhaseLog(rss_mb=lambda: 100.0, sampled=False)
     with log("evaluation", "m"):
-        assert not log.timing()
+        assert not log.sampler_paused()
         with log("timing"):
-            assert log.timing()
+            assert log.sampler_paused()
             with log("calibration"):  # the int8 file a latency check builds first: sampled
-                assert not log.timing()
-            assert log.timing()
-    assert not log.timing()
+                assert not log.sampler_paused()
+            assert log.sampler_paused()
+    assert not log.sampler_paused()
 
 
 def test_the_process_peak_reader_sees_an_allocation(tmp_path):

@@ -178,16 +178,12 @@ def activation_bytes_per_image(model_path: Path) -> int:
     """
     import onnx
 
-    from ..onnxfile import load_checked_header
+    from ..onnxfile import load_checked_header, value_info_bytes
 
     model = load_checked_header(model_path)
-    total = 0
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        tt = vi.type.tensor_type
-        if tt.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
-            total += int(np.prod(dims)) * (2 if tt.elem_type == onnx.TensorProto.FLOAT16 else 4)
-    return total
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    return sum(value_info_bytes(vi) or 0 for vi in [*model.graph.value_info, *model.graph.output]
+               if vi.type.tensor_type.elem_type in floats)
 
 
 def calibration_plan(n_images: int, bytes_per_image: int, options: QuantOptions) -> tuple[int, int, int]:
