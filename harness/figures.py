@@ -334,6 +334,10 @@ remeasure | text | | | why it was re-measured
 remeasure_note | text | | | what the re-measurement showed
 remeasured_median_ms | num | ms | | median of the re-measurement
 remeasured_quiet | bool | | | the re-measurement was quiet
+host_recheck | text | | | after a reproduced quiet over-budget figure: the peak at the start and now, and whether the host changed
+host_recheck_fp32_peak_gflops | num | GFLOP/s | | this host's fp32 peak re-measured after a reproduced over-budget figure
+host_recheck_int8_peak_gops | num | GOP/s | | this host's int8 peak re-measured after a reproduced over-budget figure
+host_recheck_peaks_quiet | bool | | | the re-measured peaks were quiet
 samples_used | int | count | | samples the verdict rests on: recorded calls (absolute) or blocks per side (ratio)
 samples_max | int | count | | the plan's maximum of those (rounds, blocks): what a measurement takes without an early stop
 looks | int | count | | looks the sequential stopping rule took in the kept attempt

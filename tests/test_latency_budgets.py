@@ -10,7 +10,11 @@ import pytest
 from harness.commands import budgets as budgets_cmd
 from harness.errors import ConfigError
 from harness.latency import budgets, recording
+from harness.latency import checks as _checks  # noqa: F401  (below)
 from harness.zoo import load_zoo
+
+# harness.latency.checks is imported before pytester's in-process run, which drops the modules
+# first imported inside it: checks would then hold another tolerances.Limit class than a later test
 
 ZOO = load_zoo()
 IDS = list(ZOO)
@@ -496,3 +500,122 @@ def test_a_slow_model_fails_even_after_the_re_measurement():
         lc.judge_absolute(_measurement(0.0400), b, lambda **k: None, subject="hrnet fp32 b1",
                           remeasure=lambda: calls.append(1) or _measurement(0.0395))
     assert calls == [1] and "39.500 ms, but should be <= 27.45 ms" in str(e.value)
+
+
+# --- a reproduced quiet failure is the model's only on the host the run started on ------------------
+
+START = dict(fp32=190.0, int8=820.0)  # this host's peaks when the run began (the profile records fp32 198 only)
+
+
+def _started_on(tmp_path, **start):
+    prof = bound(tmp_path)
+    host = fake_host(**{**START, **start})
+    return budgets.Choice(prof, "--profile", "--profile cpu-test", budgets.applicability(prof, host, TOL), host=host)
+
+
+def _simulated(scale: float, budget_ms: float, seed: int = 4):
+    """The model measured on the simulated machine (10 ms of work a call, 3% noise): real
+    measurement logic, deterministic clocks."""
+    from _latency_sim import SimulatedMachine
+
+    from harness.latency import timing
+
+    machine = SimulatedMachine(work_s=0.010, noise=0.03, seed=seed)
+    return timing.measure(machine.model(scale), timing.plan_from_tolerances(2), clocks=machine.clocks, name="sim",
+                          target_s=budget_ms / 1e3)
+
+
+def _judge_slowed_model(choice, precision, now, record):
+    """The defect: the model made 30% slower than a budget with 10% headroom; it reproduces."""
+    from harness.latency import checks as lc
+
+    b = budgets.Budget("cpu-test", "repvgg_a0", precision, 1, 11.0, Path("cpu-test.toml"), False)
+    lc.judge_absolute(_simulated(1.3, 11.0), b, record, subject=f"repvgg_a0 {precision} batch 1",
+                      remeasure=lambda: _simulated(1.3, 11.0, seed=5),
+                      recheck=lambda: lc.recheck_host(choice, precision, now, TOL))
+
+
+def test_a_slowed_model_on_a_steady_host_fails_and_says_the_host_was_re_checked(tmp_path):
+    from harness.compare import CheckFailure
+    from harness.testing import Recorder
+
+    rec = Recorder()
+    with pytest.raises(CheckFailure) as e:
+        _judge_slowed_model(_started_on(tmp_path), "int8", fake_host(fp32=187.0, int8=805.0), rec)
+    msg = str(e.value)
+    assert "but should be <= 11 ms" in msg and "over the budget on a quiet machine" in msg
+    assert "host re-checked: int8 peak 820 GOP/s at the start of the run, 805 now" in msg
+    assert rec["host_recheck"].endswith(": the same host") and rec["host_recheck_int8_peak_gops"] == 805.0
+
+
+def test_a_host_whose_int8_gemm_slowed_since_the_start_makes_the_int8_verdict_inconclusive(tmp_path):
+    """The planted cause: the VM's host slowed int8 GEMM by a third mid-run (invisible inside the
+    VM). The profile records no int8 peak, so only the run's own start tells it."""
+    from harness.compare import CheckFailure, Inconclusive
+    from harness.testing import Recorder
+
+    choice, slowed = _started_on(tmp_path), fake_host(fp32=187.0, int8=560.0)
+    rec = Recorder()
+    with pytest.raises(Inconclusive) as e:
+        _judge_slowed_model(choice, "int8", slowed, rec)
+    assert e.value.failing is False and e.value.figures["verdict"] == "inconclusive: host changed"
+    msg = str(e.value)
+    assert msg.startswith("host changed: median latency of repvgg_a0 int8 batch 1 = ") and "vs budget 11 ms" in msg
+    assert "this host slowed during the run: int8 peak -32% since the start, beyond -15%" in msg
+    assert "int8 peak 820 GOP/s at the start of the run, 560 now" in msg and "profile_peak_rel" in msg
+    with pytest.raises(CheckFailure, match="host re-checked: fp32 peak 190 GFLOP/s at the start of the run, 187 now"):
+        _judge_slowed_model(choice, "fp32", slowed, Recorder())  # fp32 runs on the fp32 GEMM, which held
+
+
+def test_a_host_that_left_the_profiles_band_makes_the_verdict_inconclusive(tmp_path):
+    from harness.compare import Inconclusive
+    from harness.testing import Recorder
+
+    choice = _started_on(tmp_path, fp32=172.0)  # -13% of the profile's 198: applies
+    assert choice.applies
+    with pytest.raises(Inconclusive, match=r"the profile no longer applies at this host's peaks now: fp32 peak -19%, "
+                                           r"outside \+-15%.*fp32 peak 172 GFLOP/s at the start of the run, 160 now"):
+        _judge_slowed_model(choice, "fp32", fake_host(fp32=160.0, int8=820.0), Recorder())
+
+
+def test_a_host_re_check_under_contention_cannot_confirm_a_failure(tmp_path):
+    from harness.compare import Inconclusive
+    from harness.testing import Recorder
+
+    with pytest.raises(Inconclusive, match="re-measured under contention"):
+        _judge_slowed_model(_started_on(tmp_path), "fp32", fake_host(fp32=150.0, int8=700.0, quiet=False), Recorder())
+
+
+def test_the_host_is_re_checked_only_for_a_quiet_figure_over_its_budget(tmp_path):
+    from harness.latency import checks as lc
+    from harness.testing import Recorder
+
+    calls = []
+    b = budgets.Budget("cpu-test", "repvgg_a0", "fp32", 1, 11.0, Path("cpu-test.toml"), False)
+    lc.judge_absolute(_simulated(1.0, 11.0), b, Recorder(), subject="repvgg_a0 fp32 batch 1",
+                      recheck=lambda: calls.append(1))
+    assert calls == []  # within budget: no peak measured
+    choice = _started_on(tmp_path)
+    assert lc.host_rechecker(choice, "fp32", "ort", None) is None  # a GPU case: no CPU threads, no CPU peak
+    assert lc.host_rechecker(budgets.Choice(None, "none", "--profile none", host=choice.host), "fp32", "ort", 2) is None
+    assert callable(lc.host_rechecker(choice, "int8", "ort", 2))
+
+
+def test_a_throughput_shortfall_is_re_checked_against_the_host_too(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.compare import CheckFailure, Inconclusive
+    from harness.latency import checks as lc
+    from harness.testing import Recorder
+
+    choice = _started_on(tmp_path)
+    short = SimpleNamespace(items_per_s=90.0, quiet=True, instances=2, items_per_call=8, noise=[], remeasure=None)
+
+    def judge(now):
+        lc.judge_throughput(short, 120.0, Recorder(), subject="repvgg_a0", where="cpu-test.toml",
+                            recheck=lambda: lc.recheck_host(choice, "fp32", now, TOL))
+
+    with pytest.raises(CheckFailure, match=r"-25% below the budget on a quiet machine; host re-checked: fp32 peak 190"):
+        judge(fake_host(fp32=189.0))
+    with pytest.raises(Inconclusive, match="fp32 peak -26% since the start"):
+        judge(fake_host(fp32=140.0))
