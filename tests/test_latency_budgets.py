@@ -10,10 +10,10 @@ import pytest
 from harness.commands import budgets as budgets_cmd
 from harness.errors import ConfigError
 from harness.latency import budgets, recording
-from harness.latency import checks as _checks  # noqa: F401  (below)
+from harness.latency import checks as lc
 from harness.zoo import load_zoo
 
-# harness.latency.checks is imported before pytester's in-process run, which drops the modules
+# harness.latency.checks is imported here, before pytester's in-process run, which drops the modules
 # first imported inside it: checks would then hold another tolerances.Limit class than a later test
 
 ZOO = load_zoo()
@@ -527,8 +527,6 @@ def _simulated(scale: float, budget_ms: float, seed: int = 4):
 
 def _judge_slowed_model(choice, precision, now, record):
     """The defect: the model made 30% slower than a budget with 10% headroom; it reproduces."""
-    from harness.latency import checks as lc
-
     b = budgets.Budget("cpu-test", "repvgg_a0", precision, 1, 11.0, Path("cpu-test.toml"), False)
     lc.judge_absolute(_simulated(1.3, 11.0), b, record, subject=f"repvgg_a0 {precision} batch 1",
                       remeasure=lambda: _simulated(1.3, 11.0, seed=5),
@@ -587,7 +585,6 @@ def test_a_host_re_check_under_contention_cannot_confirm_a_failure(tmp_path):
 
 
 def test_the_host_is_re_checked_only_for_a_quiet_figure_over_its_budget(tmp_path):
-    from harness.latency import checks as lc
     from harness.testing import Recorder
 
     calls = []
@@ -605,7 +602,6 @@ def test_a_throughput_shortfall_is_re_checked_against_the_host_too(tmp_path):
     from types import SimpleNamespace
 
     from harness.compare import CheckFailure, Inconclusive
-    from harness.latency import checks as lc
     from harness.testing import Recorder
 
     choice = _started_on(tmp_path)

@@ -397,8 +397,7 @@ class Applicability:
         half the peak gets twice the time."""
         if self.measured.get("peaks_quiet") is False:
             return None, "this host's peaks were measured under contention (too low): no rescaling by them"
-        kind, unit, key = (("int8", "GOP/s", "int8_peak_gops") if precision == "int8" else
-                           ("fp32", "GFLOP/s", "fp32_peak_gflops"))
+        kind, unit, key = peak_kind(precision)
         rec, meas = self.recorded.get(key), self.measured.get(key)
         if not rec:
             key_name = "int8_peak_gops" if kind == "int8" else "peak_gflops"
@@ -414,6 +413,11 @@ class Applicability:
                "profile_peak_rel_tolerance": self.tolerance}
         out.update({f"profile_{k}": v for k, v in self.recorded.items()})
         return out
+
+
+def peak_kind(precision: str) -> tuple[str, str, str]:
+    """(kind, unit, fingerprint key) of the GEMM peak a precision's latency follows."""
+    return ("int8", "GOP/s", "int8_peak_gops") if precision == "int8" else ("fp32", "GFLOP/s", "fp32_peak_gflops")
 
 
 def host_figures(host: Any) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from ..host import threads_for, usable_cpus
 from ..tolerances import Limit, tolerance
 from ..zoo import ModelCard
 from . import timing
-from .budgets import Budget, Choice
+from .budgets import Budget, Choice, peak_kind
 
 if TYPE_CHECKING:  # the check signature's types (harness/testing.py); no import at run time
     from ..testing import LabLike, Record
@@ -380,11 +380,6 @@ class HostRecheck:
     moved: str | None          # why the budget verdict no longer speaks for this host; None: it does
     line: str                  # the peaks at the start of the run and now, for the message either way
     figures: dict[str, Any]
-
-
-def peak_kind(precision: str) -> tuple[str, str, str]:
-    """(kind, unit, fingerprint attribute) of the peak a precision's latency follows."""
-    return ("int8", "GOP/s", "int8_peak_gops") if precision == "int8" else ("fp32", "GFLOP/s", "fp32_peak_gflops")
 
 
 def recheck_host(choice: Choice, precision: str, now: Any, tolerance_rel: float | None = None) -> HostRecheck:
