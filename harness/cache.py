@@ -324,6 +324,15 @@ class Memo:
         store[key] = value
         return value
 
+    def drop(self, forget: Callable[[Hashable], bool]) -> int:
+        """Remove every entry whose key ``forget(key)`` is true, of every kind; how many."""
+        dropped = 0
+        for store in self._kinds.values():
+            for key in [k for k in store if forget(k)]:
+                store.pop(key)
+                dropped += 1
+        return dropped
+
     def share(self, kind: str, other: Memo) -> None:
         """Use ``other``'s memo of ``kind`` (two labs over the same images share their inputs)."""
         self._kinds[kind] = other.store(kind)

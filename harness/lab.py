@@ -5,6 +5,9 @@ which caches (in memory for the session, on disk across sessions and xdist worke
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import weakref
 from collections.abc import Callable, Hashable, Iterator
@@ -141,6 +144,7 @@ class Lab:
         # every in-memory memo of the session: bounded by bytes per kind, least recently used
         # out first (a dropped entry is rebuilt, a reference from the on-disk cache in about a second)
         self.memos = Memo(MEMO_BUDGETS, DEFAULT_MEMO_BYTES)
+        self._memo_model: str | None = None  # the model whose memos keep_only_model kept last
         # id(module) -> (weak reference, reference_key) of the references this lab built (model_key)
         self._built_references: dict[int, tuple[weakref.ref, dict]] = {}
         # where the time goes, per model and phase (the plugin points it at the run's phases.jsonl)
@@ -169,6 +173,20 @@ class Lab:
     def _cache_phase(self, kind: str, key: dict) -> AbstractContextManager[None]:
         phase = CACHE_PHASES.get(kind)
         return self.phase(phase, self._model_in(key)) if phase is not None else nullcontext()
+
+    def keep_only_model(self, model: str) -> None:
+        """Drop every memo that is about another model (its key names one: references, logits,
+        studies, headers), once per change of model; memos of no model (host figures, images
+        shared by a preprocessing) stay. Tests run model by model (harness/plugin.py
+        in_model_order), so a serial run holds one model's memos, not every model's up to the
+        kinds' budgets; the freed heap goes back to the system (malloc_trim)."""
+        if model == self._memo_model:
+            return
+        self._memo_model = model
+        dropped = self.memos.drop(lambda key: self._model_in(key) not in (None, model))
+        if dropped:
+            gc.collect()
+            release_free_heap()
 
     def _model_in(self, key: Any) -> str | None:
         """The model a memo or cache key is about (its id, or a tuple / dict holding it); None:
@@ -452,6 +470,16 @@ MEMO_BUDGETS: dict[str, int] = {
     "quant.fp32_run": 1 << 30,
     "quant.int8_run": 2 << 30,
 }
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the system (glibc malloc_trim): without it a process
+    keeps the peak of every model it ran as its resident size. False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
+    except (OSError, AttributeError):
+        return False
 
 
 def _module_bytes(model: torch.nn.Module) -> int:

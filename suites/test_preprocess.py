@@ -21,9 +21,10 @@ from harness.preprocess import images
 pytestmark = pytest.mark.preprocess
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def natural(lab):
-    """The lab's evaluation images (embedded unless --imagenet), loaded once per module."""
+    """The lab's evaluation images (embedded unless --imagenet), loaded once per session (the
+    tests run model by model, so a module fixture would load them again for every model)."""
     return pc.natural_images(lab)
 
 

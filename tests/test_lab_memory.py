@@ -70,3 +70,41 @@ def test_approx_bytes_counts_the_buffers_inside_containers():
     assert approx_bytes(t) == 40 and approx_bytes(a) == 40
     assert approx_bytes((t, [a])) >= 80
     assert approx_bytes((t, [a, a])) == approx_bytes((t, [a]))  # the same array counted once
+
+
+def test_moving_to_the_next_model_drops_the_memos_of_the_one_before(tmp_path):
+    """A serial nightly shard held every model's memos (5.8-7 GB in each phase of shard 4);
+    at each change of model only the new model's and those of no model stay."""
+    from harness.lab import Lab, Settings
+
+    lab = Lab(Settings(cache_dir=tmp_path / "cache", report_dir=tmp_path / "reports"))
+    a, b = list(lab.zoo)[:2]
+    lab.memo("references", a, lambda: torch.zeros(4))
+    lab.memo("quant.fp32_run", ("digest", a, "images", True), lambda: "a's logits")
+    lab.memo("export.header", {"model": b, "file": "x"}.__repr__(), lambda: "no model in a str key")
+    lab.memo("host", ("peak", 2), lambda: 198.0)
+    lab.keep_only_model(a)
+    assert lab.memos.usage()["references"][0] == 1  # the same model: nothing goes
+    lab.memo("references", b, lambda: torch.zeros(4))
+    lab.keep_only_model(b)
+    usage = lab.memos.usage()
+    assert usage["references"][0] == 1 and usage["quant.fp32_run"][0] == 0
+    assert usage["host"][0] == 1 and usage["export.header"][0] == 1
+    calls = []
+    lab.memo("references", a, lambda: calls.append(a) or torch.zeros(4))
+    assert calls == [a]  # rebuilt (from the disk cache, in a real run) when a model comes back
+
+
+def test_tests_run_model_by_model_in_the_suites_order():
+    from types import SimpleNamespace
+
+    from harness.plugin import in_model_order
+
+    def item(name, model=None):
+        params = {"model_card": SimpleNamespace(id=model)} if model else {}
+        return SimpleNamespace(name=name, callspec=SimpleNamespace(params=params))
+
+    items = [item("card[a]", "a"), item("card[b]", "b"), item("host"), item("export[a]", "a"),
+             item("export[b]", "b"), item("quant[b]", "b")]
+    assert [i.name for i in in_model_order(items)] == ["host", "card[a]", "export[a]", "card[b]", "export[b]",
+                                                       "quant[b]"]
