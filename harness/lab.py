@@ -6,7 +6,6 @@ which caches (in memory for the session, on disk across sessions and xdist worke
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import hashlib
 import weakref
@@ -474,11 +473,12 @@ MEMO_BUDGETS: dict[str, int] = {
 
 def release_free_heap() -> bool:
     """Hand the C heap's free pages back to the system (glibc malloc_trim): without it a process
-    keeps the peak of every model it ran as its resident size. False where there is no glibc."""
-    name = ctypes.util.find_library("c")
+    keeps the peak of every model it ran as its resident size. False where there is no glibc.
+    The process's own symbols hold libc's: no ``ctypes.util.find_library``, which runs
+    ``ldconfig`` in a subprocess (19 ms) at every change of model."""
     try:
-        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
-    except (OSError, AttributeError):
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):  # no dynamic loader to ask, or a libc without malloc_trim (musl)
         return False
 
 

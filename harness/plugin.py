@@ -576,9 +576,15 @@ def in_model_order(items: list[pytest.Item]) -> list[pytest.Item]:
     maximum stays its largest model's own evaluation."""
     order: dict[str | None, list[pytest.Item]] = {None: []}
     for it in items:
-        card = getattr(getattr(it, "callspec", None), "params", {}).get("model_card")
-        order.setdefault(getattr(card, "id", None), []).append(it)
+        order.setdefault(model_of(it), []).append(it)
     return [it for group in order.values() for it in group]
+
+
+def model_of(item: pytest.Item) -> str | None:
+    """The model a test is about: its structured field ``model`` (pytest_itemcollected), None
+    for a test of no model."""
+    model = dict(item.user_properties).get("model")
+    return model if isinstance(model, str) else None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -709,9 +715,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     CPUs (harness/host.py WorkerCpuShare)."""
     lab = item.config.stash.get(_lab_key, None)
     if lab is not None:
-        model = dict(item.user_properties).get("model")
-        lab.phase.current_model = model if isinstance(model, str) else None
-        if isinstance(model, str):
+        model = lab.phase.current_model = model_of(item)
+        if model is not None:
             lab.keep_only_model(model)
         share = item.config.stash.get(_cpu_share_key, None)
         if share is not None:

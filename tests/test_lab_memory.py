@@ -100,9 +100,8 @@ def test_tests_run_model_by_model_in_the_suites_order():
 
     from harness.plugin import in_model_order
 
-    def item(name, model=None):
-        params = {"model_card": SimpleNamespace(id=model)} if model else {}
-        return SimpleNamespace(name=name, callspec=SimpleNamespace(params=params))
+    def item(name, model=None):  # the structured fields pytest_itemcollected gives every test
+        return SimpleNamespace(name=name, user_properties=[("suite", "s"), ("model", model)] if model else [])
 
     items = [item("card[a]", "a"), item("card[b]", "b"), item("host"), item("export[a]", "a"),
              item("export[b]", "b"), item("quant[b]", "b")]
